@@ -1,0 +1,54 @@
+# slurm-jwt-bridge: `make demo` and `make test` are the two commands a newcomer needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_STAMP := tests/oidc-provider/node_modules/.installed
+
+.PHONY: demo test unit lint format venv system-deps node-deps bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,redis]'
+	touch $@
+
+venv: $(STAMP)
+
+# Real daemons for the integration tests (Slurm 22.05 + a sid chroot with 26.05, redis,
+# chromium, ...). Needs root; idempotent.
+system-deps:
+	bash scripts/install-system-deps.sh
+
+$(NODE_STAMP): tests/oidc-provider/package-lock.json
+	cd tests/oidc-provider && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+node-deps: $(NODE_STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# The whole suite, against real Slurm, oidc-provider, Chromium, redis and helm.
+test: system-deps venv node-deps lint
+	bash scripts/run-tests.sh
+
+# Unit tests only (no daemons, no root).
+unit: venv
+	bash scripts/run-tests.sh tests/unit
+
+# A local OIDC provider and the bridge on 127.0.0.1; prints where to log in.
+demo: venv node-deps
+	bash scripts/demo.sh
+
+bench: venv node-deps
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) tests/oidc-provider/node_modules var test-artifacts .pytest_cache

@@ -1,0 +1,272 @@
+"""The ``slurm-jwt-bridge`` command: keys, JWKS, minting and serving.
+
+Errors are one line on stderr and a non-zero exit; nothing is printed on stdout on failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import keys as keyring
+from .errors import BridgeError
+from .jwks_file import (
+    EXIT_CHANGED,
+    EXIT_ERROR,
+    EXIT_UNCHANGED,
+    JwksError,
+    sync_jwks,
+    write_jwks,
+)
+from .settings import CONFIG_ENV, Settings, SettingsError, load_settings
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"slurm-jwt-bridge: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the service's own errors into one line on stderr and exit 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (SettingsError, keyring.KeyRingError, JwksError) as exc:
+            _fail(str(exc))
+        except BridgeError as exc:
+            _fail(f"{exc.error}: {exc.reason}")
+
+    return wrapper
+
+
+def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config`` (or $SLURM_JWT_BRIDGE_CONFIG) and ``--keys-dir`` on every command."""
+    func = click.option(
+        "--keys-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        help="Keys directory (overrides [keys] dir).",
+    )(func)
+    func = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar=CONFIG_ENV,
+        help=f"TOML configuration file (default: ${CONFIG_ENV}).",
+    )(func)
+    return func
+
+
+def _settings(config_path: Path | None, keys_dir: Path | None) -> Settings:
+    return load_settings(config_path).with_keys_dir(keys_dir)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="slurm-jwt-bridge")
+def main() -> None:
+    """Mint Slurm JWTs from identity-provider tokens and keep Slurm's JWKS in sync."""
+
+
+# ---------------------------------------------------------------- keys
+
+
+@main.group()
+def keys() -> None:
+    """Manage the key ring (RS256 keys next/active/retired, the HS256 key)."""
+
+
+@keys.command("init")
+@config_options
+@click.option("--bits", type=click.Choice(["2048", "3072", "4096"]), help="RSA key size.")
+@_errors
+def keys_init(config_path: Path | None, keys_dir: Path | None, bits: str | None) -> None:
+    """Create an active key, a next key and the HS256 key; never overwrite existing keys."""
+    s = _settings(config_path, keys_dir)
+    created = keyring.init_keys(s.keys.dir, int(bits) if bits else s.keys.rsa_bits)
+    for line in created or [f"{s.keys.dir}: all keys present, nothing created"]:
+        click.echo(line)
+
+
+@keys.command("rotate")
+@config_options
+@_errors
+def keys_rotate(config_path: Path | None, keys_dir: Path | None) -> None:
+    """Promote next to active, retire the active key, create a new next key."""
+    s = _settings(config_path, keys_dir)
+    for line in keyring.rotate_keys(
+        s.keys.dir, s.tokens.max_lifetime, s.keys.retire_margin, s.keys.rsa_bits
+    ):
+        click.echo(line)
+
+
+@keys.command("prune")
+@config_options
+@_errors
+def keys_prune(config_path: Path | None, keys_dir: Path | None) -> None:
+    """Remove retired keys whose tokens have all expired."""
+    s = _settings(config_path, keys_dir)
+    for line in keyring.prune_keys(s.keys.dir) or ["nothing to prune"]:
+        click.echo(line)
+
+
+@keys.command("list")
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_errors
+def keys_list(config_path: Path | None, keys_dir: Path | None, as_json: bool) -> None:
+    """Show every key with its state and publication window."""
+    s = _settings(config_path, keys_dir)
+    ring = keyring.KeyRing.load(s.keys.dir)
+    now = time.time()
+    rows = [k.describe() | {"published": k.published_at(now)} for k in ring.rsa_keys]
+    if as_json:
+        click.echo(json.dumps({"rs256": rows, "hs256": ring.hs256 is not None}, indent=2))
+        return
+
+    def when(ts: int | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+    click.echo(f"{'KID':<44} {'STATE':<8} {'BITS':>4} {'CREATED':<19} {'PUBLISHED UNTIL':<19}")
+    for r in rows:
+        until = (
+            when(r["publish_until"]) if r["state"] == "retired" else "(while " + r["state"] + ")"
+        )
+        click.echo(
+            f"{r['kid']:<44} {r['state']:<8} {r['bits']:>4} {when(r['created']):<19} {until}"
+        )
+    hs = "present" if ring.hs256 is not None else "absent"
+    click.echo(f"HS256 key ({keyring.HS256_FILE}): {hs}")
+
+
+@keys.command("import-hs256")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@config_options
+@_errors
+def keys_import_hs256(file: Path, config_path: Path | None, keys_dir: Path | None) -> None:
+    """Copy an existing Slurm jwt_key file byte for byte into the keys directory."""
+    s = _settings(config_path, keys_dir)
+    click.echo(keyring.import_hs256(file, s.keys.dir))
+
+
+# ---------------------------------------------------------------- jwks
+
+
+@main.group()
+def jwks() -> None:
+    """Export or sync the JWKS file slurmctld reads (AuthAltParameters=jwks=...)."""
+
+
+@jwks.command("export")
+@config_options
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_errors
+def jwks_export(config_path: Path | None, keys_dir: Path | None, out: Path) -> None:
+    """Write the published RS256 keys to OUT (atomic, mode 0644)."""
+    s = _settings(config_path, keys_dir)
+    doc = keyring.KeyRing.load(s.keys.dir).jwks()
+    write_jwks(out, doc)
+    click.echo(f"wrote {len(doc['keys'])} keys to {out}")
+
+
+@jwks.command("sync")
+@config_options
+@click.option("--url", required=True, help="The bridge's JWKS URL.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--reconfigure", is_flag=True, help="Run scontrol reconfigure when changed.")
+@click.option(
+    "--reconfigure-command",
+    default="scontrol reconfigure",
+    show_default=True,
+    help="Command run by --reconfigure.",
+)
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.option("--ca-file", type=click.Path(dir_okay=False), help="CA bundle for https.")
+def jwks_sync(
+    config_path: Path | None,
+    keys_dir: Path | None,
+    url: str,
+    out: Path,
+    reconfigure: bool,
+    reconfigure_command: str,
+    timeout: float,
+    ca_file: str | None,
+) -> None:
+    """Fetch the bridge's JWKS and replace OUT only when it changed.
+
+    Exit 0: unchanged; 3: changed (and reconfigured when asked); 1: error (OUT untouched).
+    """
+    try:
+        result = sync_jwks(
+            url,
+            out,
+            reconfigure_command=reconfigure_command if reconfigure else None,
+            timeout=timeout,
+            verify=ca_file or True,
+        )
+    except (JwksError, OSError) as exc:
+        _fail(str(exc), EXIT_ERROR)
+        return
+    click.echo(result.message)
+    sys.exit(EXIT_CHANGED if result.changed else EXIT_UNCHANGED)
+
+
+# ---------------------------------------------------------------- mint
+
+
+@main.command("mint")
+@click.argument("user")
+@config_options
+@click.option("--lifespan", type=int, help="Seconds (default [tokens] default_lifetime).")
+@click.option("--alg", type=click.Choice(["RS256", "HS256"]), help="Default [keys] default_alg.")
+@_errors
+def mint(
+    user: str,
+    config_path: Path | None,
+    keys_dir: Path | None,
+    lifespan: int | None,
+    alg: str | None,
+) -> None:
+    """Print SLURM_JWT=<token> for USER, like `scontrol token username=USER`."""
+    from . import build_bridge
+    from .settings import AuditSettings
+
+    s = _settings(config_path, keys_dir)
+    if s.audit.destination == "stdout":
+        # stdout carries exactly one line, like scontrol token; audit goes to stderr.
+        from dataclasses import replace
+
+        s = replace(s, audit=AuditSettings("stderr"))
+    bridge = build_bridge(s)
+    token = bridge.pipeline.operator_mint(user, lifespan, alg)
+    sys.stdout.write(f"SLURM_JWT={token.token}\n")
+
+
+# ---------------------------------------------------------------- serve
+
+
+@main.command("serve")
+@config_options
+@click.option("--host", help="Default [server] host.")
+@click.option("--port", type=int, help="Default [server] port.")
+@_errors
+def serve(
+    config_path: Path | None, keys_dir: Path | None, host: str | None, port: int | None
+) -> None:
+    """Run the development server (use gunicorn in production)."""
+    from . import create_app
+
+    s = _settings(config_path, keys_dir)
+    app = create_app(s)
+    app.run(host=host or s.server.host, port=port if port is not None else s.server.port)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

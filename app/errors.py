@@ -1,0 +1,37 @@
+"""The one error type every door turns into its own answer (JSON, page, exit code)."""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """A refusal: an OAuth 2.0 error code, a reason a person can act on, an HTTP status.
+
+    ``reason`` never contains a secret or a whole token.
+    """
+
+    def __init__(self, error: str, reason: str, status: int = 400, *, metric: str = "") -> None:
+        super().__init__(reason)
+        self.error = error
+        self.reason = reason
+        self.status = status
+        # A short stable label for metrics and audit ("denied_user", "expired", ...).
+        self.metric = metric or error
+
+    def oauth_body(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.reason}
+
+
+def invalid_request(reason: str, metric: str = "invalid_request") -> BridgeError:
+    return BridgeError("invalid_request", reason, 400, metric=metric)
+
+
+def invalid_grant(reason: str, metric: str = "invalid_grant") -> BridgeError:
+    return BridgeError("invalid_grant", reason, 400, metric=metric)
+
+
+def access_denied(reason: str, metric: str = "access_denied") -> BridgeError:
+    return BridgeError("access_denied", reason, 403, metric=metric)
+
+
+def unauthorized_client(reason: str, metric: str = "unauthorized_client") -> BridgeError:
+    return BridgeError("unauthorized_client", reason, 400, metric=metric)

@@ -1,0 +1,155 @@
+"""The JWKS file on the slurmctld host: shape checks, export and sync.
+
+slurmctld reads ``jwks=`` only at start (22.05) or at ``scontrol reconfigure`` (23.11+), and
+skips keys it cannot use without saying so in a way a user sees; so every key is checked here
+for the exact shape it needs before the file is replaced.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .keys import atomic_write
+
+MAX_JWKS_BYTES = 1 << 20
+_B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
+
+EXIT_UNCHANGED = 0
+EXIT_ERROR = 1
+EXIT_CHANGED = 3
+
+
+class JwksError(Exception):
+    """The JWKS cannot be used by Slurm, or cannot be fetched/written; one line."""
+
+
+def slurm_jwks_problems(doc: Any) -> list[str]:
+    """Everything in ``doc`` that would stop slurmctld from using a key (empty when fine)."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        return ['top level must be an object with a "keys" list']
+    if not doc["keys"]:
+        return ["no keys: every RS256 token would be refused"]
+    problems = []
+    kids = set()
+    for i, key in enumerate(doc["keys"]):
+        where = f"keys[{i}]"
+        if not isinstance(key, dict):
+            problems.append(f"{where}: not an object")
+            continue
+        if key.get("kty") != "RSA":
+            problems.append(f'{where}: kty must be "RSA"')
+        if key.get("alg") != "RS256":
+            problems.append(f'{where}: alg must be "RS256" (Slurm skips keys without it)')
+        kid = key.get("kid")
+        if not isinstance(kid, str) or not kid:
+            problems.append(f"{where}: kid must be a non-empty string")
+        elif kid in kids:
+            problems.append(f"{where}: duplicate kid {kid[:64]}")
+        else:
+            kids.add(kid)
+        for part in ("n", "e"):
+            value = key.get(part)
+            if not isinstance(value, str) or not _B64URL.fullmatch(value):
+                problems.append(f"{where}: {part} must be base64url without padding")
+            else:
+                try:
+                    base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+                except ValueError:
+                    problems.append(f"{where}: {part} is not valid base64url")
+        if any(k in key for k in ("d", "p", "q", "dp", "dq", "qi")):
+            problems.append(f"{where}: contains private key material")
+    return problems
+
+
+def render_jwks(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2) + "\n").encode()
+
+
+def write_jwks(path: Path, doc: dict[str, Any]) -> None:
+    """Atomic write, mode 0644 (23.11+ refuses a jwks file writable by other)."""
+    problems = slurm_jwks_problems(doc)
+    if problems:
+        raise JwksError(f"refusing to write {path}: {problems[0]}")
+    atomic_write(Path(path), render_jwks(doc), 0o644)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    changed: bool
+    kids: tuple[str, ...]
+    message: str
+
+
+def fetch_jwks(url: str, timeout: float = 10.0, verify: bool | str = True) -> dict[str, Any]:
+    try:
+        with httpx.Client(timeout=timeout, verify=verify) as client:
+            with client.stream("GET", url, headers={"Accept": "application/json"}) as resp:
+                if resp.status_code != 200:
+                    raise JwksError(f"GET {url}: HTTP {resp.status_code}")
+                body = b""
+                for chunk in resp.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_JWKS_BYTES:
+                        raise JwksError(f"GET {url}: document larger than {MAX_JWKS_BYTES} bytes")
+    except httpx.HTTPError as exc:
+        raise JwksError(f"GET {url}: {type(exc).__name__}: {exc}") from None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise JwksError(f"GET {url}: not JSON") from None
+
+
+def sync_jwks(
+    url: str,
+    out: Path,
+    *,
+    reconfigure_command: str | None = None,
+    timeout: float = 10.0,
+    verify: bool | str = True,
+) -> SyncResult:
+    """Fetch, check, and replace ``out`` only when its keys changed; then reconfigure.
+
+    When the reconfigure command fails the previous file is put back, so the next run sees
+    the change again and retries instead of leaving slurmctld on old keys silently.
+    """
+    doc = fetch_jwks(url, timeout, verify)
+    problems = slurm_jwks_problems(doc)
+    if problems:
+        raise JwksError(f"{url}: JWKS not usable by Slurm: {problems[0]}")
+    kids = tuple(k["kid"] for k in doc["keys"])
+    out = Path(out)
+    old: bytes | None = out.read_bytes() if out.exists() else None
+    try:
+        old_doc = json.loads(old) if old is not None else None
+    except ValueError:
+        old_doc = None
+    if old_doc == doc:
+        return SyncResult(False, kids, f"{out}: unchanged ({len(kids)} keys)")
+    write_jwks(out, doc)
+    if reconfigure_command:
+        argv = shlex.split(reconfigure_command)
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+            failed = proc.returncode != 0
+            detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] if failed else []
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            failed, detail = True, [str(exc)]
+        if failed:
+            if old is None:
+                out.unlink()
+            else:
+                atomic_write(out, old, 0o644)
+            raise JwksError(
+                f"{reconfigure_command!r} failed ({' '.join(detail)[:200]}); "
+                f"{out} restored to its previous content"
+            )
+    return SyncResult(True, kids, f"{out}: updated ({len(kids)} keys: {', '.join(kids)})")

@@ -1,0 +1,475 @@
+"""The service configuration: one TOML file, validated at start.
+
+Every error is one line that names the key that is wrong, e.g.
+``tokens.max_lifetime: must be an integer >= 60, got 'soon'``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+CONFIG_ENV = "SLURM_JWT_BRIDGE_CONFIG"
+
+ISSUER_KINDS = ("keycloak", "cognito", "entra", "oidc")
+TOKEN_USES = ("access", "id")
+SIGNING_ALGS = ("RS256", "HS256")
+
+
+class SettingsError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    public_url: str = ""
+    secret_key_file: str = ""
+    proxy_fix: int = 0
+
+
+@dataclass(frozen=True)
+class KeySettings:
+    dir: Path = Path("keys")
+    default_alg: str = "RS256"
+    rsa_bits: int = 2048
+    retire_margin: int = 300
+    reload_interval: float = 2.0
+
+
+@dataclass(frozen=True)
+class TokenSettings:
+    default_lifetime: int = 1800
+    max_lifetime: int = 3600
+    include_jti: bool = True
+    cap_to_upstream_exp: bool = True
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    slurm_user: str = "slurm"
+    deny_users: tuple[str, ...] = ()
+    allow_users: tuple[str, ...] = ()
+    min_uid: int = 1000
+
+
+@dataclass(frozen=True)
+class JwksSettings:
+    max_age: int = 300
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    destination: str = "stdout"
+
+
+@dataclass(frozen=True)
+class IntrospectionSettings:
+    client_id: str
+    client_secret: str
+
+
+@dataclass(frozen=True)
+class IssuerSettings:
+    name: str
+    kind: str
+    issuer: str
+    audiences: tuple[str, ...] = ()
+    allowed_clients: tuple[str, ...] = ()
+    token_use: tuple[str, ...] = ("access",)
+    tenants: tuple[str, ...] = ()
+    leeway: int = 60
+    jwks_refetch_interval: float = 60.0
+    jwks_stale_window: float = 3600.0
+    http_timeout: float = 5.0
+    discovery_url: str = ""
+    jwks_uri: str = ""
+    introspection: IntrospectionSettings | None = None
+    # Browser login (authorization code + PKCE) against this issuer.
+    client_id: str = ""
+    client_secret: str = ""
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    display_name: str = ""
+
+
+@dataclass(frozen=True)
+class MappingRule:
+    claim: str
+    issuer: str = "*"
+    regex: str = ""
+    lowercase: bool = False
+    strip_domain: bool = False
+    table: dict[str, str] = field(default_factory=dict)
+    table_only: bool = False
+    require_groups: tuple[str, ...] = ()
+    require_roles: tuple[str, ...] = ()
+    command: tuple[str, ...] = ()
+    command_input: str = "argv"
+    command_timeout: float = 5.0
+    command_cache_ttl: float = 300.0
+
+
+@dataclass(frozen=True)
+class MappingSettings:
+    require_local_account: bool = False
+    rules: tuple[MappingRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    keys: KeySettings = field(default_factory=KeySettings)
+    tokens: TokenSettings = field(default_factory=TokenSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    jwks: JwksSettings = field(default_factory=JwksSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+    issuers: tuple[IssuerSettings, ...] = ()
+    mapping: MappingSettings = field(default_factory=MappingSettings)
+    source: str = "<defaults>"
+
+    def with_keys_dir(self, keys_dir: str | os.PathLike[str] | None) -> Settings:
+        """Return a copy whose key directory is ``keys_dir`` (the CLI's ``--keys-dir``)."""
+        if keys_dir is None:
+            return self
+        return replace(self, keys=replace(self.keys, dir=Path(keys_dir)))
+
+    def issuer_named(self, name: str) -> IssuerSettings | None:
+        return next((i for i in self.issuers if i.name == name), None)
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+class _Table:
+    """A TOML table being read; remembers the dotted path for error messages."""
+
+    def __init__(self, data: Any, path: str) -> None:
+        if not isinstance(data, dict):
+            raise SettingsError(f"{path}: must be a table")
+        self.data = dict(data)
+        self.path = path
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def _get(self, name: str) -> Any:
+        self.seen.add(name)
+        return self.data.get(name)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def str(self, name: str, default: str | None = None, choices: tuple[str, ...] = ()) -> str:
+        value = self._get(name)
+        if value is None:
+            if default is None:
+                raise SettingsError(f"{self.key(name)}: is required")
+            return default
+        if not isinstance(value, str):
+            raise SettingsError(f"{self.key(name)}: must be a string, got {_show(value)}")
+        if choices and value not in choices:
+            raise SettingsError(
+                f"{self.key(name)}: must be one of {', '.join(choices)}, got {_show(value)}"
+            )
+        return value
+
+    def int(self, name: str, default: int, minimum: int | None = None) -> int:
+        value = self._get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SettingsError(f"{self.key(name)}: must be an integer, got {_show(value)}")
+        if minimum is not None and value < minimum:
+            raise SettingsError(f"{self.key(name)}: must be >= {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float = 0) -> float:
+        value = self._get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SettingsError(f"{self.key(name)}: must be a number, got {_show(value)}")
+        if value < minimum:
+            raise SettingsError(f"{self.key(name)}: must be >= {minimum}, got {value}")
+        return float(value)
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self._get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise SettingsError(f"{self.key(name)}: must be true or false, got {_show(value)}")
+        return value
+
+    def strs(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        value = self._get(name)
+        if value is None:
+            return default
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SettingsError(f"{self.key(name)}: must be a list of strings")
+        return tuple(value)
+
+    def table(self, name: str) -> _Table:
+        value = self._get(name)
+        return _Table({} if value is None else value, self.key(name))
+
+    def tables(self, name: str) -> list[_Table]:
+        value = self._get(name)
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise SettingsError(f"{self.key(name)}: must be an array of tables ([[{name}]])")
+        return [_Table(v, f"{self.key(name)}[{i}]") for i, v in enumerate(value)]
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise SettingsError(f"{self.key(unknown[0])}: unknown setting")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_USERNAME_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
+
+
+def _usernames(t: _Table, name: str) -> tuple[str, ...]:
+    names = t.strs(name)
+    for n in names:
+        if not _USERNAME_RE.fullmatch(n):
+            raise SettingsError(f"{t.key(name)}: {n!r} is not a valid user name")
+    return names
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _server(t: _Table) -> ServerSettings:
+    s = ServerSettings(
+        host=t.str("host", "127.0.0.1"),
+        port=t.int("port", 8000, minimum=0),
+        public_url=t.str("public_url", "").rstrip("/"),
+        secret_key_file=t.str("secret_key_file", ""),
+        proxy_fix=t.int("proxy_fix", 0, minimum=0),
+    )
+    if s.port > 65535:
+        raise SettingsError(f"{t.key('port')}: must be <= 65535, got {s.port}")
+    t.done()
+    return s
+
+
+def _keys(t: _Table, base: Path) -> KeySettings:
+    raw_dir = t.str("dir", "keys")
+    s = KeySettings(
+        dir=(base / raw_dir) if not os.path.isabs(raw_dir) else Path(raw_dir),
+        default_alg=t.str("default_alg", "RS256", choices=SIGNING_ALGS),
+        rsa_bits=t.int("rsa_bits", 2048),
+        retire_margin=t.int("retire_margin", 300, minimum=0),
+        reload_interval=t.number("reload_interval", 2.0),
+    )
+    if s.rsa_bits not in (2048, 3072, 4096):
+        raise SettingsError(f"{t.key('rsa_bits')}: must be 2048, 3072 or 4096, got {s.rsa_bits}")
+    t.done()
+    return s
+
+
+def _tokens(t: _Table) -> TokenSettings:
+    s = TokenSettings(
+        default_lifetime=t.int("default_lifetime", 1800, minimum=60),
+        max_lifetime=t.int("max_lifetime", 3600, minimum=60),
+        include_jti=t.bool("include_jti", True),
+        cap_to_upstream_exp=t.bool("cap_to_upstream_exp", True),
+    )
+    if s.default_lifetime > s.max_lifetime:
+        raise SettingsError(
+            f"{t.key('default_lifetime')}: {s.default_lifetime} exceeds "
+            f"tokens.max_lifetime ({s.max_lifetime})"
+        )
+    t.done()
+    return s
+
+
+def _policy(t: _Table) -> PolicySettings:
+    s = PolicySettings(
+        slurm_user=t.str("slurm_user", "slurm"),
+        deny_users=_usernames(t, "deny_users"),
+        allow_users=_usernames(t, "allow_users"),
+        min_uid=t.int("min_uid", 1000, minimum=0),
+    )
+    if not _USERNAME_RE.fullmatch(s.slurm_user):
+        raise SettingsError(f"{t.key('slurm_user')}: {s.slurm_user!r} is not a valid user name")
+    t.done()
+    return s
+
+
+def _jwks(t: _Table) -> JwksSettings:
+    s = JwksSettings(max_age=t.int("max_age", 300, minimum=0))
+    t.done()
+    return s
+
+
+def _audit(t: _Table) -> AuditSettings:
+    dest = t.str("destination", "stdout")
+    if dest not in ("stdout", "stderr", "none") and not dest.startswith("file:"):
+        raise SettingsError(
+            f"{t.key('destination')}: must be stdout, stderr, none or file:/path, got {_show(dest)}"
+        )
+    t.done()
+    return AuditSettings(destination=dest)
+
+
+def _url(t: _Table, name: str, value: str) -> str:
+    if value and not re.match(r"^https?://[^\s/]+", value):
+        raise SettingsError(f"{t.key(name)}: must be an http(s) URL, got {_show(value)}")
+    return value
+
+
+def _issuer(t: _Table) -> IssuerSettings:
+    name = t.str("name")
+    kind = t.str("kind", choices=ISSUER_KINDS)
+    issuer = _url(t, "issuer", t.str("issuer"))
+    token_use = t.strs("token_use", ("access",))
+    for use in token_use:
+        if use not in TOKEN_USES:
+            raise SettingsError(f"{t.key('token_use')}: must hold access and/or id, got {use!r}")
+    intro = None
+    if t.has("introspection"):
+        it = t.table("introspection")
+        intro = IntrospectionSettings(it.str("client_id"), it.str("client_secret"))
+        it.done()
+    s = IssuerSettings(
+        name=name,
+        kind=kind,
+        issuer=issuer,
+        audiences=t.strs("audiences"),
+        allowed_clients=t.strs("allowed_clients"),
+        token_use=token_use,
+        tenants=t.strs("tenants"),
+        leeway=t.int("leeway", 60, minimum=0),
+        jwks_refetch_interval=t.number("jwks_refetch_interval", 60.0),
+        jwks_stale_window=t.number("jwks_stale_window", 3600.0),
+        http_timeout=t.number("http_timeout", 5.0, minimum=0.1),
+        discovery_url=_url(t, "discovery_url", t.str("discovery_url", "")),
+        jwks_uri=_url(t, "jwks_uri", t.str("jwks_uri", "")),
+        introspection=intro,
+        client_id=t.str("client_id", ""),
+        client_secret=t.str("client_secret", ""),
+        scopes=t.strs("scopes", ("openid", "profile", "email")),
+        display_name=t.str("display_name", ""),
+    )
+    if not s.audiences and not s.allowed_clients:
+        raise SettingsError(
+            f"{t.key('audiences')}: set audiences or allowed_clients, "
+            "or any token from this issuer would be accepted"
+        )
+    t.done()
+    return s
+
+
+def _rule(t: _Table, issuer_names: set[str]) -> MappingRule:
+    issuer = t.str("issuer", "*")
+    if issuer != "*" and issuer not in issuer_names:
+        raise SettingsError(f"{t.key('issuer')}: no [[issuers]] entry is named {issuer!r}")
+    regex = t.str("regex", "")
+    if regex:
+        try:
+            compiled = re.compile(regex)
+        except re.error as exc:
+            raise SettingsError(f"{t.key('regex')}: invalid regular expression: {exc}") from None
+        if "user" not in compiled.groupindex:
+            raise SettingsError(f"{t.key('regex')}: needs a named group (?P<user>...)")
+    table_raw = t._get("table")
+    table: dict[str, str] = {}
+    if table_raw is not None:
+        if not isinstance(table_raw, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in table_raw.items()
+        ):
+            raise SettingsError(f"{t.key('table')}: must be a table of strings")
+        table = dict(table_raw)
+    command = t._get("command")
+    if command is None:
+        cmd: tuple[str, ...] = ()
+    elif isinstance(command, list) and command and all(isinstance(c, str) for c in command):
+        cmd = tuple(command)
+    else:
+        raise SettingsError(f"{t.key('command')}: must be a non-empty list of strings (argv)")
+    s = MappingRule(
+        claim=t.str("claim"),
+        issuer=issuer,
+        regex=regex,
+        lowercase=t.bool("lowercase", False),
+        strip_domain=t.bool("strip_domain", False),
+        table=table,
+        table_only=t.bool("table_only", False),
+        require_groups=t.strs("require_groups"),
+        require_roles=t.strs("require_roles"),
+        command=cmd,
+        command_input=t.str("command_input", "argv", choices=("argv", "stdin")),
+        command_timeout=t.number("command_timeout", 5.0, minimum=0.1),
+        command_cache_ttl=t.number("command_cache_ttl", 300.0),
+    )
+    t.done()
+    return s
+
+
+def _mapping(t: _Table, issuer_names: set[str]) -> MappingSettings:
+    s = MappingSettings(
+        require_local_account=t.bool("require_local_account", False),
+        rules=tuple(_rule(r, issuer_names) for r in t.tables("rules")),
+    )
+    t.done()
+    return s
+
+
+def parse_settings(data: dict[str, Any], base: Path | None = None, source: str = "") -> Settings:
+    """Validate a parsed TOML document; relative paths are taken from ``base``."""
+    root = _Table(data, "")
+    base = base or Path.cwd()
+    issuers = tuple(_issuer(t) for t in root.tables("issuers"))
+    names = [i.name for i in issuers]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise SettingsError(f"issuers: the name {sorted(dupes)[0]!r} is used twice")
+    settings = Settings(
+        server=_server(root.table("server")),
+        keys=_keys(root.table("keys"), base),
+        tokens=_tokens(root.table("tokens")),
+        policy=_policy(root.table("policy")),
+        jwks=_jwks(root.table("jwks")),
+        audit=_audit(root.table("audit")),
+        issuers=issuers,
+        mapping=_mapping(root.table("mapping"), set(names)),
+        source=source or "<inline>",
+    )
+    root.done()
+    return settings
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Load settings from ``path``, else ``$SLURM_JWT_BRIDGE_CONFIG``, else defaults.
+
+    Relative paths in the file (such as ``[keys] dir``) are taken from the file's directory.
+    """
+    path = path or os.environ.get(CONFIG_ENV) or None
+    if path is None:
+        return parse_settings({}, Path.cwd(), "<defaults>")
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"{p}: cannot read config file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SettingsError(f"{p}: not valid TOML: {exc}") from None
+    return parse_settings(data, p.resolve().parent, str(p))

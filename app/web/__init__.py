@@ -1,0 +1,1 @@
+"""Flask blueprints: the doors of the service."""
