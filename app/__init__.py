@@ -28,7 +28,13 @@ def build_bridge(settings: Settings) -> Bridge:
     """Load keys and wire the pipeline (no Flask); raises on a bad key directory."""
     keys = KeyRingSource(settings.keys.dir, settings.keys.reload_interval)
     audit = AuditLog(settings.audit.destination)
-    return Bridge(settings, keys, audit, Pipeline(settings, keys, audit))
+    verifier = None
+    if settings.issuers:
+        from .upstream import UpstreamVerifier
+
+        verifier = UpstreamVerifier(settings.issuers)
+    pipeline = Pipeline(settings, keys, audit, verifier)
+    return Bridge(settings, keys, audit, pipeline)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -36,11 +42,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     bridge = build_bridge(settings)
     app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.extensions["slurm_jwt_bridge"] = bridge
-    app.json.sort_keys = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from .web import health, jwks
+    from .web import api, health, jwks, openapi
 
-    app.register_blueprint(jwks.bp)
-    app.register_blueprint(health.bp)
+    for blueprint in (jwks.bp, health.bp, api.bp, openapi.bp):
+        app.register_blueprint(blueprint)
     return app

@@ -7,15 +7,22 @@ or its BridgeError.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .audit import AuditLog
-from .errors import BridgeError
+from .errors import BridgeError, invalid_request
+from .identity import IdentityMapper
 from .keys import KeyRingSource
 from .minting import SlurmToken, mint_slurm_token
 from .policy import check_account, resolve_lifetime
 from .settings import Settings
 
-__all__ = ["BridgeError", "Pipeline", "Request"]
+if TYPE_CHECKING:
+    from .upstream import UpstreamVerifier, VerifiedToken
+
+__all__ = ["BridgeError", "Exchange", "Pipeline", "Request"]
+
+SIGNING_ALGS = ("RS256", "HS256")
 
 
 @dataclass(frozen=True)
@@ -26,16 +33,82 @@ class Request:
     remote_addr: str | None = None
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """A minted Slurm token and the verified upstream token it came from."""
+
+    token: SlurmToken
+    upstream: VerifiedToken
+
+
 class Pipeline:
     """Built once per process by ``create_app`` (or by the CLI) and shared by every door."""
 
-    def __init__(self, settings: Settings, keys: KeyRingSource, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        keys: KeyRingSource,
+        audit: AuditLog,
+        verifier: UpstreamVerifier | None = None,
+        mapper: IdentityMapper | None = None,
+    ) -> None:
         self.settings = settings
         self.keys = keys
         self.audit = audit
+        self.verifier = verifier
+        self.mapper = mapper or IdentityMapper(settings.mapping)
 
     def _alg(self, alg: str | None) -> str:
-        return alg or self.settings.keys.default_alg
+        alg = alg or self.settings.keys.default_alg
+        if alg not in SIGNING_ALGS:
+            raise invalid_request(f"alg must be RS256 or HS256, got {alg[:16]!r}", "bad_alg")
+        return alg
+
+    def exchange(
+        self,
+        subject_token: str,
+        *,
+        expected_use: str | None = None,
+        lifetime: int | None = None,
+        alg: str | None = None,
+        request: Request | None = None,
+    ) -> Exchange:
+        """verify -> map -> authorize -> mint -> audit, for a token from an identity provider."""
+        request = request or Request()
+        fields: dict[str, Any] = {"door": request.door, "remote_addr": request.remote_addr}
+        try:
+            if self.verifier is None or not self.settings.issuers:
+                raise BridgeError(
+                    "invalid_grant",
+                    "no identity provider is configured ([[issuers]])",
+                    400,
+                    metric="no_issuers",
+                )
+            chosen_alg = self._alg(alg)
+            fields["alg"] = chosen_alg
+            verified = self.verifier.verify(subject_token, expected_use)
+            fields.update(
+                issuer=verified.issuer.name,
+                sub=verified.subject[:128],
+                client=verified.client_id,
+            )
+            mapped = self.mapper.map(
+                verified.issuer.name, verified.claims, verified.groups, verified.roles
+            )
+            fields["user"] = mapped.name
+            check_account(
+                mapped.name, self.settings.policy, self.settings.mapping.require_local_account
+            )
+            seconds = resolve_lifetime(lifetime, self.settings.tokens)
+            cap = verified.exp if self.settings.tokens.cap_to_upstream_exp else None
+            token = self._mint(mapped.name, seconds, chosen_alg, cap)
+        except BridgeError as exc:
+            self.audit.record("exchange", "refused", reason=exc.reason, **fields)
+            raise
+        self.audit.record(
+            "exchange", "minted", kid=token.kid, jti=token.jti, exp=token.exp, **fields
+        )
+        return Exchange(token, verified)
 
     def _mint(self, user: str, lifetime: int, alg: str, not_after: int | None = None) -> SlurmToken:
         return mint_slurm_token(

@@ -1,0 +1,132 @@
+"""The token API door: RFC 8693 ``POST /oauth/token`` and ``POST /api/v1/token``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from ..errors import BridgeError, invalid_request
+from ..pipeline import Exchange, Request
+
+bp = Blueprint("api", __name__)
+
+GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+TT_ACCESS = "urn:ietf:params:oauth:token-type:access_token"
+TT_ID = "urn:ietf:params:oauth:token-type:id_token"
+TT_JWT = "urn:ietf:params:oauth:token-type:jwt"
+SUBJECT_TOKEN_TYPES = {TT_ACCESS: "access", TT_ID: "id", TT_JWT: None}
+REQUESTED_TOKEN_TYPES = (TT_JWT, TT_ACCESS)
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def oauth_error(exc: BridgeError) -> Response:
+    resp = jsonify(exc.oauth_body())
+    resp.status_code = exc.status
+    resp.headers.update(NO_STORE)
+    if exc.status == 401:
+        resp.headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'
+    return resp
+
+
+def token_answer(result: Exchange) -> Response:
+    t = result.token
+    resp = jsonify(
+        access_token=t.token,
+        issued_token_type=TT_JWT,
+        token_type="Bearer",
+        expires_in=t.exp - t.iat,
+        slurm_user=t.user,
+    )
+    resp.headers.update(NO_STORE)
+    return resp
+
+
+def _bridge() -> Any:
+    return current_app.extensions["slurm_jwt_bridge"]
+
+
+def _int(value: Any, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit() and len(value) < 10:
+        return int(value)
+    raise invalid_request(f"{name} must be a whole number of seconds")
+
+
+def _origin(door: str) -> Request:
+    return Request(door=door, remote_addr=request.remote_addr)
+
+
+@bp.post("/oauth/token")
+def oauth_token() -> Response:
+    try:
+        if request.mimetype != "application/x-www-form-urlencoded":
+            raise invalid_request(
+                "send the request form-encoded (application/x-www-form-urlencoded)"
+            )
+        form = request.form
+        grant = form.get("grant_type", "")
+        if grant != GRANT_TOKEN_EXCHANGE:
+            raise BridgeError(
+                "unsupported_grant_type",
+                f"grant_type must be {GRANT_TOKEN_EXCHANGE}",
+                400,
+            )
+        subject_token = form.get("subject_token", "")
+        if not subject_token:
+            raise invalid_request("subject_token is missing")
+        stt = form.get("subject_token_type", "")
+        if stt not in SUBJECT_TOKEN_TYPES:
+            raise invalid_request(
+                "subject_token_type must be one of " + ", ".join(SUBJECT_TOKEN_TYPES)
+            )
+        rtt = form.get("requested_token_type")
+        if rtt and rtt not in REQUESTED_TOKEN_TYPES:
+            raise invalid_request(f"requested_token_type must be {TT_JWT}")
+        result = _bridge().pipeline.exchange(
+            subject_token,
+            expected_use=SUBJECT_TOKEN_TYPES[stt],
+            lifetime=_int(form.get("requested_lifetime"), "requested_lifetime"),
+            alg=form.get("alg") or None,
+            request=_origin("token-exchange"),
+        )
+    except BridgeError as exc:
+        return oauth_error(exc)
+    return token_answer(result)
+
+
+@bp.post("/api/v1/token")
+def api_token() -> Response:
+    try:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, credentials = auth.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise BridgeError(
+                "invalid_request",
+                "send the identity provider's token as 'Authorization: Bearer <token>'",
+                401,
+            )
+        body: dict[str, Any] = {}
+        if request.content_length:
+            data = request.get_json(silent=True)
+            if not isinstance(data, dict):
+                raise invalid_request("the body must be a JSON object")
+            unknown = set(data) - {"lifetime", "alg"}
+            if unknown:
+                raise invalid_request(f"unknown field {sorted(unknown)[0][:32]!r}")
+            body = data
+        alg = body.get("alg")
+        if alg is not None and not isinstance(alg, str):
+            raise invalid_request("alg must be RS256 or HS256")
+        result = _bridge().pipeline.exchange(
+            credentials.strip(),
+            lifetime=_int(body.get("lifetime"), "lifetime"),
+            alg=alg,
+            request=_origin("api"),
+        )
+    except BridgeError as exc:
+        return oauth_error(exc)
+    return token_answer(result)

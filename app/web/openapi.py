@@ -1,0 +1,181 @@
+"""The service's own OpenAPI document, served at ``/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+bp = Blueprint("openapi", __name__)
+
+_ERROR = {
+    "description": "Refused: an RFC 6749 error body; nothing was minted.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/OAuthError"}}},
+}
+_TOKEN = {
+    "description": "A Slurm token for the mapped cluster user.",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TokenResponse"}}},
+}
+_ERRORS = {str(code): _ERROR for code in (400, 401, 403, 413, 429, 500, 503)}
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "slurm-jwt-bridge",
+            "version": "1",
+            "description": "Exchange identity-provider tokens for short-lived Slurm JWTs.",
+        },
+        "paths": {
+            "/oauth/token": {
+                "post": {
+                    "summary": "RFC 8693 token exchange",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/x-www-form-urlencoded": {
+                                "schema": {"$ref": "#/components/schemas/TokenExchangeRequest"}
+                            }
+                        },
+                    },
+                    "responses": {"200": _TOKEN, **_ERRORS},
+                }
+            },
+            "/api/v1/token": {
+                "post": {
+                    "summary": "Exchange the bearer token for a Slurm token",
+                    "security": [{"bearer": []}],
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {"$ref": "#/components/schemas/TokenOptions"}
+                            }
+                        },
+                    },
+                    "responses": {"200": _TOKEN, **_ERRORS},
+                }
+            },
+            "/.well-known/jwks.json": {
+                "get": {
+                    "summary": "The RS256 keys slurmctld needs",
+                    "responses": {
+                        "200": {
+                            "description": "JWKS",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Jwks"}
+                                }
+                            },
+                        },
+                        "304": {"description": "Not modified (If-None-Match)"},
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {"summary": "Liveness", "responses": {"200": {"description": "alive"}}}
+            },
+            "/readyz": {
+                "get": {
+                    "summary": "Readiness",
+                    "responses": {
+                        "200": {"description": "ready"},
+                        "503": {"description": "not ready"},
+                    },
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "TokenExchangeRequest": {
+                    "type": "object",
+                    "required": ["grant_type", "subject_token", "subject_token_type"],
+                    "properties": {
+                        "grant_type": {
+                            "type": "string",
+                            "enum": ["urn:ietf:params:oauth:grant-type:token-exchange"],
+                        },
+                        "subject_token": {"type": "string", "maxLength": 16384},
+                        "subject_token_type": {
+                            "type": "string",
+                            "enum": [
+                                "urn:ietf:params:oauth:token-type:access_token",
+                                "urn:ietf:params:oauth:token-type:id_token",
+                                "urn:ietf:params:oauth:token-type:jwt",
+                            ],
+                        },
+                        "requested_token_type": {
+                            "type": "string",
+                            "enum": ["urn:ietf:params:oauth:token-type:jwt"],
+                        },
+                        "requested_lifetime": {"type": "integer", "minimum": 60},
+                        "alg": {"type": "string", "enum": ["RS256", "HS256"]},
+                        "actor_token": {"type": "string"},
+                        "actor_token_type": {"type": "string"},
+                        "requested_subject": {"type": "string"},
+                    },
+                },
+                "TokenOptions": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "lifetime": {"type": "integer", "minimum": 60},
+                        "alg": {"type": "string", "enum": ["RS256", "HS256"]},
+                    },
+                },
+                "TokenResponse": {
+                    "type": "object",
+                    "required": [
+                        "access_token",
+                        "issued_token_type",
+                        "token_type",
+                        "expires_in",
+                        "slurm_user",
+                    ],
+                    "properties": {
+                        "access_token": {"type": "string"},
+                        "issued_token_type": {
+                            "type": "string",
+                            "enum": ["urn:ietf:params:oauth:token-type:jwt"],
+                        },
+                        "token_type": {"type": "string", "enum": ["Bearer"]},
+                        "expires_in": {"type": "integer"},
+                        "slurm_user": {"type": "string"},
+                    },
+                },
+                "OAuthError": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "error_description": {"type": "string"},
+                    },
+                },
+                "Jwks": {
+                    "type": "object",
+                    "required": ["keys"],
+                    "properties": {
+                        "keys": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["kty", "alg", "kid", "n", "e"],
+                                "properties": {
+                                    k: {"type": "string"}
+                                    for k in ("kty", "alg", "use", "kid", "n", "e")
+                                },
+                            },
+                        }
+                    },
+                },
+            },
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def openapi() -> ResponseReturnValue:
+    return jsonify(document())
