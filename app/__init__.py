@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, jsonify
 
 from .audit import AuditLog
+from .errors import BridgeError
 from .keys import KeyRingSource
 from .pipeline import Pipeline
-from .settings import Settings, load_settings
+from .settings import IssuerSettings, Settings, load_settings
 
 __all__ = ["Bridge", "create_app"]
 
@@ -22,6 +24,12 @@ class Bridge:
     keys: KeyRingSource
     audit: AuditLog
     pipeline: Pipeline
+
+    def discovery(self, issuer: IssuerSettings) -> dict[str, Any]:
+        """The issuer's OpenID discovery document (cached by the upstream verifier)."""
+        if self.pipeline.verifier is None:
+            raise BridgeError("invalid_request", "no identity provider is configured", 404)
+        return self.pipeline.verifier.discovery(issuer.name)
 
 
 def build_bridge(settings: Settings) -> Bridge:
@@ -46,8 +54,36 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["slurm_jwt_bridge"] = bridge
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    from .web import api, health, jwks, openapi
+    from .web import api, browser, health, jwks, openapi
 
     for blueprint in (jwks.bp, health.bp, api.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    if settings.browser.enabled:
+        browser.init_browser(app, settings)
+    if settings.server.proxy_fix:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        n = settings.server.proxy_fix
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
+
+    @app.after_request
+    def security_headers(resp: Response) -> Response:
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        resp.headers.setdefault("X-Frame-Options", "DENY")
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        if resp.mimetype == "text/html":
+            resp.headers.setdefault(
+                "Content-Security-Policy",
+                "default-src 'self'; frame-ancestors 'none'; form-action 'self' https: http:",
+            )
+        return resp
+
+    @app.errorhandler(413)
+    def too_large(_exc: Exception) -> tuple[Response, int]:
+        return jsonify(error="invalid_request", error_description="request body too large"), 413
+
+    @app.errorhandler(500)
+    def server_error(_exc: Exception) -> tuple[Response, int]:
+        return jsonify(error="server_error", error_description="internal error; see the log"), 500
+
     return app

@@ -249,6 +249,43 @@ def mint(
     sys.stdout.write(f"SLURM_JWT={token.token}\n")
 
 
+# ---------------------------------------------------------------- login
+
+
+@main.command("login")
+@click.option("--url", required=True, envvar="SLURM_JWT_BRIDGE_URL", help="The bridge's URL.")
+@click.option("--export", "as_export", is_flag=True, help="Print `export SLURM_JWT=...`.")
+@click.option("--lifetime", type=int, help="Requested token lifetime in seconds.")
+@click.option("--interval", type=float, help="Polling interval (default: the IdP's, or 5 s).")
+@click.option("--ca-file", type=click.Path(dir_okay=False), help="CA bundle for https.")
+def login(
+    url: str, as_export: bool, lifetime: int | None, interval: float | None, ca_file: str | None
+) -> None:
+    """Log in from a terminal (device grant) and print a Slurm token.
+
+    Do not leave SLURM_JWT set in an interactive shell that runs Slurm's command-line tools:
+    they then authenticate with the token instead of munge.
+    """
+    from .device_login import LoginError, device_login
+
+    try:
+        answer = device_login(
+            url,
+            lifetime=lifetime,
+            interval=interval,
+            prompt=lambda line: click.echo(line, err=True),
+            verify=ca_file or True,
+        )
+    except LoginError as exc:
+        _fail(str(exc))
+        return
+    prefix = "export SLURM_JWT=" if as_export else "SLURM_JWT="
+    sys.stdout.write(f"{prefix}{answer['access_token']}\n")
+    click.echo(
+        f"token for {answer.get('slurm_user')}, valid {answer.get('expires_in')} s", err=True
+    )
+
+
 # ---------------------------------------------------------------- serve
 
 

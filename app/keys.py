@@ -34,6 +34,7 @@ from joserfc.jwk import RSAKey
 from jwt.algorithms import RSAAlgorithm
 
 HS256_FILE = "jwt_hs256.key"
+SESSION_KEY_FILE = "session.key"
 RING_FILE = "ring.json"
 LOCK_FILE = ".lock"
 HS256_MIN_BYTES = 32
@@ -316,6 +317,10 @@ def init_keys(directory: str | os.PathLike[str], bits: int = 2048) -> list[str]:
         if not hs.exists():
             atomic_write(hs, secrets.token_bytes(HS256_DEFAULT_BYTES), 0o600)
             created.append(f"created HS256 key {hs}")
+        session = d / SESSION_KEY_FILE
+        if not session.exists():
+            atomic_write(session, secrets.token_bytes(32), 0o600)
+            created.append(f"created browser session key {session}")
     return created
 
 

@@ -1,26 +1,31 @@
 """The one path every Slurm token takes: verify -> map -> authorize -> mint -> audit.
 
 Doors (token API, browser, proxy, CLI) only parse their input and format this module's answer
-or its BridgeError.
+or its BridgeError. Every decision, minted or refused, is one audit line.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import grp
+import pwd
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .audit import AuditLog
-from .errors import BridgeError, invalid_request
+from .errors import BridgeError, access_denied, invalid_request, unauthorized_client
 from .identity import IdentityMapper
 from .keys import KeyRingSource
 from .minting import SlurmToken, mint_slurm_token
 from .policy import check_account, resolve_lifetime
-from .settings import Settings
+from .settings import DelegationActor, ServiceAccount, Settings
 
 if TYPE_CHECKING:
     from .upstream import UpstreamVerifier, VerifiedToken
 
-__all__ = ["BridgeError", "Exchange", "Pipeline", "Request"]
+__all__ = ["BridgeError", "Exchange", "Grant", "Pipeline", "Request"]
 
 SIGNING_ALGS = ("RS256", "HS256")
 
@@ -34,11 +39,44 @@ class Request:
 
 
 @dataclass(frozen=True)
+class Grant:
+    """Who gets a token, as decided by verify + map; what ``issue`` authorizes and mints.
+
+    Small and plain so the browser door can keep it in a session cookie.
+    """
+
+    user: str
+    issuer: str | None = None
+    subject: str | None = None
+    client: str | None = None
+    kind: str = "user"  # user | service | delegated | operator
+    actor: str | None = None
+    max_lifetime: int | None = None
+    algs: tuple[str, ...] = SIGNING_ALGS
+    not_after: int | None = None
+
+    def audit_fields(self) -> dict[str, Any]:
+        return {
+            "issuer": self.issuer,
+            "sub": self.subject[:128] if self.subject else None,
+            "client": self.client,
+            "user": self.user,
+            "kind": self.kind,
+            "actor": self.actor,
+        }
+
+
+@dataclass(frozen=True)
 class Exchange:
-    """A minted Slurm token and the verified upstream token it came from."""
+    """A minted Slurm token and the grant it was minted for."""
 
     token: SlurmToken
-    upstream: VerifiedToken
+    grant: Grant
+
+
+@dataclass
+class _Decision:
+    fields: dict[str, Any] = field(default_factory=dict)
 
 
 class Pipeline:
@@ -51,74 +89,50 @@ class Pipeline:
         audit: AuditLog,
         verifier: UpstreamVerifier | None = None,
         mapper: IdentityMapper | None = None,
+        observer: Any = None,
     ) -> None:
         self.settings = settings
         self.keys = keys
         self.audit = audit
         self.verifier = verifier
         self.mapper = mapper or IdentityMapper(settings.mapping)
+        # Optional metrics hook: observer.decision(outcome, reason, issuer, alg, seconds).
+        self.observer = observer
+        self._regex = {
+            a: re.compile(a.subject_regex) for a in settings.delegation if a.subject_regex
+        }
 
-    def _alg(self, alg: str | None) -> str:
-        alg = alg or self.settings.keys.default_alg
-        if alg not in SIGNING_ALGS:
-            raise invalid_request(f"alg must be RS256 or HS256, got {alg[:16]!r}", "bad_alg")
-        return alg
+    # ------------------------------------------------------------ public doors
 
     def exchange(
         self,
-        subject_token: str,
+        subject_token: str | None,
         *,
         expected_use: str | None = None,
         lifetime: int | None = None,
         alg: str | None = None,
         request: Request | None = None,
+        actor_token: str | None = None,
+        requested_subject: str | None = None,
     ) -> Exchange:
-        """verify -> map -> authorize -> mint -> audit, for a token from an identity provider."""
+        """An identity-provider token (and optionally a portal's actor token) -> Slurm token."""
         request = request or Request()
-        fields: dict[str, Any] = {"door": request.door, "remote_addr": request.remote_addr}
-        try:
-            if self.verifier is None or not self.settings.issuers:
-                raise BridgeError(
-                    "invalid_grant",
-                    "no identity provider is configured ([[issuers]])",
-                    400,
-                    metric="no_issuers",
+        with self._audited("exchange", request) as decision:
+            if actor_token:
+                grant = self.delegated_grant(
+                    actor_token, subject_token, requested_subject, expected_use, decision
                 )
-            chosen_alg = self._alg(alg)
-            fields["alg"] = chosen_alg
-            verified = self.verifier.verify(subject_token, expected_use)
-            fields.update(
-                issuer=verified.issuer.name,
-                sub=verified.subject[:128],
-                client=verified.client_id,
-            )
-            mapped = self.mapper.map(
-                verified.issuer.name, verified.claims, verified.groups, verified.roles
-            )
-            fields["user"] = mapped.name
-            check_account(
-                mapped.name, self.settings.policy, self.settings.mapping.require_local_account
-            )
-            seconds = resolve_lifetime(lifetime, self.settings.tokens)
-            cap = verified.exp if self.settings.tokens.cap_to_upstream_exp else None
-            token = self._mint(mapped.name, seconds, chosen_alg, cap)
-        except BridgeError as exc:
-            self.audit.record("exchange", "refused", reason=exc.reason, **fields)
-            raise
-        self.audit.record(
-            "exchange", "minted", kid=token.kid, jti=token.jti, exp=token.exp, **fields
-        )
-        return Exchange(token, verified)
-
-    def _mint(self, user: str, lifetime: int, alg: str, not_after: int | None = None) -> SlurmToken:
-        return mint_slurm_token(
-            self.keys.current(),
-            user,
-            lifetime,
-            alg,
-            include_jti=self.settings.tokens.include_jti,
-            not_after=not_after,
-        )
+            else:
+                if requested_subject:
+                    raise invalid_request(
+                        "requested_subject needs an actor_token from a listed delegation actor"
+                    )
+                if not subject_token:
+                    raise invalid_request("subject_token is missing")
+                verified = self.verify(subject_token, expected_use)
+                decision.fields.update(_verified_fields(verified))
+                grant = self.grant_for(verified)
+            return self.issue(grant, lifetime=lifetime, alg=alg, decision=decision)
 
     def operator_mint(
         self,
@@ -129,31 +143,223 @@ class Pipeline:
     ) -> SlurmToken:
         """The admin CLI door: the operator is trusted, the account policy still applies."""
         request = request or Request(door="cli")
-        alg = self._alg(alg)
-        try:
-            check_account(user, self.settings.policy)
-            seconds = resolve_lifetime(lifetime, self.settings.tokens)
-            token = self._mint(user, seconds, alg)
-        except BridgeError as exc:
-            self.audit.record(
-                "mint",
-                "refused",
-                door=request.door,
-                user=user[:64],
-                alg=alg,
-                reason=exc.reason,
-                remote_addr=request.remote_addr,
+        with self._audited("mint", request) as decision:
+            grant = Grant(user=user, kind="operator")
+            return self.issue(grant, lifetime=lifetime, alg=alg, decision=decision).token
+
+    def login(
+        self, id_token: str, not_after: int, request: Request, lifetime: int | None = None
+    ) -> Exchange:
+        """The browser door: an ID token from the login; tokens live at most as the session."""
+        with self._audited("login", request) as decision:
+            verified = self.verify(id_token, "id")
+            decision.fields.update(_verified_fields(verified))
+            grant = self.grant_for(verified)
+            grant = replace(grant, not_after=not_after)
+            return self.issue(grant, lifetime=lifetime, decision=decision)
+
+    def remint(
+        self, grant: Grant, lifetime: int | None, alg: str | None, request: Request
+    ) -> Exchange:
+        """A new token for a grant decided earlier (the browser session); policy re-applies."""
+        with self._audited("remint", request) as decision:
+            return self.issue(grant, lifetime=lifetime, alg=alg, decision=decision)
+
+    # ------------------------------------------------------------ steps
+
+    def verify(self, token: str, expected_use: str | None = None) -> VerifiedToken:
+        if self.verifier is None or not self.settings.issuers:
+            raise BridgeError(
+                "invalid_grant",
+                "no identity provider is configured ([[issuers]])",
+                400,
+                metric="no_issuers",
             )
-            raise
-        self.audit.record(
-            "mint",
-            "minted",
-            door=request.door,
-            user=user,
-            alg=token.alg,
-            kid=token.kid,
-            jti=token.jti,
-            exp=token.exp,
-            remote_addr=request.remote_addr,
+        return self.verifier.verify(token, expected_use)
+
+    def grant_for(self, verified: VerifiedToken) -> Grant:
+        """Map a verified token to a cluster user: service account or mapping rules."""
+        cap = verified.exp if self.settings.tokens.cap_to_upstream_exp else None
+        base = {
+            "issuer": verified.issuer.name,
+            "subject": verified.subject,
+            "client": verified.client_id,
+            "not_after": cap,
+        }
+        service = self._service_account(verified)
+        if service is not None:
+            return Grant(
+                user=service.account,
+                kind="service",
+                max_lifetime=service.max_lifetime,
+                algs=service.algs,
+                **base,
+            )
+        if verified.is_service:
+            raise unauthorized_client(
+                f"service client {(verified.client_id or '?')[:64]!r} of issuer "
+                f"{verified.issuer.name!r} is not listed in [[service_accounts]]",
+                metric="unknown_service_client",
+            )
+        mapped = self.mapper.map(
+            verified.issuer.name, verified.claims, verified.groups, verified.roles
         )
-        return token
+        return Grant(user=mapped.name, **base)
+
+    def delegated_grant(
+        self,
+        actor_token: str,
+        subject_token: str | None,
+        requested_subject: str | None,
+        expected_use: str | None,
+        decision: _Decision,
+    ) -> Grant:
+        """RFC 8693 delegation: a listed portal acts for a user."""
+        actor_verified = self.verify(actor_token, "access")
+        actor = self._actor(actor_verified)
+        actor_name = f"{actor_verified.issuer.name}:{actor_verified.client_id}"
+        decision.fields["actor"] = actor_name
+        if actor is None:
+            raise unauthorized_client(
+                f"actor {actor_name[:96]!r} is not listed in [[delegation.actors]]",
+                metric="unknown_actor",
+            )
+        if requested_subject:
+            if subject_token:
+                raise invalid_request("send subject_token or requested_subject, not both")
+            user = self._requested_subject(actor, requested_subject)
+            return Grant(
+                user=user,
+                kind="delegated",
+                actor=actor_name,
+                issuer=actor_verified.issuer.name,
+                client=actor_verified.client_id,
+                max_lifetime=actor.max_lifetime,
+                not_after=actor_verified.exp if self.settings.tokens.cap_to_upstream_exp else None,
+            )
+        if not subject_token:
+            raise invalid_request("subject_token is missing")
+        verified = self.verify(subject_token, expected_use)
+        decision.fields.update(_verified_fields(verified))
+        if verified.is_service:
+            raise access_denied(
+                "delegation yields tokens for users; the subject_token is a service token",
+                metric="delegated_service",
+            )
+        grant = self.grant_for(verified)
+        return Grant(
+            user=grant.user,
+            issuer=grant.issuer,
+            subject=grant.subject,
+            client=grant.client,
+            kind="delegated",
+            actor=actor_name,
+            max_lifetime=actor.max_lifetime,
+            not_after=grant.not_after,
+        )
+
+    def issue(
+        self,
+        grant: Grant,
+        *,
+        lifetime: int | None = None,
+        alg: str | None = None,
+        decision: _Decision | None = None,
+    ) -> Exchange:
+        """authorize -> mint: account policy, lifetime policy, allowed algorithms, signature."""
+        decision = decision or _Decision()
+        decision.fields.update({k: v for k, v in grant.audit_fields().items() if v is not None})
+        chosen = alg or self.settings.keys.default_alg
+        if chosen not in SIGNING_ALGS:
+            raise invalid_request(f"alg must be RS256 or HS256, got {chosen[:16]!r}", "bad_alg")
+        decision.fields["alg"] = chosen
+        if chosen not in grant.algs:
+            raise access_denied(
+                f"{chosen} is not allowed for account {grant.user!r} (allowed: "
+                f"{', '.join(grant.algs)})",
+                metric="alg_not_allowed_for_account",
+            )
+        check_account(grant.user, self.settings.policy, self.settings.mapping.require_local_account)
+        seconds = resolve_lifetime(lifetime, self.settings.tokens, grant.max_lifetime)
+        token = mint_slurm_token(
+            self.keys.current(),
+            grant.user,
+            seconds,
+            chosen,
+            include_jti=self.settings.tokens.include_jti,
+            not_after=grant.not_after,
+        )
+        decision.fields.update(kid=token.kid, jti=token.jti, exp=token.exp)
+        return Exchange(token, grant)
+
+    # ------------------------------------------------------------ helpers
+
+    @contextlib.contextmanager
+    def _audited(self, event: str, request: Request) -> Iterator[_Decision]:
+        decision = _Decision({"door": request.door, "remote_addr": request.remote_addr})
+        try:
+            yield decision
+        except BridgeError as exc:
+            self.audit.record(event, "refused", reason=exc.reason, **decision.fields)
+            if self.observer is not None:
+                self.observer.refused(exc.metric, decision.fields)
+            raise
+        self.audit.record(event, "minted", **decision.fields)
+        if self.observer is not None:
+            self.observer.minted(decision.fields)
+
+    def _service_account(self, verified: VerifiedToken) -> ServiceAccount | None:
+        if not verified.is_service or not verified.client_id:
+            return None
+        for sa in self.settings.service_accounts:
+            if sa.issuer == verified.issuer.name and sa.client_id == verified.client_id:
+                return sa
+        return None
+
+    def _actor(self, verified: VerifiedToken) -> DelegationActor | None:
+        for actor in self.settings.delegation:
+            if actor.issuer == verified.issuer.name and actor.client_id == verified.client_id:
+                return actor
+        return None
+
+    def _requested_subject(self, actor: DelegationActor, name: str) -> str:
+        """A named user an actor asks for: only within its configured group or regex."""
+        if not actor.allow_requested_subject:
+            raise access_denied(
+                "this actor may not use requested_subject (allow_requested_subject is off)",
+                metric="requested_subject_not_allowed",
+            )
+        pattern = self._regex.get(actor)
+        in_regex = bool(pattern and pattern.fullmatch(name))
+        in_group = bool(actor.subject_groups) and _in_any_group(name, actor.subject_groups)
+        if not (in_regex or in_group):
+            raise access_denied(
+                f"requested_subject {name[:64]!r} is outside the actor's subject_groups/"
+                "subject_regex",
+                metric="requested_subject_outside_policy",
+            )
+        return name
+
+
+def _verified_fields(verified: VerifiedToken) -> dict[str, Any]:
+    return {
+        "issuer": verified.issuer.name,
+        "sub": verified.subject[:128],
+        "client": verified.client_id,
+    }
+
+
+def _in_any_group(name: str, groups: tuple[str, ...]) -> bool:
+    """Membership in a local group, as a supplementary member or by primary gid."""
+    try:
+        primary = pwd.getpwnam(name).pw_gid
+    except KeyError:
+        primary = None
+    for group in groups:
+        try:
+            entry = grp.getgrnam(group)
+        except KeyError:
+            continue
+        if name in entry.gr_mem or entry.gr_gid == primary:
+            return True
+    return False

@@ -121,6 +121,47 @@ class MappingSettings:
 
 
 @dataclass(frozen=True)
+class ServiceAccount:
+    """A service's own IdP token (client credentials) -> one fixed cluster account."""
+
+    issuer: str
+    client_id: str
+    account: str
+    max_lifetime: int | None = None
+    algs: tuple[str, ...] = SIGNING_ALGS
+
+
+@dataclass(frozen=True)
+class DelegationActor:
+    """A trusted portal that may exchange its users' tokens (RFC 8693 actor_token)."""
+
+    issuer: str
+    client_id: str
+    allow_requested_subject: bool = False
+    subject_groups: tuple[str, ...] = ()
+    subject_regex: str = ""
+    max_lifetime: int | None = None
+
+
+@dataclass(frozen=True)
+class BrowserSettings:
+    enabled: bool = True
+    session_lifetime: int = 28800
+    secure_cookies: bool = True
+    proxy_url: str = ""
+
+
+@dataclass(frozen=True)
+class CliLoginSettings:
+    """What ``slurm-jwt-bridge login`` needs for the device grant at the IdP."""
+
+    issuer: str = ""
+    client_id: str = ""
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    resource: str = ""
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     keys: KeySettings = field(default_factory=KeySettings)
@@ -130,6 +171,10 @@ class Settings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     issuers: tuple[IssuerSettings, ...] = ()
     mapping: MappingSettings = field(default_factory=MappingSettings)
+    service_accounts: tuple[ServiceAccount, ...] = ()
+    delegation: tuple[DelegationActor, ...] = ()
+    browser: BrowserSettings = field(default_factory=BrowserSettings)
+    cli_login: CliLoginSettings = field(default_factory=CliLoginSettings)
     source: str = "<defaults>"
 
     def with_keys_dir(self, keys_dir: str | os.PathLike[str] | None) -> Settings:
@@ -431,6 +476,107 @@ def _mapping(t: _Table, issuer_names: set[str]) -> MappingSettings:
     return s
 
 
+def _issuer_ref(t: _Table, names: set[str]) -> str:
+    name = t.str("issuer")
+    if name not in names:
+        raise SettingsError(f"{t.key('issuer')}: no [[issuers]] entry is named {name!r}")
+    return name
+
+
+def _algs(t: _Table) -> tuple[str, ...]:
+    algs = t.strs("algs", SIGNING_ALGS)
+    for alg in algs:
+        if alg not in SIGNING_ALGS:
+            raise SettingsError(f"{t.key('algs')}: must hold RS256 and/or HS256, got {alg!r}")
+    return algs
+
+
+def _service_account(t: _Table, names: set[str]) -> ServiceAccount:
+    s = ServiceAccount(
+        issuer=_issuer_ref(t, names),
+        client_id=t.str("client_id"),
+        account=t.str("account"),
+        max_lifetime=t.int("max_lifetime", 0, minimum=60) or None,
+        algs=_algs(t),
+    )
+    if not _USERNAME_RE.fullmatch(s.account):
+        raise SettingsError(f"{t.key('account')}: {s.account!r} is not a valid user name")
+    t.done()
+    return s
+
+
+def _actor(t: _Table, names: set[str]) -> DelegationActor:
+    regex = t.str("subject_regex", "")
+    if regex:
+        try:
+            re.compile(regex)
+        except re.error as exc:
+            raise SettingsError(
+                f"{t.key('subject_regex')}: invalid regular expression: {exc}"
+            ) from None
+    s = DelegationActor(
+        issuer=_issuer_ref(t, names),
+        client_id=t.str("client_id"),
+        allow_requested_subject=t.bool("allow_requested_subject", False),
+        subject_groups=t.strs("subject_groups"),
+        subject_regex=regex,
+        max_lifetime=t.int("max_lifetime", 0, minimum=60) or None,
+    )
+    if s.allow_requested_subject and not (s.subject_groups or s.subject_regex):
+        raise SettingsError(
+            f"{t.key('allow_requested_subject')}: needs subject_groups or subject_regex "
+            "to bound which users the actor may name"
+        )
+    t.done()
+    return s
+
+
+def _delegation(t: _Table, names: set[str]) -> tuple[DelegationActor, ...]:
+    actors = tuple(_actor(a, names) for a in t.tables("actors"))
+    t.done()
+    return actors
+
+
+def _browser(t: _Table) -> BrowserSettings:
+    s = BrowserSettings(
+        enabled=t.bool("enabled", True),
+        session_lifetime=t.int("session_lifetime", 28800, minimum=60),
+        secure_cookies=t.bool("secure_cookies", True),
+        proxy_url=t.str("proxy_url", "").rstrip("/"),
+    )
+    t.done()
+    return s
+
+
+def _cli_login(t: _Table, names: set[str]) -> CliLoginSettings:
+    if not t.data:
+        return CliLoginSettings()
+    s = CliLoginSettings(
+        issuer=_issuer_ref(t, names),
+        client_id=t.str("client_id"),
+        scopes=t.strs("scopes", ("openid", "profile", "email")),
+        resource=t.str("resource", ""),
+    )
+    t.done()
+    return s
+
+
+def _check_login_clients(issuers: tuple[IssuerSettings, ...]) -> None:
+    """A browser-login client's ID tokens must be accepted by its own issuer entry."""
+    for i, iss in enumerate(issuers):
+        if not iss.client_id:
+            continue
+        if iss.client_id not in iss.audiences:
+            raise SettingsError(
+                f"issuers[{i}].audiences: must include client_id {iss.client_id!r} "
+                "(browser login exchanges the ID token issued to it)"
+            )
+        if "id" not in iss.token_use:
+            raise SettingsError(
+                f'issuers[{i}].token_use: must include "id" when client_id is set for browser login'
+            )
+
+
 def parse_settings(data: dict[str, Any], base: Path | None = None, source: str = "") -> Settings:
     """Validate a parsed TOML document; relative paths are taken from ``base``."""
     root = _Table(data, "")
@@ -449,9 +595,16 @@ def parse_settings(data: dict[str, Any], base: Path | None = None, source: str =
         audit=_audit(root.table("audit")),
         issuers=issuers,
         mapping=_mapping(root.table("mapping"), set(names)),
+        service_accounts=tuple(
+            _service_account(t, set(names)) for t in root.tables("service_accounts")
+        ),
+        delegation=_delegation(root.table("delegation"), set(names)),
+        browser=_browser(root.table("browser")),
+        cli_login=_cli_login(root.table("cli_login"), set(names)),
         source=source or "<inline>",
     )
     root.done()
+    _check_login_clients(issuers)
     return settings
 
 

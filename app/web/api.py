@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from ..errors import BridgeError, invalid_request
 from ..pipeline import Exchange, Request
@@ -76,22 +76,27 @@ def oauth_token() -> Response:
                 400,
             )
         subject_token = form.get("subject_token", "")
-        if not subject_token:
+        if not subject_token and not form.get("requested_subject"):
             raise invalid_request("subject_token is missing")
         stt = form.get("subject_token_type", "")
-        if stt not in SUBJECT_TOKEN_TYPES:
+        if subject_token and stt not in SUBJECT_TOKEN_TYPES:
             raise invalid_request(
                 "subject_token_type must be one of " + ", ".join(SUBJECT_TOKEN_TYPES)
             )
         rtt = form.get("requested_token_type")
         if rtt and rtt not in REQUESTED_TOKEN_TYPES:
             raise invalid_request(f"requested_token_type must be {TT_JWT}")
+        actor_token = form.get("actor_token") or None
+        if actor_token and form.get("actor_token_type") not in (TT_ACCESS, TT_JWT):
+            raise invalid_request(f"actor_token_type must be {TT_ACCESS} or {TT_JWT}")
         result = _bridge().pipeline.exchange(
-            subject_token,
-            expected_use=SUBJECT_TOKEN_TYPES[stt],
+            subject_token or None,
+            expected_use=SUBJECT_TOKEN_TYPES[stt] if stt else None,
             lifetime=_int(form.get("requested_lifetime"), "requested_lifetime"),
             alg=form.get("alg") or None,
             request=_origin("token-exchange"),
+            actor_token=actor_token,
+            requested_subject=form.get("requested_subject") or None,
         )
     except BridgeError as exc:
         return oauth_error(exc)
@@ -130,3 +135,37 @@ def api_token() -> Response:
     except BridgeError as exc:
         return oauth_error(exc)
     return token_answer(result)
+
+
+@bp.get("/api/v1/cli-login")
+def cli_login() -> Response:
+    """What ``slurm-jwt-bridge login`` needs to run the device grant at the IdP."""
+    bridge = _bridge()
+    cfg = bridge.settings.cli_login
+    iss = bridge.settings.issuer_named(cfg.issuer) if cfg.issuer else None
+    if iss is None:
+        return oauth_error(
+            BridgeError("invalid_request", "terminal login is not configured ([cli_login])", 404)
+        )
+    try:
+        meta = bridge.discovery(iss)
+    except BridgeError as exc:
+        return oauth_error(exc)
+    device = meta.get("device_authorization_endpoint")
+    if not device:
+        return oauth_error(
+            BridgeError(
+                "invalid_request",
+                f"issuer {iss.name!r} does not offer the device authorization grant",
+                404,
+            )
+        )
+    return jsonify(
+        issuer=iss.issuer,
+        client_id=cfg.client_id,
+        scope=" ".join(cfg.scopes),
+        resource=cfg.resource or None,
+        device_authorization_endpoint=device,
+        token_endpoint=meta["token_endpoint"],
+        token_exchange_endpoint=url_for("api.oauth_token", _external=True),
+    )

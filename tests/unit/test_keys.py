@@ -25,7 +25,7 @@ def states(d: Path) -> dict[str, str]:
 def test_init_creates_active_next_and_hs256_with_private_modes(tmp_path: Path) -> None:
     d = tmp_path / "k"
     lines = init_keys(d)
-    assert len(lines) == 3
+    assert len(lines) == 4
     ring = KeyRing.load(d)
     assert sorted(states(d).values()) == ["active", "next"]
     assert ring.active is not None and ring.active.bits == 2048
