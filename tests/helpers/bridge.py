@@ -1,0 +1,97 @@
+"""Run the bridge for real (its own process, a free port) for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from .slurm import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class BridgeServer:
+    """A ``slurm-jwt-bridge serve`` process; stopped by pid."""
+
+    def __init__(self, config_path: Path, port: int, log_path: Path, env: dict[str, str]) -> None:
+        self.config_path = config_path
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        exe = Path(sys.executable).parent / "slurm-jwt-bridge"
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(
+            [str(exe), "serve", "--config", str(config_path), "--port", str(port)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
+        )
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"bridge exited {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"bridge not ready after {timeout} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def audit_lines(self) -> list[dict]:
+        import json
+
+        out = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+    def __enter__(self) -> BridgeServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_bridge(
+    workdir: Path, config_toml: str, env: dict[str, str] | None = None
+) -> BridgeServer:
+    """Write ``config_toml`` (``{port}`` is replaced by a free port) and start the bridge."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cfg = workdir / f"bridge-{port}.toml"
+    cfg.write_text(config_toml.replace("{port}", str(port)))
+    server = BridgeServer(cfg, port, workdir / f"bridge-{port}.log", env or {})
+    try:
+        server.wait_ready()
+    except Exception:
+        server.stop()
+        raise
+    return server
