@@ -60,6 +60,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(blueprint)
     if settings.browser.enabled:
         browser.init_browser(app, settings)
+    if settings.proxy.enabled:
+        from .web.proxy import init_proxy
+
+        init_proxy(app, settings, bridge.pipeline)
     if settings.server.proxy_fix:
         from werkzeug.middleware.proxy_fix import ProxyFix
 

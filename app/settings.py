@@ -162,6 +162,25 @@ class CliLoginSettings:
 
 
 @dataclass(frozen=True)
+class ProxySettings:
+    """The reverse proxy to slurmrestd (``/slurm``, ``/slurmdb``, ``/openapi``)."""
+
+    upstream: str = ""
+    auth_style: str = "x-slurm"
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    pool_size: int = 32
+    max_body: int = 1 << 20
+    passthrough_slurm_tokens: bool = False
+    token_lifetime: int = 0
+    cache_size: int = 10000
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.upstream)
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     keys: KeySettings = field(default_factory=KeySettings)
@@ -175,6 +194,7 @@ class Settings:
     delegation: tuple[DelegationActor, ...] = ()
     browser: BrowserSettings = field(default_factory=BrowserSettings)
     cli_login: CliLoginSettings = field(default_factory=CliLoginSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
     source: str = "<defaults>"
 
     def with_keys_dir(self, keys_dir: str | os.PathLike[str] | None) -> Settings:
@@ -561,6 +581,34 @@ def _cli_login(t: _Table, names: set[str]) -> CliLoginSettings:
     return s
 
 
+def _proxy(t: _Table, tokens: TokenSettings) -> ProxySettings:
+    upstream = t.str("upstream", "")
+    if upstream and not (
+        re.fullmatch(r"https?://[^\s/]+/?", upstream) or re.fullmatch(r"unix:/\S+", upstream)
+    ):
+        raise SettingsError(
+            f"{t.key('upstream')}: must be http://host:port or unix:/path, got {_show(upstream)}"
+        )
+    s = ProxySettings(
+        upstream=upstream.rstrip("/"),
+        auth_style=t.str("auth_style", "x-slurm", choices=("x-slurm", "bearer")),
+        connect_timeout=t.number("connect_timeout", 5.0, minimum=0.1),
+        read_timeout=t.number("read_timeout", 60.0, minimum=0.1),
+        pool_size=t.int("pool_size", 32, minimum=1),
+        max_body=t.int("max_body", 1 << 20, minimum=1024),
+        passthrough_slurm_tokens=t.bool("passthrough_slurm_tokens", False),
+        token_lifetime=t.int("token_lifetime", 0, minimum=0),
+        cache_size=t.int("cache_size", 10000, minimum=1),
+    )
+    if s.token_lifetime and not 60 <= s.token_lifetime <= tokens.max_lifetime:
+        raise SettingsError(
+            f"{t.key('token_lifetime')}: must be between 60 and tokens.max_lifetime "
+            f"({tokens.max_lifetime}), got {s.token_lifetime}"
+        )
+    t.done()
+    return s
+
+
 def _check_login_clients(issuers: tuple[IssuerSettings, ...]) -> None:
     """A browser-login client's ID tokens must be accepted by its own issuer entry."""
     for i, iss in enumerate(issuers):
@@ -586,10 +634,11 @@ def parse_settings(data: dict[str, Any], base: Path | None = None, source: str =
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise SettingsError(f"issuers: the name {sorted(dupes)[0]!r} is used twice")
+    tokens = _tokens(root.table("tokens"))
     settings = Settings(
         server=_server(root.table("server")),
         keys=_keys(root.table("keys"), base),
-        tokens=_tokens(root.table("tokens")),
+        tokens=tokens,
         policy=_policy(root.table("policy")),
         jwks=_jwks(root.table("jwks")),
         audit=_audit(root.table("audit")),
@@ -601,6 +650,7 @@ def parse_settings(data: dict[str, Any], base: Path | None = None, source: str =
         delegation=_delegation(root.table("delegation"), set(names)),
         browser=_browser(root.table("browser")),
         cli_login=_cli_login(root.table("cli_login"), set(names)),
+        proxy=_proxy(root.table("proxy"), tokens),
         source=source or "<inline>",
     )
     root.done()

@@ -81,7 +81,7 @@ ALLOWED_ALGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "ES512": ("EC", ("P-521",)),
     "EdDSA": ("OKP", ("Ed25519", "Ed448")),
 }
-_DEFAULT_ALG = {"RSA": "RS256", "P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+_EC_ALG = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 
 GRAPH_AUDIENCES = frozenset(
     {
@@ -499,7 +499,12 @@ def _parse_jwks(doc: dict[str, Any], now: float) -> _KeySet:
             continue
         if alg is not None and alg not in ALLOWED_ALGS:
             continue
-        probe = alg or _DEFAULT_ALG.get(crv if kty == "EC" else kty, "EdDSA")
+        if alg is not None:
+            probe = alg
+        elif kty == "EC":
+            probe = _EC_ALG.get(crv, "")
+        else:
+            probe = "RS256" if kty == "RSA" else "EdDSA"
         if probe not in ALLOWED_ALGS:
             continue
         key = _Key(kid, kty, crv if isinstance(crv, str) else None, alg, dict(jwk))
@@ -526,6 +531,10 @@ class _IssuerState:
         self.last_error: str | None = None
         self.jwks_uri: str | None = settings.jwks_uri or None
         self.introspector: Any = None
+        self.discovery_doc: dict[str, Any] | None = None
+        self.discovery_failed_at: float | None = None
+        self.discovery_error: str | None = None
+        self.rediscover = False
         s = settings
         self.ttl = max(s.jwks_refetch_interval, min(JWKS_TTL, s.jwks_stale_window / 2))
 
@@ -677,6 +686,34 @@ class UpstreamVerifier:
             }
         return out
 
+    def discovery(self, name: str) -> dict[str, Any]:
+        """The discovery document of issuer ``name``, for the login doors (cached once fetched).
+
+        Raises BridgeError: 404 for an unknown name, 503 when the IdP cannot be reached.
+        """
+        st = next((st for st in self._states if st.settings.name == name), None)
+        if st is None:
+            raise BridgeError("invalid_request", f"no issuer is named {_clip(name)}", 404)
+        doc = st.discovery_doc
+        if doc is None:
+            with st.fetch_lock:
+                doc = st.discovery_doc
+                failed = st.discovery_failed_at
+                now = self._clock()
+                if doc is None and (failed is None or not 0 <= now - failed < NO_KEYS_RETRY):
+                    try:
+                        doc = self._discover(st)
+                    except _FetchError as exc:
+                        st.discovery_failed_at = now
+                        st.discovery_error = str(exc)
+                if doc is None:
+                    raise _unavailable(
+                        f"discovery document of issuer {name!r} could not be fetched: "
+                        f"{st.discovery_error}",
+                        "discovery_unavailable",
+                    )
+        return dict(doc)
+
     def close(self) -> None:
         """Close the HTTP client if this verifier created it."""
         if self._own_http:
@@ -768,6 +805,10 @@ class UpstreamVerifier:
             ) from None
         except jwt.PyJWTError as exc:
             raise _malformed(str(exc)[:CLAIM_CLIP]) from None
+        except (ValueError, TypeError):  # a signature of the wrong shape for the key
+            raise invalid_grant(
+                f"token signature is not a valid {alg} signature", "bad_signature"
+            ) from None
         claims = dict(payload)
         exp = _time_checks(s, claims, self._clock())
         if s.kind == "entra" and not _str(claims.get("tid")):
@@ -883,14 +924,10 @@ class UpstreamVerifier:
         s = st.settings
         uri = st.jwks_uri
         if not uri:
-            doc = self._get_json(st.discovery_url, s.http_timeout, "discovery document")
-            # An explicit discovery_url may be an internal address whose document names another
-            # host; a derived one must name exactly the configured issuer (OIDC Discovery 4.3).
-            if not s.discovery_url and s.kind != "entra" and doc.get("issuer") != s.issuer:
-                raise _FetchError(
-                    f"discovery document names issuer {_clip(doc.get('issuer'))}, "
-                    f"expected {_clip(s.issuer)}"
-                )
+            # A document fetched for a login door is reused, unless the JWKS it named failed.
+            doc = st.discovery_doc
+            if doc is None or st.rediscover:
+                doc = self._discover(st)
             uri = doc.get("jwks_uri")
             if not isinstance(uri, str) or not re.match(r"^https?://", uri):
                 raise _FetchError("discovery document has no http(s) jwks_uri")
@@ -899,9 +936,25 @@ class UpstreamVerifier:
         except _FetchError:
             if not s.jwks_uri:
                 st.jwks_uri = None  # discover again next time: the IdP may have moved it
+                st.rediscover = True
             raise
         st.jwks_uri = uri
+        st.rediscover = False
         return keyset
+
+    def _discover(self, st: _IssuerState) -> dict[str, Any]:
+        """Fetch and remember the discovery document (caller holds ``st.fetch_lock``)."""
+        s = st.settings
+        doc = self._get_json(st.discovery_url, s.http_timeout, "discovery document")
+        # An explicit discovery_url may be an internal address whose document names another
+        # host; a derived one must name exactly the configured issuer (OIDC Discovery 4.3).
+        if not s.discovery_url and s.kind != "entra" and doc.get("issuer") != s.issuer:
+            raise _FetchError(
+                f"discovery document names issuer {_clip(doc.get('issuer'))}, "
+                f"expected {_clip(s.issuer)}"
+            )
+        st.discovery_doc = doc
+        return doc
 
     def _get_json(self, url: str, timeout: float, what: str) -> dict[str, Any]:
         """GET a JSON object of at most MAX_DOCUMENT_BYTES within ``timeout`` s in total."""

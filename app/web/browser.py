@@ -144,7 +144,7 @@ def _store(result: Any) -> None:
     session["exp"] = result.token.exp
 
 
-def _session_grant() -> Grant | None:
+def session_grant() -> Grant | None:
     raw = session.get("grant")
     if not isinstance(raw, dict):
         return None
@@ -159,7 +159,7 @@ def _session_grant() -> Grant | None:
 @bp.get("/")
 def index() -> ResponseReturnValue:
     settings: Settings = _bridge().settings
-    grant = _session_grant()
+    grant = session_grant()
     if grant is None:
         return _page("index.html", issuers=login_issuers(settings))
     token = session.get("token", "")
@@ -253,7 +253,7 @@ def callback() -> ResponseReturnValue:
 
 @bp.post("/token")
 def new_token() -> ResponseReturnValue:
-    grant = _session_grant()
+    grant = session_grant()
     if grant is None:
         return redirect(url_for("browser.index"))
     _check_csrf()

@@ -1,0 +1,381 @@
+"""The reverse proxy door: a request to ``/slurm/...`` (or ``/slurmdb/...``, ``/openapi/...``)
+carrying an identity-provider token becomes a request to slurmrestd carrying a Slurm token.
+
+Steady traffic costs no signature: the verified upstream token maps to its user from a cache
+(until the upstream token expires) and the user's Slurm token is reused until 80 % of its
+lifetime. Whatever X-SLURM-* or Authorization header the client sent is dropped: slurmrestd only
+ever sees the bridge's token for the mapped user.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from cachetools import TLRUCache
+from flask import Blueprint, Flask, Response, current_app, request, session
+
+from ..errors import BridgeError
+from ..minting import SlurmToken
+from ..pipeline import Grant, Request
+from ..settings import ProxySettings, Settings
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("proxy", __name__)
+
+PREFIXES = ("slurm", "slurmdb", "openapi")
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+# RFC 9110 section 7.6.1 hop-by-hop headers, plus what the proxy sets itself.
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
+DROP_REQUEST = HOP_BY_HOP | {"host", "authorization", "cookie", "content-length", "forwarded"}
+DROP_RESPONSE = HOP_BY_HOP | {"content-length", "set-cookie"}
+REUSE_FRACTION = 0.8
+ERROR_PEEK = 64 * 1024
+
+
+def _json_error(status: int, error: str, description: str, **extra: Any) -> Response:
+    body = {"error": error, "error_description": description, **extra}
+    resp = Response(json.dumps(body), status=status, mimetype="application/json")
+    resp.headers["Cache-Control"] = "no-store"
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="slurm-jwt-bridge"'
+    return resp
+
+
+def _b64json(part: str) -> Any:
+    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+
+
+def _looks_like_slurm_token(token: str) -> str | None:
+    """The ``sun`` of a raw Slurm token (no issuer, a ``sun`` claim), else None."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        payload = _b64json(parts[1])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(payload, dict) and "iss" not in payload and isinstance(payload.get("sun"), str):
+        return payload["sun"]
+    return None
+
+
+@dataclass(frozen=True)
+class _Cached:
+    token: SlurmToken
+    reuse_until: float
+
+
+class SlurmRestProxy:
+    """Connection pool, caches and header rules; one per process."""
+
+    def __init__(self, settings: Settings, pipeline: Any) -> None:
+        self.settings = settings
+        self.cfg: ProxySettings = settings.proxy
+        self.pipeline = pipeline
+        cfg = self.cfg
+        limits = httpx.Limits(
+            max_connections=cfg.pool_size, max_keepalive_connections=cfg.pool_size
+        )
+        timeout = httpx.Timeout(
+            cfg.read_timeout, connect=cfg.connect_timeout, pool=cfg.connect_timeout
+        )
+        if cfg.upstream.startswith("unix:"):
+            transport = httpx.HTTPTransport(uds=cfg.upstream[5:], limits=limits)
+            base = "http://slurmrestd"
+        else:
+            transport = httpx.HTTPTransport(limits=limits)
+            base = cfg.upstream
+        self.base = base
+        self.client = httpx.Client(transport=transport, timeout=timeout, base_url=base)
+        self.lifetime = cfg.token_lifetime or None
+        self._lock = threading.Lock()
+        # upstream token hash -> Grant, until the upstream token's exp
+        self._grants: TLRUCache[str, tuple[Grant, float]] = TLRUCache(
+            cfg.cache_size, ttu=lambda _k, v, _now: v[1], timer=time.time
+        )
+        # user -> Slurm token, reused until 80 % of its lifetime
+        self._tokens: TLRUCache[tuple[str, str], _Cached] = TLRUCache(
+            cfg.cache_size, ttu=lambda _k, v, _now: v.reuse_until, timer=time.time
+        )
+
+    # ------------------------------------------------------------ tokens
+
+    def grant_for_bearer(self, token: str, origin: Request) -> Grant:
+        key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+        with self._lock:
+            hit = self._grants.get(key)
+        if hit is not None:
+            return hit[0]
+        verified = self.pipeline.verify(token)
+        grant = self.pipeline.grant_for(verified)
+        with self._lock:
+            self._grants[key] = (grant, float(verified.exp))
+        return grant
+
+    def slurm_token(self, grant: Grant, origin: Request) -> SlurmToken:
+        cache_key = (grant.issuer or "", grant.user)
+        now = time.time()
+        with self._lock:
+            hit = self._tokens.get(cache_key)
+        if hit is not None and hit.reuse_until > now:
+            return hit.token
+        result = self.pipeline.remint(grant, self.lifetime, None, origin)
+        token = result.token
+        reuse = token.iat + (token.exp - token.iat) * REUSE_FRACTION
+        with self._lock:
+            self._tokens[cache_key] = _Cached(token, reuse)
+        return token
+
+    def forget(self, grant: Grant) -> None:
+        with self._lock:
+            self._tokens.pop((grant.issuer or "", grant.user), None)
+
+    # ------------------------------------------------------------ forwarding
+
+    def forward_headers(self, user: str, token: str) -> dict[str, str]:
+        connection_named = {
+            h.strip().lower() for h in request.headers.get("Connection", "").split(",") if h.strip()
+        }
+        out: dict[str, str] = {}
+        for name, value in request.headers.items():
+            low = name.lower()
+            if low in DROP_REQUEST or low in connection_named or low.startswith("x-slurm-"):
+                continue
+            out[name] = value
+        if self.cfg.auth_style == "bearer":
+            out["Authorization"] = f"Bearer {token}"
+        else:
+            out["X-SLURM-USER-NAME"] = user
+            out["X-SLURM-USER-TOKEN"] = token
+        forwarded = request.remote_addr or ""
+        prior = request.headers.get("X-Forwarded-For")
+        out["X-Forwarded-For"] = f"{prior}, {forwarded}" if prior else forwarded
+        return out
+
+    def send(self, path: str, user: str, token: str) -> httpx.Response:
+        length = request.content_length
+        body: Any = None
+        if length:
+            body = request.stream
+        elif request.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = _limited(request.stream, self.cfg.max_body)
+        headers = self.forward_headers(user, token)
+        if length is not None:
+            headers["Content-Length"] = str(length)
+        url = httpx.URL(path=path, query=request.query_string)
+        req = self.client.build_request(request.method, url, headers=headers, content=body)
+        return self.client.send(req, stream=True)
+
+
+def _limited(stream: Any, limit: int) -> Iterator[bytes]:
+    seen = 0
+    while True:
+        chunk = stream.read(65536)
+        if not chunk:
+            return
+        seen += len(chunk)
+        if seen > limit:
+            raise BridgeError("invalid_request", f"request body larger than {limit} bytes", 413)
+        yield chunk
+
+
+def _proxy() -> SlurmRestProxy:
+    return current_app.extensions["slurm_jwt_bridge_proxy"]
+
+
+def _auth_failure(status: int, body: str) -> bool:
+    """Did slurmrestd refuse the Slurm token? (22.05: 500; 24.05.5 and later: 511)."""
+    if status == 511:
+        return True
+    if status not in (401, 500):
+        return False
+    text = body.lower()
+    return any(marker in text for marker in ("authentication", "auth/jwt", "1007", "jwt"))
+
+
+def _refusal(grant: Grant, token: SlurmToken, status: int) -> Response:
+    causes = []
+    if token.kid:
+        causes.append(
+            f"the controller does not know key {token.kid}: its JWKS file is not synced "
+            "(run `slurm-jwt-bridge jwks sync --reconfigure` on the slurmctld host; "
+            "Slurm 22.05 needs a slurmctld restart)"
+        )
+    else:
+        causes.append("the controller's jwt_key differs from the bridge's jwt_hs256.key")
+    causes.append(
+        f"user {grant.user!r} is unknown on the controller (getpwnam fails there) "
+        "or the token expired"
+    )
+    return _json_error(
+        401,
+        "slurm_token_refused",
+        f"slurmrestd refused the Slurm token for {grant.user!r} (HTTP {status}); likely: "
+        + "; or ".join(causes),
+        slurm_user=grant.user,
+        kid=token.kid,
+        likely_causes=causes,
+    )
+
+
+def _authenticate(proxy: SlurmRestProxy, origin: Request) -> tuple[Grant | None, str | None]:
+    """(grant, passthrough token) from the Authorization header or the browser session."""
+    auth = request.headers.get("Authorization", "")
+    scheme, _, credentials = auth.partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() == "bearer" and credentials:
+        sun = _looks_like_slurm_token(credentials)
+        if sun is not None:
+            if not proxy.cfg.passthrough_slurm_tokens:
+                raise BridgeError(
+                    "invalid_token",
+                    "a raw Slurm token was presented; send your identity provider's token "
+                    "(passthrough_slurm_tokens is off)",
+                    401,
+                    metric="slurm_token_presented",
+                )
+            return Grant(user=sun, kind="passthrough"), credentials
+        return proxy.grant_for_bearer(credentials, origin), None
+    if auth:
+        raise BridgeError("invalid_request", "use 'Authorization: Bearer <token>'", 401)
+    if current_app.secret_key and isinstance(session.get("grant"), dict):
+        from .browser import session_grant
+
+        grant = session_grant()
+        if grant is not None:
+            return grant, None
+    return None, None
+
+
+def handle(prefix: str, rest: str) -> Response:
+    proxy = _proxy()
+    origin = Request(door="proxy", remote_addr=request.remote_addr)
+    request.max_content_length = proxy.cfg.max_body
+    if request.content_length and request.content_length > proxy.cfg.max_body:
+        return _json_error(
+            413, "invalid_request", f"request body larger than {proxy.cfg.max_body} bytes"
+        )
+    try:
+        grant, raw = _authenticate(proxy, origin)
+        if grant is None:
+            return _json_error(
+                401, "invalid_request", "send 'Authorization: Bearer <identity provider token>'"
+            )
+        token = None
+        if raw is None:
+            token = proxy.slurm_token(grant, origin)
+            raw = token.token
+    except BridgeError as exc:
+        return _json_error(exc.status if exc.status != 400 else 401, exc.error, exc.reason)
+    path = f"/{prefix}/{rest}" if rest else f"/{prefix}"
+    started = time.perf_counter()
+    try:
+        upstream = proxy.send(path, grant.user, raw)
+    except BridgeError as exc:
+        return _json_error(exc.status, exc.error, exc.reason)
+    except httpx.TimeoutException as exc:
+        return _json_error(
+            504, "upstream_timeout", f"slurmrestd did not answer in time ({type(exc).__name__})"
+        )
+    except httpx.HTTPError as exc:
+        return _json_error(
+            502, "upstream_unavailable", f"slurmrestd is unreachable ({type(exc).__name__})"
+        )
+    observer = current_app.extensions.get("slurm_jwt_bridge_metrics")
+    if upstream.status_code in (401, 500, 511) and token is not None:
+        peek = b""
+        try:
+            for chunk in upstream.iter_raw():
+                peek += chunk
+                if len(peek) >= ERROR_PEEK:
+                    break
+        except httpx.HTTPError:
+            pass
+        text = peek.decode("utf-8", "replace")
+        if _auth_failure(upstream.status_code, text):
+            upstream.close()
+            proxy.forget(grant)
+            if observer is not None:
+                observer.proxied(upstream.status_code, time.perf_counter() - started)
+            return _refusal(grant, token, upstream.status_code)
+        body: Any = _replay(peek, upstream)
+    else:
+        body = _stream(upstream)
+    if observer is not None:
+        observer.proxied(upstream.status_code, time.perf_counter() - started)
+    headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in DROP_RESPONSE]
+    resp = Response(body, status=upstream.status_code, headers=headers, direct_passthrough=True)
+    resp.call_on_close(upstream.close)
+    return resp
+
+
+def _stream(upstream: httpx.Response) -> Iterator[bytes]:
+    try:
+        yield from upstream.iter_raw()
+    except httpx.HTTPError as exc:
+        log.warning("slurmrestd response interrupted: %s", type(exc).__name__)
+    finally:
+        upstream.close()
+
+
+def _replay(first: bytes, upstream: httpx.Response) -> Iterator[bytes]:
+    if first:
+        yield first
+    yield from _stream(upstream)
+
+
+def _route(prefix: str) -> Any:
+    def view(rest: str = "") -> Response:
+        return handle(prefix, rest)
+
+    view.__name__ = f"proxy_{prefix}"
+    return view
+
+
+for _prefix in PREFIXES:
+    _view = _route(_prefix)
+    bp.add_url_rule(f"/{_prefix}", view_func=_view, methods=METHODS, strict_slashes=False)
+    bp.add_url_rule(f"/{_prefix}/<path:rest>", view_func=_view, methods=METHODS)
+
+
+def init_proxy(app: Flask, settings: Settings, pipeline: Any) -> None:
+    app.extensions["slurm_jwt_bridge_proxy"] = SlurmRestProxy(settings, pipeline)
+    app.register_blueprint(bp)
+
+
+def create_proxy_app(settings: Settings | None = None) -> Flask:
+    """The proxy alone (``gunicorn 'app.web.proxy:create_proxy_app()'``), plus health and JWKS."""
+    from .. import build_bridge
+    from ..settings import load_settings
+    from . import health, jwks
+
+    settings = settings or load_settings()
+    if not settings.proxy.enabled:
+        raise SystemExit("slurm-jwt-bridge: error: proxy.upstream: is required for the proxy app")
+    bridge = build_bridge(settings)
+    app = Flask("app")
+    app.extensions["slurm_jwt_bridge"] = bridge
+    app.register_blueprint(health.bp)
+    app.register_blueprint(jwks.bp)
+    init_proxy(app, settings, bridge.pipeline)
+    return app

@@ -1,0 +1,266 @@
+"""The proxy's header rules, caches and error mapping, against a recording HTTP upstream.
+
+The real slurmrestd runs in tests/integration/test_proxy_slurm.py; here an upstream that records
+what it receives shows exactly which headers cross the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from app import create_app
+from app.keys import KeyRing
+from app.minting import mint_slurm_token
+from app.settings import parse_settings
+from tests.helpers.slurm import free_port
+from tests.helpers.test_issuer import TestIssuer
+
+
+class Upstream:
+    """Answers every request; remembers the headers and body it got."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any]] = []
+        self.status = 200
+        self.body = b'{"jobs": []}'
+        self.delay = 0.0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                outer.seen.append(
+                    {
+                        "path": self.path,
+                        "headers": dict(self.headers.items()),
+                        "body": body,
+                        "method": self.command,
+                    }
+                )
+                if outer.delay:
+                    time.sleep(outer.delay)
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(outer.body)))
+                self.send_header("Set-Cookie", "upstream=1")
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            do_GET = do_POST = do_DELETE = _any
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    u = Upstream()
+    yield u
+    u.close()
+
+
+@pytest.fixture
+def idp() -> Iterator[Any]:
+    server = TestIssuer().start()
+    handle = server.add_issuer("/oidc")
+    yield handle
+    server.stop()
+
+
+def make_client(keys_dir: Path, tmp_path: Path, idp: Any, upstream_url: str, **proxy: Any) -> Any:
+    data = {
+        "keys": {"dir": str(keys_dir)},
+        "audit": {"destination": f"file:{tmp_path / 'audit.log'}"},
+        "browser": {"enabled": False},
+        "issuers": [
+            {"name": "oidc", "kind": "oidc", "issuer": idp.issuer, "audiences": ["bridge"]}
+        ],
+        "mapping": {"rules": [{"claim": "preferred_username"}]},
+        "proxy": {
+            "upstream": upstream_url,
+            "read_timeout": 1.0,
+            "connect_timeout": 1.0,
+            "max_body": 4096,
+            **proxy,
+        },
+    }
+    return create_app(parse_settings(data)).test_client()
+
+
+def alice(idp: Any, name: str = "alice") -> str:
+    return idp.mint(idp.oidc_claims(sub=name, aud="bridge", preferred_username=name))
+
+
+def test_client_slurm_headers_never_cross(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream
+) -> None:
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    r = client.get(
+        "/slurm/v0.0.44/jobs?update_time=1",
+        headers={
+            "Authorization": f"Bearer {alice(idp)}",
+            "X-SLURM-USER-NAME": "root",
+            "X-Slurm-User-Token": "forged",
+            "x-slurm-anything": "x",
+            "Cookie": "sjb_session=secret",
+            "Connection": "keep-alive, X-Private",
+            "X-Private": "hop",
+            "Accept": "application/json",
+        },
+    )
+    assert r.status_code == 200, r.data
+    got = upstream.seen[-1]
+    assert got["path"] == "/slurm/v0.0.44/jobs?update_time=1"
+    h = {k.lower(): v for k, v in got["headers"].items()}
+    assert h["x-slurm-user-name"] == "alice"
+    claims = jwt.decode(h["x-slurm-user-token"], options={"verify_signature": False})
+    assert claims["sun"] == "alice"
+    slurm = [k for k in h if k.startswith("x-slurm-")]
+    assert sorted(slurm) == ["x-slurm-user-name", "x-slurm-user-token"]
+    assert "authorization" not in h and "cookie" not in h and "x-private" not in h
+    assert h["accept"] == "application/json"
+    assert "set-cookie" not in {k.lower() for k in r.headers.keys()}
+
+
+def test_bearer_style(keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream) -> None:
+    client = make_client(keys_dir, tmp_path, idp, upstream.url, auth_style="bearer")
+    client.get(
+        "/slurm/v0.0.44/jobs",
+        headers={"Authorization": f"Bearer {alice(idp)}", "X-SLURM-USER-NAME": "root"},
+    )
+    h = {k.lower(): v for k, v in upstream.seen[-1]["headers"].items()}
+    assert h["authorization"].startswith("Bearer ey")
+    assert not [k for k in h if k.startswith("x-slurm-")]
+
+
+def test_one_signature_for_steady_traffic(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream
+) -> None:
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    token = alice(idp)
+    for _ in range(5):
+        assert (
+            client.get(
+                "/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {token}"}
+            ).status_code
+            == 200
+        )
+    other = alice(idp)  # a second upstream token for the same user reuses the Slurm token
+    assert (
+        client.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {other}"}).status_code
+        == 200
+    )
+    forwarded = {s["headers"]["X-SLURM-USER-TOKEN"] for s in upstream.seen}
+    assert len(forwarded) == 1
+    audit = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [a["outcome"] for a in audit] == ["minted"]
+
+
+def test_raw_slurm_token_refused_unless_passthrough(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream
+) -> None:
+    raw = mint_slurm_token(KeyRing.load(keys_dir), "alice", 600).token
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    r = client.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {raw}"})
+    assert r.status_code == 401 and "raw Slurm token" in r.json["error_description"]
+    assert upstream.seen == []
+    passing = make_client(keys_dir, tmp_path, idp, upstream.url, passthrough_slurm_tokens=True)
+    assert (
+        passing.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {raw}"}).status_code
+        == 200
+    )
+    assert upstream.seen[-1]["headers"]["X-SLURM-USER-TOKEN"] == raw
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Basic YTpi"}, 401),
+        ({"Authorization": "Bearer not.a.jwt"}, 401),
+    ],
+)
+def test_unauthenticated(
+    keys_dir: Path,
+    tmp_path: Path,
+    idp: Any,
+    upstream: Upstream,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    r = client.get("/slurm/v0.0.44/jobs", headers=headers)
+    assert r.status_code == status and r.json["error"]
+    assert upstream.seen == []
+
+
+def test_denied_user_is_403(keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream) -> None:
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    r = client.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {alice(idp, 'root')}"})
+    assert r.status_code == 403 and r.json["error"] == "access_denied"
+    assert upstream.seen == []
+
+
+def test_body_forwarded_and_size_limit(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream
+) -> None:
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    auth = {"Authorization": f"Bearer {alice(idp)}"}
+    body = json.dumps({"job": {"script": "#!/bin/sh\ntrue\n"}}).encode()
+    r = client.post(
+        "/slurm/v0.0.44/job/submit", data=body, headers=auth, content_type="application/json"
+    )
+    assert r.status_code == 200 and upstream.seen[-1]["body"] == body
+    r = client.post("/slurm/v0.0.44/job/submit", data=b"x" * 5000, headers=auth)
+    assert r.status_code == 413 and r.json["error"] == "invalid_request"
+
+
+def test_slurm_auth_failure_becomes_401(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream
+) -> None:
+    upstream.status = 511
+    upstream.body = b'{"errors":[{"error":"Protocol authentication error","error_number":1007}]}'
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    r = client.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {alice(idp)}"})
+    assert r.status_code == 401
+    assert r.json["error"] == "slurm_token_refused"
+    assert "JWKS file is not synced" in r.json["error_description"]
+    assert r.json["kid"] == KeyRing.load(keys_dir).active.kid
+    # other upstream errors pass through untouched
+    upstream.status, upstream.body = 404, b'{"errors":[{"error":"not found"}]}'
+    r = client.get("/slurm/v0.0.44/job/99", headers={"Authorization": f"Bearer {alice(idp)}"})
+    assert r.status_code == 404 and r.data == upstream.body
+
+
+def test_upstream_down_is_502(keys_dir: Path, tmp_path: Path, idp: Any) -> None:
+    client = make_client(keys_dir, tmp_path, idp, f"http://127.0.0.1:{free_port()}")
+    r = client.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {alice(idp)}"})
+    assert r.status_code == 502 and r.json["error"] == "upstream_unavailable"
+
+
+def test_upstream_slow_is_504(keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream) -> None:
+    upstream.delay = 3
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    r = client.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {alice(idp)}"})
+    assert r.status_code == 504 and r.json["error"] == "upstream_timeout"
