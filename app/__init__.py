@@ -32,7 +32,7 @@ class Bridge:
         return self.pipeline.verifier.discovery(issuer.name)
 
 
-def build_bridge(settings: Settings) -> Bridge:
+def build_bridge(settings: Settings, metrics: Any = None) -> Bridge:
     """Load keys and wire the pipeline (no Flask); raises on a bad key directory."""
     keys = KeyRingSource(settings.keys.dir, settings.keys.reload_interval)
     audit = AuditLog(settings.audit.destination)
@@ -40,16 +40,27 @@ def build_bridge(settings: Settings) -> Bridge:
     if settings.issuers:
         from .upstream import UpstreamVerifier
 
-        verifier = UpstreamVerifier(settings.issuers)
-    pipeline = Pipeline(settings, keys, audit, verifier)
+        verifier = UpstreamVerifier(
+            settings.issuers, on_fetch=metrics.jwks_fetch if metrics is not None else None
+        )
+    limiter = None
+    if settings.rate_limit.enabled and settings.issuers:
+        from .ratelimit import SubjectLimiter
+
+        limiter = SubjectLimiter(settings.rate_limit)
+    pipeline = Pipeline(settings, keys, audit, verifier, observer=metrics, subject_limiter=limiter)
     return Bridge(settings, keys, audit, pipeline)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The application factory (``gunicorn 'app:create_app()'`` reads $SLURM_JWT_BRIDGE_CONFIG)."""
+    from .metrics import Metrics
+
     settings = settings or load_settings()
-    bridge = build_bridge(settings)
+    metrics = Metrics()
+    bridge = build_bridge(settings, metrics)
     app = Flask(__name__)
+    app.extensions["slurm_jwt_bridge_metrics"] = metrics
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.extensions["slurm_jwt_bridge"] = bridge
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -64,6 +75,14 @@ def create_app(settings: Settings | None = None) -> Flask:
         from .web.proxy import init_proxy
 
         init_proxy(app, settings, bridge.pipeline)
+    if settings.rate_limit.enabled:
+        from .ratelimit import init_rate_limits
+
+        init_rate_limits(
+            app,
+            settings.rate_limit,
+            ["api.oauth_token", "api.api_token", "browser.login", "browser.callback"],
+        )
     if settings.server.proxy_fix:
         from werkzeug.middleware.proxy_fix import ProxyFix
 

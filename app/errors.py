@@ -16,6 +16,8 @@ class BridgeError(Exception):
         self.status = status
         # A short stable label for metrics and audit ("denied_user", "expired", ...).
         self.metric = metric or error
+        # Seconds a client should wait (429, 503): sent as Retry-After.
+        self.retry_after: int | None = None
 
     def oauth_body(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.reason}

@@ -10,6 +10,7 @@ import contextlib
 import grp
 import pwd
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -90,14 +91,17 @@ class Pipeline:
         verifier: UpstreamVerifier | None = None,
         mapper: IdentityMapper | None = None,
         observer: Any = None,
+        subject_limiter: Any = None,
     ) -> None:
         self.settings = settings
         self.keys = keys
         self.audit = audit
         self.verifier = verifier
         self.mapper = mapper or IdentityMapper(settings.mapping)
-        # Optional metrics hook: observer.decision(outcome, reason, issuer, alg, seconds).
+        # Optional metrics hook (app.metrics.Metrics): minted(...) and refused(...).
         self.observer = observer
+        # Optional per-subject rate limit: subject_limiter(issuer_name, sub) raises BridgeError.
+        self.subject_limiter = subject_limiter
         self._regex = {
             a: re.compile(a.subject_regex) for a in settings.delegation if a.subject_regex
         }
@@ -175,7 +179,10 @@ class Pipeline:
                 400,
                 metric="no_issuers",
             )
-        return self.verifier.verify(token, expected_use)
+        verified = self.verifier.verify(token, expected_use)
+        if self.subject_limiter is not None:
+            self.subject_limiter(verified.issuer.name, verified.subject)
+        return verified
 
     def grant_for(self, verified: VerifiedToken) -> Grant:
         """Map a verified token to a cluster user: service account or mapping rules."""
@@ -297,16 +304,17 @@ class Pipeline:
     @contextlib.contextmanager
     def _audited(self, event: str, request: Request) -> Iterator[_Decision]:
         decision = _Decision({"door": request.door, "remote_addr": request.remote_addr})
+        started = time.perf_counter()
         try:
             yield decision
         except BridgeError as exc:
             self.audit.record(event, "refused", reason=exc.reason, **decision.fields)
             if self.observer is not None:
-                self.observer.refused(exc.metric, decision.fields)
+                self.observer.refused(exc.metric, decision.fields, time.perf_counter() - started)
             raise
         self.audit.record(event, "minted", **decision.fields)
         if self.observer is not None:
-            self.observer.minted(decision.fields)
+            self.observer.minted(decision.fields, time.perf_counter() - started)
 
     def _service_account(self, verified: VerifiedToken) -> ServiceAccount | None:
         if not verified.is_service or not verified.client_id:

@@ -40,6 +40,7 @@ class KeySettings:
     rsa_bits: int = 2048
     retire_margin: int = 300
     reload_interval: float = 2.0
+    rotation_period: int = 604800
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,14 @@ class CliLoginSettings:
 
 
 @dataclass(frozen=True)
+class RateLimitSettings:
+    enabled: bool = True
+    per_address: str = "120/minute"
+    per_subject: str = "60/minute"
+    storage_uri: str = "memory://"
+
+
+@dataclass(frozen=True)
 class ProxySettings:
     """The reverse proxy to slurmrestd (``/slurm``, ``/slurmdb``, ``/openapi``)."""
 
@@ -195,6 +204,7 @@ class Settings:
     browser: BrowserSettings = field(default_factory=BrowserSettings)
     cli_login: CliLoginSettings = field(default_factory=CliLoginSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
     source: str = "<defaults>"
 
     def with_keys_dir(self, keys_dir: str | os.PathLike[str] | None) -> Settings:
@@ -341,6 +351,7 @@ def _keys(t: _Table, base: Path) -> KeySettings:
         rsa_bits=t.int("rsa_bits", 2048),
         retire_margin=t.int("retire_margin", 300, minimum=0),
         reload_interval=t.number("reload_interval", 2.0),
+        rotation_period=t.int("rotation_period", 604800, minimum=3600),
     )
     if s.rsa_bits not in (2048, 3072, 4096):
         raise SettingsError(f"{t.key('rsa_bits')}: must be 2048, 3072 or 4096, got {s.rsa_bits}")
@@ -408,6 +419,12 @@ def _issuer(t: _Table) -> IssuerSettings:
         if use not in TOKEN_USES:
             raise SettingsError(f"{t.key('token_use')}: must hold access and/or id, got {use!r}")
     intro = None
+    if t.has("introspection") and (
+        kind != "keycloak" or not re.fullmatch(r"https?://\S+/realms/[^/\s]+", issuer)
+    ):
+        raise SettingsError(
+            f'{t.key("introspection")}: needs kind = "keycloak" and an issuer <base>/realms/<realm>'
+        )
     if t.has("introspection"):
         it = t.table("introspection")
         intro = IntrospectionSettings(it.str("client_id"), it.str("client_secret"))
@@ -609,6 +626,31 @@ def _proxy(t: _Table, tokens: TokenSettings) -> ProxySettings:
     return s
 
 
+def _rate_limit(t: _Table) -> RateLimitSettings:
+    from limits import parse_many
+
+    s = RateLimitSettings(
+        enabled=t.bool("enabled", True),
+        per_address=t.str("per_address", "120/minute"),
+        per_subject=t.str("per_subject", "60/minute"),
+        storage_uri=t.str("storage_uri", "memory://"),
+    )
+    for name in ("per_address", "per_subject"):
+        try:
+            parse_many(getattr(s, name))
+        except ValueError:
+            raise SettingsError(
+                f'{t.key(name)}: not a rate limit like "60/minute", got {_show(getattr(s, name))}'
+            ) from None
+    if not re.match(r"^(memory|redis|rediss|redis\+unix|memcached)://", s.storage_uri):
+        raise SettingsError(
+            f"{t.key('storage_uri')}: must be memory:// or redis://host:port, "
+            f"got {_show(s.storage_uri)}"
+        )
+    t.done()
+    return s
+
+
 def _check_login_clients(issuers: tuple[IssuerSettings, ...]) -> None:
     """A browser-login client's ID tokens must be accepted by its own issuer entry."""
     for i, iss in enumerate(issuers):
@@ -651,6 +693,7 @@ def parse_settings(data: dict[str, Any], base: Path | None = None, source: str =
         browser=_browser(root.table("browser")),
         cli_login=_cli_login(root.table("cli_login"), set(names)),
         proxy=_proxy(root.table("proxy"), tokens),
+        rate_limit=_rate_limit(root.table("rate_limit")),
         source=source or "<inline>",
     )
     root.done()

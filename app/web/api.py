@@ -26,6 +26,8 @@ def oauth_error(exc: BridgeError) -> Response:
     resp.headers.update(NO_STORE)
     if exc.status == 401:
         resp.headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'
+    if exc.retry_after:
+        resp.headers["Retry-After"] = str(exc.retry_after)
     return resp
 
 

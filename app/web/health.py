@@ -1,8 +1,8 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
 bp = Blueprint("health", __name__)
@@ -25,4 +25,21 @@ def readyz() -> ResponseReturnValue:
         }
     }
     ready = ring.active is not None or ring.hs256 is not None
+    verifier = bridge.pipeline.verifier
+    if verifier is not None:
+        issuers = verifier.health()
+        if any(not s["jwks_present"] for s in issuers.values()):
+            verifier.prefetch()  # first probe after start: fetch now rather than report absence
+            issuers = verifier.health()
+        checks["issuers"] = issuers
+        ready = ready and all(s["jwks_present"] and s["usable"] for s in issuers.values())
     return jsonify(ready=ready, checks=checks), (200 if ready else 503)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    from ..metrics import render
+
+    bridge = current_app.extensions["slurm_jwt_bridge"]
+    body, content_type = render(bridge.keys.current(), bridge.settings.keys.rotation_period)
+    return Response(body, mimetype=content_type.split(";")[0], content_type=content_type)
