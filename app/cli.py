@@ -293,16 +293,37 @@ def login(
 @config_options
 @click.option("--host", help="Default [server] host.")
 @click.option("--port", type=int, help="Default [server] port.")
+@click.option("--prod", is_flag=True, help="Run under gunicorn with app.gunicorn_conf.")
+@click.option("--workers", type=int, help="gunicorn workers (with --prod).")
 @_errors
 def serve(
-    config_path: Path | None, keys_dir: Path | None, host: str | None, port: int | None
+    config_path: Path | None,
+    keys_dir: Path | None,
+    host: str | None,
+    port: int | None,
+    prod: bool,
+    workers: int | None,
 ) -> None:
-    """Run the development server (use gunicorn in production)."""
+    """Run the service: the development server, or gunicorn with --prod."""
+    import os
+
     from . import create_app
 
     s = _settings(config_path, keys_dir)
-    app = create_app(s)
-    app.run(host=host or s.server.host, port=port if port is not None else s.server.port)
+    host = host or s.server.host
+    port = port if port is not None else s.server.port
+    if prod:
+        if config_path:
+            os.environ[CONFIG_ENV] = str(config_path.resolve())
+        create_app(s)  # fail here, with one line, rather than in every worker
+        argv = ["gunicorn", "-c", "python:app.gunicorn_conf", "--bind", f"{host}:{port}"]
+        if workers:
+            argv += ["--workers", str(workers)]
+        if keys_dir:
+            os.environ["SLURM_JWT_BRIDGE_KEYS_DIR"] = str(Path(keys_dir).resolve())
+        exe = Path(sys.executable).parent / "gunicorn"
+        os.execv(str(exe), [*argv, "app:create_app()"])  # noqa: S606 (fixed argv)
+    create_app(s).run(host=host, port=port)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_ENV = "SLURM_JWT_BRIDGE_CONFIG"
+KEYS_DIR_ENV = "SLURM_JWT_BRIDGE_KEYS_DIR"
 
 ISSUER_KINDS = ("keycloak", "cognito", "entra", "oidc")
 TOKEN_USES = ("access", "id")
@@ -708,7 +709,9 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """
     path = path or os.environ.get(CONFIG_ENV) or None
     if path is None:
-        return parse_settings({}, Path.cwd(), "<defaults>")
+        return parse_settings({}, Path.cwd(), "<defaults>").with_keys_dir(
+            os.environ.get(KEYS_DIR_ENV) or None
+        )
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -718,4 +721,6 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"{p}: not valid TOML: {exc}") from None
-    return parse_settings(data, p.resolve().parent, str(p))
+    return parse_settings(data, p.resolve().parent, str(p)).with_keys_dir(
+        os.environ.get(KEYS_DIR_ENV) or None
+    )

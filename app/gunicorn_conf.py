@@ -1,0 +1,54 @@
+"""gunicorn settings shipped with the package:
+
+    gunicorn -c python:app.gunicorn_conf 'app:create_app()'
+
+Environment: GUNICORN_BIND (default 0.0.0.0:8000), GUNICORN_WORKERS (default 2 x CPUs + 1),
+GUNICORN_THREADS (4), GUNICORN_TIMEOUT (30), SLURM_JWT_BRIDGE_CONFIG (the TOML file).
+SIGHUP starts new workers that re-read the configuration and keys, then stops the old ones
+gracefully; the key ring also reloads by itself when the keys directory changes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("GUNICORN_WORKERS", str(2 * (os.cpu_count() or 1) + 1)))
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+worker_class = "gthread"
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+keepalive = 5
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
+max_requests_jitter = 50 if max_requests else 0
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+accesslog = "-"
+errorlog = "-"
+# JSON access log. %(U)s is the path without the query string and no header is logged except
+# the user agent, so no token can end up here.
+access_log_format = (
+    '{"time":"%(t)s","remote":"%(h)s","method":"%(m)s","path":"%(U)s","status":%(s)s,'
+    '"bytes":"%(B)s","duration_us":%(D)s,"agent":"%(a)s"}'
+)
+
+# Prometheus metrics from every worker (prometheus-client multiprocess mode).
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="slurm-jwt-bridge-metrics-")
+
+
+def on_starting(server: Any) -> None:
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(path, name))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
