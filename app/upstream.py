@@ -665,6 +665,16 @@ class UpstreamVerifier:
         for t in threads:
             t.join()
 
+    def refresh_due(self) -> None:
+        """Refresh every issuer whose keys are missing or older than their refresh time, at
+        most once per ``jwks_refetch_interval``: readiness probes call this, so an IdP outage
+        shows in health() even when no token arrives."""
+        now = self._clock()
+        for st in self._states:
+            ks = st.keyset
+            if ks is None or now - ks.fetched_at >= st.ttl:
+                self._fetch(st, wait=True, min_gap=st.settings.jwks_refetch_interval)
+
     def health(self) -> dict[str, dict[str, Any]]:
         """Per issuer: keys present, their age in s, whether stale (refresh failed), last error.
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from flask import Blueprint, Response, current_app, jsonify
 from flask.typing import ResponseReturnValue
 
@@ -10,7 +12,7 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz() -> ResponseReturnValue:
-    return jsonify(status="ok")
+    return jsonify(status="ok", worker=os.getpid())
 
 
 @bp.get("/readyz")
@@ -27,10 +29,8 @@ def readyz() -> ResponseReturnValue:
     ready = ring.active is not None or ring.hs256 is not None
     verifier = bridge.pipeline.verifier
     if verifier is not None:
+        verifier.refresh_due()
         issuers = verifier.health()
-        if any(not s["jwks_present"] for s in issuers.values()):
-            verifier.prefetch()  # first probe after start: fetch now rather than report absence
-            issuers = verifier.health()
         checks["issuers"] = issuers
         ready = ready and all(s["jwks_present"] and s["usable"] for s in issuers.values())
     return jsonify(ready=ready, checks=checks), (200 if ready else 503)

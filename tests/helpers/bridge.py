@@ -18,7 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 class BridgeServer:
     """A ``slurm-jwt-bridge serve`` process; stopped by pid."""
 
-    def __init__(self, config_path: Path, port: int, log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        port: int,
+        log_path: Path,
+        env: dict[str, str],
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.config_path = config_path
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -26,7 +33,7 @@ class BridgeServer:
         exe = Path(sys.executable).parent / "slurm-jwt-bridge"
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(exe), "serve", "--config", str(config_path), "--port", str(port)],
+            [str(exe), "serve", "--config", str(config_path), "--port", str(port), *extra],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **env},
@@ -81,14 +88,21 @@ class BridgeServer:
 
 
 def start_bridge(
-    workdir: Path, config_toml: str, env: dict[str, str] | None = None
+    workdir: Path,
+    config_toml: str,
+    env: dict[str, str] | None = None,
+    *,
+    workers: int = 0,
+    port: int | None = None,
 ) -> BridgeServer:
-    """Write ``config_toml`` (``{port}`` is replaced by a free port) and start the bridge."""
+    """Write ``config_toml`` (``{port}`` is replaced by the port) and start the bridge:
+    the development server, or gunicorn (``serve --prod``) with ``workers`` workers."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     cfg = workdir / f"bridge-{port}.toml"
     cfg.write_text(config_toml.replace("{port}", str(port)))
-    server = BridgeServer(cfg, port, workdir / f"bridge-{port}.log", env or {})
+    extra = ("--prod", "--workers", str(workers), "--host", "127.0.0.1") if workers else ()
+    server = BridgeServer(cfg, port, workdir / f"bridge-{port}.log", env or {}, extra)
     try:
         server.wait_ready()
     except Exception:

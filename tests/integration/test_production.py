@@ -1,0 +1,304 @@
+"""Production serving: gunicorn for real, key rotation under a steady stream, metrics,
+readiness, and rate limits shared through a real redis-server by two gunicorn instances."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+
+from app import create_app
+from app.keys import init_keys
+from app.settings import parse_settings
+from tests.conftest import skip_or_fail
+from tests.helpers.bridge import BridgeServer, start_bridge
+from tests.helpers.redis import RedisServer
+from tests.helpers.test_issuer import TestIssuer
+
+TE = "urn:ietf:params:oauth:grant-type:token-exchange"
+AT = "urn:ietf:params:oauth:token-type:access_token"
+CLI = str(Path(sys.executable).parent / "slurm-jwt-bridge")
+
+
+@pytest.fixture(scope="module")
+def idp() -> Iterator[Any]:
+    server = TestIssuer().start()
+    yield server.add_issuer("/oidc")
+    server.stop()
+
+
+def config(keys_dir: Path, idp: Any, extra: str = "") -> str:
+    return f"""
+[server]
+host = "127.0.0.1"
+port = {{port}}
+[keys]
+dir = "{keys_dir}"
+reload_interval = 0.5
+[audit]
+destination = "stdout"
+[browser]
+enabled = false
+[[issuers]]
+name = "test"
+kind = "oidc"
+issuer = "{idp.issuer}"
+audiences = ["bridge"]
+[[mapping.rules]]
+claim = "preferred_username"
+{extra}
+"""
+
+
+def user_token(idp: Any, name: str = "alice") -> str:
+    claims = idp.oidc_claims(sub=name, aud="bridge", preferred_username=name)
+    return idp.mint({**claims, "exp": idp.now() + 3600})
+
+
+def exchange(url: str, token: str) -> requests.Response:
+    form = {"grant_type": TE, "subject_token": token, "subject_token_type": AT}
+    return requests.post(f"{url}/oauth/token", data=form, timeout=10)
+
+
+@pytest.fixture
+def gunicorn_bridge(tmp_path: Path, idp: Any) -> Iterator[BridgeServer]:
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    server = start_bridge(
+        tmp_path, config(keys, idp, "[rate_limit]\nenabled = false\n"), workers=3
+    )
+    yield server
+    server.stop()
+
+
+def test_several_workers_answer(gunicorn_bridge: BridgeServer) -> None:
+    def ask(_: int) -> int:
+        return requests.get(f"{gunicorn_bridge.url}/healthz", timeout=5).json()["worker"]
+
+    workers: set[int] = set()
+    with ThreadPoolExecutor(16) as pool:
+        for _ in range(20):
+            workers.update(pool.map(ask, range(64)))
+            if len(workers) >= 2:
+                break
+    assert len(workers) >= 2, workers
+    assert gunicorn_bridge.log_path.read_text().count("Booting worker with pid") == 3
+    assert gunicorn_bridge.proc.pid not in workers  # the master only supervises
+
+
+def test_access_log_is_json_without_tokens(gunicorn_bridge: BridgeServer, idp: Any) -> None:
+    token = user_token(idp)
+    minted = exchange(gunicorn_bridge.url, token).json()["access_token"]
+    requests.get(f"{gunicorn_bridge.url}/jwks.json?access_token={token}", timeout=5)
+    time.sleep(0.5)
+    log = gunicorn_bridge.log_path.read_text()
+    assert token not in log and minted not in log
+    access = [json.loads(x) for x in log.splitlines() if x.startswith('{"time"') and '"path"' in x]
+    assert any(a["path"] == "/oauth/token" and a["status"] == 200 for a in access)
+
+
+def test_sighup_after_rotate_serves_new_jwks_without_failures(
+    gunicorn_bridge: BridgeServer, idp: Any, tmp_path: Path
+) -> None:
+    url = gunicorn_bridge.url
+    keys = tmp_path / "keys"
+    before = {k["kid"] for k in requests.get(f"{url}/jwks.json", timeout=5).json()["keys"]}
+    failures: list[str] = []
+    minted: list[str] = []
+    stop = threading.Event()
+    token = user_token(idp)
+
+    def stream() -> None:
+        while not stop.is_set():
+            try:
+                r = exchange(url, token)
+                if r.status_code != 200:
+                    failures.append(f"exchange {r.status_code} {r.text[:100]}")
+                else:
+                    minted.append(r.json()["access_token"])
+                j = requests.get(f"{url}/.well-known/jwks.json", timeout=10)
+                if j.status_code != 200:
+                    failures.append(f"jwks {j.status_code}")
+            except requests.RequestException as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=stream) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        out = subprocess.run(
+            [CLI, "keys", "rotate", "--keys-dir", str(keys)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert "activated" in out.stdout
+        os.kill(gunicorn_bridge.proc.pid, signal.SIGHUP)
+        time.sleep(3.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert failures == []
+    after = requests.get(f"{url}/jwks.json", timeout=5).json()
+    assert {k["kid"] for k in after["keys"]} > before  # the new next key is published
+    published = {k["kid"]: jwt.PyJWK(k) for k in after["keys"]}
+    kids_used = set()
+    for token_text in minted:
+        kid = jwt.get_unverified_header(token_text)["kid"]
+        kids_used.add(kid)
+        jwt.decode(token_text, published[kid].key, algorithms=["RS256"])
+    assert len(kids_used) == 2  # tokens from before and after the rotation
+    assert len(minted) > 20
+
+
+def test_metrics_move_after_traffic(gunicorn_bridge: BridgeServer, idp: Any) -> None:
+    url = gunicorn_bridge.url
+
+    def scrape() -> str:
+        return requests.get(f"{url}/metrics", timeout=5).text
+
+    def value(text: str, prefix: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)
+        )
+
+    before = scrape()
+    for _ in range(6):
+        assert exchange(url, user_token(idp)).status_code == 200
+    assert exchange(url, user_token(idp, "root")).status_code == 403
+    assert exchange(url, "garbage.token.here").status_code == 400
+    after = scrape()
+    minted = 'slurm_jwt_bridge_tokens_minted_total{alg="RS256",door="token-exchange",issuer="test"}'
+    assert value(after, minted) - value(before, minted) == 6
+    assert (
+        value(
+            after,
+            'slurm_jwt_bridge_tokens_refused_total{alg="RS256",door="token-exchange",'
+            'issuer="test",reason="denied_root"}',
+        )
+        >= 1
+    )
+    assert value(after, "slurm_jwt_bridge_exchange_seconds_count") >= 8
+    assert value(after, "slurm_jwt_bridge_active_key_age_seconds") >= 0
+    assert "slurm_jwt_bridge_seconds_to_next_rotation" in after
+    assert (
+        value(after, 'slurm_jwt_bridge_upstream_jwks_fetches_total{issuer="test",outcome="ok"}')
+        >= 1
+    )
+
+
+def test_readyz_flips_past_the_stale_window(tmp_path: Path) -> None:
+    server = TestIssuer().start()
+    try:
+        handle = server.add_issuer("/flaky")
+        keys = tmp_path / "keys"
+        init_keys(keys)
+        settings = parse_settings(
+            {
+                "keys": {"dir": str(keys)},
+                "audit": {"destination": "none"},
+                "browser": {"enabled": False},
+                "issuers": [
+                    {
+                        "name": "flaky",
+                        "kind": "oidc",
+                        "issuer": handle.issuer,
+                        "audiences": ["bridge"],
+                        "jwks_refetch_interval": 0.2,
+                        "jwks_stale_window": 1.5,
+                    }
+                ],
+                "mapping": {"rules": [{"claim": "preferred_username"}]},
+            }
+        )
+        client = create_app(settings).test_client()
+        r = client.get("/readyz")
+        assert r.status_code == 200 and r.json["checks"]["issuers"]["flaky"]["jwks_present"]
+        handle.mode = "down"
+        time.sleep(0.8)
+        r = client.get("/readyz")  # refresh failed, cached keys still inside the window
+        assert r.status_code == 200 and r.json["checks"]["issuers"]["flaky"]["stale"]
+        time.sleep(1.2)
+        r = client.get("/readyz")
+        assert r.status_code == 503, r.json
+        assert r.json["checks"]["issuers"]["flaky"]["usable"] is False
+        handle.mode = "ok"
+        time.sleep(0.3)
+        assert client.get("/readyz").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_rate_limits_shared_through_redis(tmp_path: Path, idp: Any) -> None:
+    if shutil.which("redis-server") is None and not Path("/usr/bin/redis-server").exists():
+        skip_or_fail("redis-server is not installed (make system-deps)")
+    redis = RedisServer(tmp_path / "redis")
+    servers: list[BridgeServer] = []
+    try:
+        keys = tmp_path / "keys"
+        init_keys(keys)
+        limits = f"""
+[rate_limit]
+per_address = "5/minute"
+per_subject = "100/minute"
+storage_uri = "{redis.url}"
+"""
+        for i in range(2):
+            servers.append(start_bridge(tmp_path / f"b{i}", config(keys, idp, limits), workers=2))
+        token = user_token(idp)
+        statuses = [exchange(servers[i % 2].url, token).status_code for i in range(5)]
+        assert statuses == [200] * 5
+        r = exchange(servers[1].url, token)
+        assert r.status_code == 429
+        assert int(r.headers["Retry-After"]) > 0
+        assert r.json()["error"] == "rate_limited"
+        r = exchange(servers[0].url, token)
+        assert r.status_code == 429  # the other instance sees the same counter
+    finally:
+        for s in servers:
+            s.stop()
+        redis.stop()
+
+
+def test_subject_rate_limit(tmp_path: Path, idp: Any) -> None:
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    settings = parse_settings(
+        {
+            "keys": {"dir": str(keys)},
+            "audit": {"destination": "none"},
+            "browser": {"enabled": False},
+            "rate_limit": {"per_address": "1000/minute", "per_subject": "3/minute"},
+            "issuers": [
+                {"name": "test", "kind": "oidc", "issuer": idp.issuer, "audiences": ["bridge"]}
+            ],
+            "mapping": {"rules": [{"claim": "preferred_username"}]},
+        }
+    )
+    client = create_app(settings).test_client()
+    form = {"grant_type": TE, "subject_token_type": AT}
+    for _ in range(3):
+        assert (
+            client.post("/oauth/token", data={**form, "subject_token": user_token(idp)}).status_code
+            == 200
+        )
+    r = client.post("/oauth/token", data={**form, "subject_token": user_token(idp)})
+    assert r.status_code == 429 and r.headers["Retry-After"]
+    # another subject is not affected
+    r = client.post("/oauth/token", data={**form, "subject_token": user_token(idp, "bob")})
+    assert r.status_code == 200
