@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     metrics = Metrics()
     bridge = build_bridge(settings, metrics)
-    app = Flask(__name__)
+    app = Flask(__name__, template_folder="web/templates", static_folder="web/static")
     app.extensions["slurm_jwt_bridge_metrics"] = metrics
     app.config["MAX_CONTENT_LENGTH"] = 64 * 1024
     app.extensions["slurm_jwt_bridge"] = bridge
