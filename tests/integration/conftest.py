@@ -1,0 +1,164 @@
+"""Fixtures for integration tests against real Slurm daemons trusting the bridge's keys.
+
+``slurm_2205`` / ``slurm_2605`` (session): a keys dir made by the real CLI (``keys init``), its
+JWKS exported by the CLI (``jwks export``), and a running cluster whose jwt_key holds the bridge's
+HS256 key bytes and whose jwks file is that export. Both can run at once (own keys dir, ports,
+ClusterName). Tests that change keys or the controller (rotation) use ``make_slurm`` instead,
+which starts a fresh cluster for the test alone (~0.2 s) and stops it afterwards.
+
+Without root or the Slurm packages the fixtures skip locally and fail in CI (``skip_or_fail``).
+Helpers (CLI runner, REST calls, job submission) are in tests/helpers/slurm_rest.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+try:
+    from tests.helpers import slurm as slurm_helper
+    from tests.helpers.bridge import BridgeServer, start_bridge
+    from tests.helpers.slurm_rest import (
+        VERSIONS,
+        BridgeCluster,
+        bridge,
+        jwks_serving_config,
+        start_bridge_cluster,
+    )
+except ModuleNotFoundError:  # tests/ itself is on sys.path (its conftest.py), the repo root not
+    from helpers import slurm as slurm_helper  # type: ignore[no-redef]
+    from helpers.bridge import BridgeServer, start_bridge  # type: ignore[no-redef]
+    from helpers.slurm_rest import (  # type: ignore[no-redef]
+        VERSIONS,
+        BridgeCluster,
+        bridge,
+        jwks_serving_config,
+        start_bridge_cluster,
+    )
+
+__all__ = ["BridgeCluster", "BridgeServer", "bridge"]
+
+HOST_SLURM_FILES = (
+    "/usr/sbin/slurmctld",
+    "/usr/sbin/slurmd",
+    "/usr/sbin/slurmrestd",
+    "/usr/sbin/munged",
+    "/usr/bin/scontrol",
+)
+
+
+def _top_conftest(config: pytest.Config) -> ModuleType:
+    """tests/conftest.py as pytest loaded it (all conftest.py here are modules named
+    "conftest", so it cannot simply be imported by name)."""
+    path = Path(__file__).resolve().parent.parent / "conftest.py"
+    mod = config.pluginmanager.get_plugin(str(path))
+    if mod is None:  # loaded under another path spelling: load our own copy
+        spec = importlib.util.spec_from_file_location("_sjb_tests_conftest", path)
+        assert spec and spec.loader
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    return mod
+
+
+def _skip_or_fail(config: pytest.Config, reason: str) -> None:
+    _top_conftest(config).skip_or_fail(reason)
+
+
+def _require_slurm(config: pytest.Config, version: str) -> None:
+    """Skip (fail in CI) unless this machine can run the real cluster of ``version``."""
+    if os.geteuid() != 0:
+        _skip_or_fail(config, "real Slurm clusters need root (daemons, chroot, useradd)")
+    if version == "22.05":
+        missing = [f for f in HOST_SLURM_FILES if not Path(f).exists()]
+        if missing:
+            _skip_or_fail(
+                config,
+                f"Slurm 22.05 packages missing ({', '.join(missing)}): "
+                "run scripts/install-system-deps.sh",
+            )
+        return
+    root = slurm_helper.sid_chroot_path()
+    if not slurm_helper._chroot_complete(root) and shutil.which("debootstrap") is None:
+        _skip_or_fail(config, f"no sid chroot at {root} and no debootstrap to build it")
+    try:
+        slurm_helper.ensure_sid_chroot()
+    except Exception as exc:  # network, disk: the environment, not the code under test
+        _skip_or_fail(config, f"cannot build the Slurm 26.05 sid chroot: {exc}")
+
+
+def _start(config: pytest.Config, version: str, workdir: Path) -> BridgeCluster:
+    _require_slurm(config, version)
+    return start_bridge_cluster(version, workdir)
+
+
+@pytest.fixture(scope="session")
+def slurm_2205(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BridgeCluster]:
+    """Slurm 22.05 (host packages) trusting a bridge keys dir; shared by the session."""
+    bc = _start(pytestconfig, "22.05", tmp_path_factory.mktemp("slurm2205"))
+    try:
+        yield bc
+    finally:
+        bc.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm_2605(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[BridgeCluster]:
+    """Slurm 26.05 (sid chroot) trusting its own bridge keys dir; shared by the session."""
+    bc = _start(pytestconfig, "26.05", tmp_path_factory.mktemp("slurm2605"))
+    try:
+        yield bc
+    finally:
+        bc.stop()
+
+
+@pytest.fixture(params=VERSIONS)
+def slurm(request: pytest.FixtureRequest) -> BridgeCluster:
+    """The session cluster of each version in turn: a test using it runs once per version.
+
+    Do not rotate keys or restart daemons through it; use ``make_slurm`` for that.
+    """
+    return request.getfixturevalue(f"slurm_{request.param.replace('.', '')}")
+
+
+@pytest.fixture
+def make_slurm(
+    pytestconfig: pytest.Config, tmp_path: Path
+) -> Iterator[Callable[[str], BridgeCluster]]:
+    """Factory: a fresh cluster + keys dir of the given version, owned by this test alone."""
+    started: list[BridgeCluster] = []
+
+    def make(version: str) -> BridgeCluster:
+        bc = _start(pytestconfig, version, tmp_path / f"slurm{version}-{len(started)}")
+        started.append(bc)
+        return bc
+
+    try:
+        yield make
+    finally:
+        for bc in started:
+            bc.stop()
+
+
+@pytest.fixture
+def serve_bridge(tmp_path: Path) -> Iterator[Callable[[Path], BridgeServer]]:
+    """Factory: ``slurm-jwt-bridge serve`` publishing a keys dir's JWKS (tests/helpers/bridge.py);
+    stopped by pid after the test."""
+    with contextlib.ExitStack() as stack:
+
+        def serve(keys_dir: Path) -> BridgeServer:
+            server = start_bridge(tmp_path / "serve", jwks_serving_config(keys_dir))
+            stack.callback(server.stop)
+            return server
+
+        yield serve
