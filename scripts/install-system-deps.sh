@@ -21,7 +21,7 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
     slurmctld slurmd slurmrestd slurm-client slurm-wlm-jwt-plugin munge
     debootstrap procps util-linux passwd mount coreutils
-    redis-server chromium wrk
+    redis-server chromium wrk systemd
     python3 python3-venv ca-certificates
 )
 # Services (named like their packages) that a fresh install would start and enable.
