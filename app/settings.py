@@ -118,7 +118,9 @@ class MappingRule:
 
 @dataclass(frozen=True)
 class MappingSettings:
-    require_local_account: bool = False
+    # Slurm takes a token for a name it cannot resolve as user "nobody" (read access to the
+    # queue, and on 22.05 queued jobs): refuse names without a local account by default.
+    require_local_account: bool = True
     rules: tuple[MappingRule, ...] = ()
 
 
@@ -507,7 +509,7 @@ def _rule(t: _Table, issuer_names: set[str]) -> MappingRule:
 
 def _mapping(t: _Table, issuer_names: set[str]) -> MappingSettings:
     s = MappingSettings(
-        require_local_account=t.bool("require_local_account", False),
+        require_local_account=t.bool("require_local_account", True),
         rules=tuple(_rule(r, issuer_names) for r in t.tables("rules")),
     )
     t.done()

@@ -57,6 +57,8 @@ name = "test"
 kind = "oidc"
 issuer = "{idp.issuer}"
 audiences = ["bridge"]
+[mapping]
+require_local_account = false
 [[mapping.rules]]
 claim = "preferred_username"
 {extra}
@@ -77,9 +79,7 @@ def exchange(url: str, token: str) -> requests.Response:
 def gunicorn_bridge(tmp_path: Path, idp: Any) -> Iterator[BridgeServer]:
     keys = tmp_path / "keys"
     init_keys(keys)
-    server = start_bridge(
-        tmp_path, config(keys, idp, "[rate_limit]\nenabled = false\n"), workers=3
-    )
+    server = start_bridge(tmp_path, config(keys, idp, "[rate_limit]\nenabled = false\n"), workers=3)
     yield server
     server.stop()
 
@@ -223,7 +223,10 @@ def test_readyz_flips_past_the_stale_window(tmp_path: Path) -> None:
                         "jwks_stale_window": 1.5,
                     }
                 ],
-                "mapping": {"rules": [{"claim": "preferred_username"}]},
+                "mapping": {
+                    "require_local_account": False,
+                    "rules": [{"claim": "preferred_username"}],
+                },
             }
         )
         client = create_app(settings).test_client()
@@ -287,7 +290,10 @@ def test_subject_rate_limit(tmp_path: Path, idp: Any) -> None:
             "issuers": [
                 {"name": "test", "kind": "oidc", "issuer": idp.issuer, "audiences": ["bridge"]}
             ],
-            "mapping": {"rules": [{"claim": "preferred_username"}]},
+            "mapping": {
+                "require_local_account": False,
+                "rules": [{"claim": "preferred_username"}],
+            },
         }
     )
     client = create_app(settings).test_client()

@@ -172,13 +172,15 @@ def test_slurm_refuses_bad_token(
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-def test_token_for_unknown_user_is_minted_and_slurm_authenticates_it_as_nobody(
+def test_unknown_user_is_refused_by_policy_because_slurm_would_take_it_as_nobody(
     make_slurm: MakeSlurm, version: str
 ) -> None:
     """Real behaviour (22.05.8 and 26.05.5): a valid token whose ``sun`` does not resolve on the
     controller is not refused; Slurm authenticates it as nobody (uid 99). Read-only queries
     succeed; 26.05 rejects a job submission; 22.05 accepts it and the job can never launch.
     Acting for another (real) user with it is refused like any other bad token.
+    That is why the bridge's default policy (mapping.require_local_account = true) refuses such
+    a name; the token here is minted around the policy, with the library.
     A fresh cluster: the 22.05 part leaves a job behind."""
     bc = make_slurm(version)
     cluster = bc.cluster
@@ -187,16 +189,16 @@ def test_token_for_unknown_user_is_minted_and_slurm_authenticates_it_as_nobody(
     getent = cluster.run(["getent", "passwd", NO_SUCH_USER])
     assert getent.returncode == 2, f"{NO_SUCH_USER} exists on the controller: {getent.stdout}"
 
-    # Policy: a name that does not resolve on the bridge host is allowed (no local account
-    # required by default), so both the CLI and the library mint it.
-    cli_token = bc.mint(NO_SUCH_USER)
-    lib_token = mint_slurm_token(KeyRing.load(bc.keys_dir), NO_SUCH_USER, 300).token
-    for token in (cli_token, lib_token):
-        assert jwt.decode(token, options={"verify_signature": False})["sun"] == NO_SUCH_USER
-        r = get_jobs(cluster, token, NO_SUCH_USER)
-        assert r.status_code == 200, f"read-only query as nobody: {ok(r)}"
-        # Only root/SlurmUser may act for another user: refused, version's documented answer.
-        assert_refused(bc, token, USER)
+    # Policy: the bridge refuses a name without a local account by default.
+    refused = bridge("mint", NO_SUCH_USER, "--keys-dir", bc.keys_dir)
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert "has no local account" in refused.stderr
+    cli_token = mint_slurm_token(KeyRing.load(bc.keys_dir), NO_SUCH_USER, 300).token
+    assert jwt.decode(cli_token, options={"verify_signature": False})["sun"] == NO_SUCH_USER
+    r = get_jobs(cluster, cli_token, NO_SUCH_USER)
+    assert r.status_code == 200, f"read-only query as nobody: {ok(r)}"
+    # Only root/SlurmUser may act for another user: refused, version's documented answer.
+    assert_refused(bc, cli_token, USER)
 
     out = f"/tmp/sjb-nobody-{cluster.cluster_name}.out"
     r = requests.post(

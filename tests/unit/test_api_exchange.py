@@ -5,6 +5,7 @@ Flask app, the pipeline and the key ring; one refusal matrix over every way a to
 from __future__ import annotations
 
 import json
+import os
 import pwd
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import pytest
 from app import create_app
 from app.keys import KeyRing
 from app.settings import parse_settings
+from tests.conftest import skip_or_fail
 from tests.helpers.test_issuer import TestIssuer, forge, forge_hmac
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -28,11 +30,17 @@ STRANGER = "aaaaaaaa-0000-0000-0000-00000000dead"
 
 
 def local_user() -> str:
-    """A real local account with uid >= 1000 (the test hosts create alice)."""
+    """A real local account with uid >= 1000 (created as the Slurm tests do when missing)."""
     for entry in pwd.getpwall():
-        if entry.pw_uid >= 1000 and entry.pw_name != "nobody" and entry.pw_uid < 60000:
+        if 1000 <= entry.pw_uid < 60000:
             return entry.pw_name
-    pytest.skip("no local account with uid >= 1000 on this host")
+    if os.geteuid() == 0:
+        from tests.helpers.slurm import ensure_test_users
+
+        ensure_test_users(["alice"])
+        return "alice"
+    skip_or_fail("no local account with uid >= 1000, and not root to create one")
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -99,6 +107,9 @@ def env(tmp_path: Path, keys_dir: Path) -> Iterator[Env]:
             },
         ],
         "mapping": {
+            # The names below are not accounts on this host; the local-account check has its
+            # own test (test_missing_local_account_when_required).
+            "require_local_account": False,
             "rules": [
                 {"issuer": "entra", "claim": "upn", "strip_domain": True, "lowercase": True},
                 {"issuer": "cognito", "claim": "cognito:username"},

@@ -9,8 +9,12 @@ from app.settings import MappingSettings, parse_settings
 
 ISSUERS = [
     {"name": "kc", "kind": "keycloak", "issuer": "https://kc/realms/hpc", "allowed_clients": ["a"]},
-    {"name": "entra", "kind": "entra", "issuer": "https://login.microsoftonline.com/t/v2.0",
-     "audiences": ["api://bridge"]},
+    {
+        "name": "entra",
+        "kind": "entra",
+        "issuer": "https://login.microsoftonline.com/t/v2.0",
+        "audiences": ["api://bridge"],
+    },
 ]
 
 
@@ -65,8 +69,10 @@ def test_table_and_table_only() -> None:
 
 
 def test_group_and_role_conditions() -> None:
-    m = mapper({"claim": "preferred_username", "require_groups": ["hpc-users"]},
-               {"claim": "preferred_username", "require_roles": ["hpc"]})
+    m = mapper(
+        {"claim": "preferred_username", "require_groups": ["hpc-users"]},
+        {"claim": "preferred_username", "require_roles": ["hpc"]},
+    )
     assert m.map("kc", {"preferred_username": "a"}, groups=["hpc-users"]).rule == 0
     assert m.map("kc", {"preferred_username": "a"}, roles=["hpc"]).rule == 1
     e = refused(m, "kc", {"preferred_username": "a"}, groups=["other"])
@@ -98,7 +104,9 @@ def script(tmp_path: Path, body: str) -> str:
 
 def test_lookup_command_argv_stdin_and_cache(tmp_path: Path) -> None:
     log = tmp_path / "calls"
-    cmd = script(tmp_path, f"""
+    cmd = script(
+        tmp_path,
+        f"""
 import sys
 open({str(log)!r}, "a").write("x")
 value = sys.argv[1] if len(sys.argv) > 1 else sys.stdin.read().strip()
@@ -106,7 +114,8 @@ table = {{"Ada@LAB": "ada"}}
 if value not in table:
     sys.exit(1)
 print(table[value])
-""")
+""",
+    )
     m = mapper({"claim": "upn", "command": [sys.executable, cmd]})
     assert m.map("kc", {"upn": "Ada@LAB"}).name == "ada"
     assert m.map("kc", {"upn": "Ada@LAB"}).name == "ada"
@@ -118,8 +127,9 @@ print(table[value])
 
 def test_lookup_command_timeout_refuses(tmp_path: Path) -> None:
     cmd = script(tmp_path, "import time\ntime.sleep(5)\n")
-    m = mapper({"claim": "upn", "command": [sys.executable, cmd], "command_timeout": 0.3},
-               {"claim": "upn"})
+    m = mapper(
+        {"claim": "upn", "command": [sys.executable, cmd], "command_timeout": 0.3}, {"claim": "upn"}
+    )
     e = refused(m, "kc", {"upn": "alice"})
     assert e.metric == "lookup_timeout" and "timed out" in e.reason
 

@@ -96,7 +96,7 @@ def make_client(keys_dir: Path, tmp_path: Path, idp: Any, upstream_url: str, **p
         "issuers": [
             {"name": "oidc", "kind": "oidc", "issuer": idp.issuer, "audiences": ["bridge"]}
         ],
-        "mapping": {"rules": [{"claim": "preferred_username"}]},
+        "mapping": {"require_local_account": False, "rules": [{"claim": "preferred_username"}]},
         "proxy": {
             "upstream": upstream_url,
             "read_timeout": 1.0,

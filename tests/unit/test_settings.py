@@ -11,6 +11,7 @@ def test_defaults_are_slurms() -> None:
     assert s.keys.default_alg == "RS256"
     assert s.policy.min_uid == 1000
     assert s.policy.slurm_user == "slurm"
+    assert s.mapping.require_local_account is True  # Slurm maps unknown names to nobody
 
 
 def test_relative_keys_dir_is_taken_from_the_config_file(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ def test_jwks_follows_rotation(settings: Settings, keys_dir: Path) -> None:
 
 def test_health(settings: Settings) -> None:
     client = create_app(settings).test_client()
-    assert client.get("/healthz").json == {"status": "ok"}
+    health = client.get("/healthz").json
+    assert health["status"] == "ok" and isinstance(health["worker"], int)
     r = client.get("/readyz")
     assert r.status_code == 200 and r.json["ready"] is True
