@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-from flask import Flask, Response, jsonify
+from typing import TYPE_CHECKING, Any
 
 from .audit import AuditLog
 from .errors import BridgeError
 from .keys import KeyRingSource
 from .pipeline import Pipeline
 from .settings import IssuerSettings, Settings, load_settings
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 __all__ = ["Bridge", "create_app"]
 
@@ -54,6 +55,9 @@ def build_bridge(settings: Settings, metrics: Any = None) -> Bridge:
 
 def create_app(settings: Settings | None = None) -> Flask:
     """The application factory (``gunicorn 'app:create_app()'`` reads $SLURM_JWT_BRIDGE_CONFIG)."""
+    # Flask is imported here, not at module level, so the admin CLI starts quickly.
+    from flask import Flask, Response, jsonify
+
     from .metrics import Metrics
 
     settings = settings or load_settings()
