@@ -162,6 +162,22 @@ class Pipeline:
             grant = replace(grant, not_after=not_after)
             return self.issue(grant, lifetime=lifetime, decision=decision)
 
+    def grant_from_token(self, token: str, request: Request) -> tuple[Grant, int]:
+        """verify -> map only (the proxy mints later, per user); a refusal is audited.
+
+        Returns the grant and the upstream token's exp (how long the grant may be cached)."""
+        fields: dict[str, Any] = {"door": request.door, "remote_addr": request.remote_addr}
+        started = time.perf_counter()
+        try:
+            verified = self.verify(token)
+            fields.update(_verified_fields(verified))
+            return self.grant_for(verified), verified.exp
+        except BridgeError as exc:
+            self.audit.record("exchange", "refused", reason=exc.reason, **fields)
+            if self.observer is not None:
+                self.observer.refused(exc.metric, fields, time.perf_counter() - started)
+            raise
+
     def remint(
         self, grant: Grant, lifetime: int | None, alg: str | None, request: Request
     ) -> Exchange:

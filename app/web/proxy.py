@@ -126,10 +126,9 @@ class SlurmRestProxy:
             hit = self._grants.get(key)
         if hit is not None:
             return hit[0]
-        verified = self.pipeline.verify(token)
-        grant = self.pipeline.grant_for(verified)
+        grant, upstream_exp = self.pipeline.grant_from_token(token, origin)
         with self._lock:
-            self._grants[key] = (grant, float(verified.exp))
+            self._grants[key] = (grant, float(upstream_exp))
         return grant
 
     def slurm_token(self, grant: Grant, origin: Request) -> SlurmToken:
