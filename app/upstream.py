@@ -170,7 +170,7 @@ def _b64decode(segment: str, what: str) -> bytes:
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         raise _malformed(f"the {what} is not JSON") from None
     if not isinstance(value, dict):
         raise _malformed(f"the {what} is not a JSON object")
@@ -992,7 +992,7 @@ class UpstreamVerifier:
             raise _FetchError(f"{what} {url}: {type(exc).__name__}: {detail}") from None
         try:
             doc = json.loads(b"".join(chunks))
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
             raise _FetchError(f"{what} {url}: not JSON") from None
         if not isinstance(doc, dict):
             raise _FetchError(f"{what} {url}: not a JSON object")

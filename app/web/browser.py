@@ -165,7 +165,7 @@ def index() -> ResponseReturnValue:
     token = session.get("token", "")
     exp = int(session.get("exp", 0))
     public = settings.server.public_url or request.host_url.rstrip("/")
-    proxy = settings.browser.proxy_url or public
+    proxy = settings.browser.proxy_url or (public if settings.proxy.enabled else "")
     return _page(
         "token.html",
         user=grant.user,
@@ -218,6 +218,7 @@ def login() -> ResponseReturnValue:
 def callback() -> ResponseReturnValue:
     name = session.get("login_issuer")
     if request.args.get("error"):
+        session.pop("login_issuer", None)
         error = request.args.get("error", "")[:64]
         desc = request.args.get("error_description", "")[:200]
         return error_page("Login refused by the identity provider", f"{error}: {desc}".strip(": "))
@@ -271,6 +272,9 @@ def new_token() -> ResponseReturnValue:
 
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
+    if session_grant() is None:  # already logged out (expired session, another tab)
+        session.clear()
+        return redirect(url_for("browser.index"))
     _check_csrf()
     end_session = session.get("end_session")
     name = session.get("issuer")

@@ -72,7 +72,7 @@ def _looks_like_slurm_token(token: str) -> str | None:
         return None
     try:
         payload = _b64json(parts[1])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         return None
     if isinstance(payload, dict) and "iss" not in payload and isinstance(payload.get("sun"), str):
         return payload["sun"]
