@@ -202,14 +202,27 @@ def _proxy() -> SlurmRestProxy:
     return current_app.extensions["slurm_jwt_bridge_proxy"]
 
 
+# What slurmrestd says when slurmctld refused the token it forwarded. 24.05.5 and later answer
+# 511; 22.05 answers 500 with one of these (seen: "Unspecified error" on reads, "Zero Bytes
+# were transmitted or received" on submit/cancel, "Unexpected message received" on update).
+AUTH_FAILURE_MARKERS = (
+    "authentication",
+    "auth/jwt",
+    "1007",
+    "unspecified error",
+    "zero bytes were transmitted or received",
+    "unexpected message received",
+)
+
+
 def _auth_failure(status: int, body: str) -> bool:
-    """Did slurmrestd refuse the Slurm token? (22.05: 500; 24.05.5 and later: 511)."""
+    """Did slurmrestd refuse the Slurm token?"""
     if status == 511:
         return True
     if status not in (401, 500):
         return False
     text = body.lower()
-    return any(marker in text for marker in ("authentication", "auth/jwt", "1007", "jwt"))
+    return any(marker in text for marker in AUTH_FAILURE_MARKERS)
 
 
 def _refusal(grant: Grant, token: SlurmToken, status: int) -> Response:
@@ -303,8 +316,9 @@ def handle(prefix: str, rest: str) -> Response:
     observer = current_app.extensions.get("slurm_jwt_bridge_metrics")
     if upstream.status_code in (401, 500, 511) and token is not None:
         peek = b""
+        chunks = upstream.iter_raw()  # one iterator: a second iter_raw() would raise
         try:
-            for chunk in upstream.iter_raw():
+            for chunk in chunks:
                 peek += chunk
                 if len(peek) >= ERROR_PEEK:
                     break
@@ -317,7 +331,7 @@ def handle(prefix: str, rest: str) -> Response:
             if observer is not None:
                 observer.proxied(upstream.status_code, time.perf_counter() - started)
             return _refusal(grant, token, upstream.status_code)
-        body: Any = _replay(peek, upstream)
+        body: Any = _replay(peek, chunks, upstream)
     else:
         body = _stream(upstream)
     if observer is not None:
@@ -337,10 +351,16 @@ def _stream(upstream: httpx.Response) -> Iterator[bytes]:
         upstream.close()
 
 
-def _replay(first: bytes, upstream: httpx.Response) -> Iterator[bytes]:
-    if first:
-        yield first
-    yield from _stream(upstream)
+def _replay(first: bytes, rest: Iterator[bytes], upstream: httpx.Response) -> Iterator[bytes]:
+    """The peeked start of a body, then the rest of the same stream."""
+    try:
+        if first:
+            yield first
+        yield from rest
+    except httpx.HTTPError as exc:
+        log.warning("slurmrestd response interrupted: %s", type(exc).__name__)
+    finally:
+        upstream.close()
 
 
 def _route(prefix: str) -> Any:
