@@ -26,6 +26,7 @@ from flask import Blueprint, Flask, Response, current_app, request, session
 from ..errors import BridgeError
 from ..minting import SlurmToken
 from ..pipeline import Grant, Request
+from ..policy import username_problem
 from ..settings import ProxySettings, Settings
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,8 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> tuple[Grant | None,
                     401,
                     metric="slurm_token_presented",
                 )
+            if username_problem(sun):
+                raise BridgeError("invalid_token", "the Slurm token's sun is not a user name", 401)
             return Grant(user=sun, kind="passthrough"), credentials
         return proxy.grant_for_bearer(credentials, origin), None
     if auth:
