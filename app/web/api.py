@@ -69,7 +69,9 @@ def oauth_token() -> Response:
             raise invalid_request(
                 "send the request form-encoded (application/x-www-form-urlencoded)"
             )
-        form = request.form
+        # A plain dict (first value per name, as MultiDict.get): looking up the absent optional
+        # fields then costs no BadRequestKeyError each.
+        form = request.form.to_dict()
         grant = form.get("grant_type", "")
         if grant != GRANT_TOKEN_EXCHANGE:
             raise BridgeError(
@@ -81,7 +83,7 @@ def oauth_token() -> Response:
         if not subject_token and not form.get("requested_subject"):
             raise invalid_request("subject_token is missing")
         stt = form.get("subject_token_type", "")
-        if subject_token and stt not in SUBJECT_TOKEN_TYPES:
+        if (subject_token or stt) and stt not in SUBJECT_TOKEN_TYPES:
             raise invalid_request(
                 "subject_token_type must be one of " + ", ".join(SUBJECT_TOKEN_TYPES)
             )

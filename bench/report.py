@@ -1,0 +1,550 @@
+"""docs/BENCHMARKS.md from the results of one ``python -m bench`` run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .common import fmt
+
+DASH = "\u2013"  # shown for a figure that was not measured
+TIMES = "\u00d7"
+
+TARGETS_INTRO = """\
+Ratios are computed from medians measured in this same run on this same machine. The primary
+layout is **pinned**: every server (the bridge, oidc-provider, slurmrestd + slurmctld) gets core
+0 and `wrk` gets core 1, so a server never shares its core with the load generator and the
+openssl ceiling is measured on that same core. The **shared** layout (nothing pinned, wrk
+competing for both cores) is reported beside it."""
+
+
+def _get(d: Any, *path: str, default: Any = None) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return default
+        d = d[p]
+    return d
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return a / b
+
+
+def _r(x: float | None, digits: int = 2) -> str:
+    return DASH if x is None else f"{x:.{digits}f}"
+
+
+def _ms(x: float | None) -> str:
+    return DASH if x is None else f"{x:.2f}"
+
+
+def _kib(values: list[int] | int | None) -> str:
+    if values is None:
+        return DASH
+    if isinstance(values, int):
+        values = [values]
+    if not values:
+        return DASH
+    return ", ".join(f"{v / 1024:.0f} MiB" for v in values)
+
+
+def _rounds(s: dict[str, Any] | None, attr: str = "rps", digits: int = 0) -> str:
+    if not s:
+        return DASH
+    return " / ".join(fmt(r[attr], digits) for r in s["rounds"])
+
+
+def _load_row(label: str, s: dict[str, Any] | None, extra: str = "") -> str:
+    if not s:
+        return f"| {label} |" + f" {DASH} |" * 9
+    return (
+        f"| {label} | **{fmt(s['rps'])}** | {_rounds(s)} | {_ms(s['p50_ms'])} | "
+        f"{_ms(s['p95_ms'])} | {_ms(s['p99_ms'])} | {fmt(s['cpu_us'])} | "
+        f"{_r(s['server_cores'])} | {_r(s['client_cores'])} | {_r(s['other_cores'])}"
+        f"{extra} |"
+    )
+
+
+LOAD_HEAD = (
+    "| what | req/s (median) | rounds | p50 ms | p95 ms | p99 ms | server CPU µs/req | "
+    "server cores | wrk cores | other load (cores) |\n|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of the targets table: measured ratio, target, met/missed, why."""
+    rows: list[dict[str, Any]] = []
+    ex = _get(res, "exchange", "layouts", default={})
+    ceil = res.get("ceiling", {})
+    oidc = res.get("oidc", {})
+    slurm = res.get("slurm", {})
+    for lay in ("pinned", "shared"):
+        rs = _get(ex, lay, "RS256-pool", "rps")
+        if rs is None:
+            continue
+        cpu = _get(ex, lay, "RS256-pool", "cpu_us")
+        floor = _get(ex, lay, "healthz", "cpu_us")
+        hs_cpu = _get(ex, lay, "HS256-pool", "cpu_us")
+        op = _get(oidc, lay, "capacity", "rps")
+        op_cpu = _get(oidc, lay, "capacity", "cpu_us")
+        ratio = _ratio(rs, op)
+        why = ""
+        if ratio is not None and ratio < 1.2:
+            why = (
+                f"both sign one RSA-2048 token per request, but the bridge spends {fmt(cpu)} µs "
+                f"of CPU per exchange against oidc-provider's {fmt(op_cpu)} µs per grant: "
+                f"gunicorn + Flask answering /healthz alone cost {fmt(floor)} µs, more than "
+                "Node's whole HTTP stack (see 'where the time goes')"
+            )
+        rows.append(
+            {
+                "what": f"RS256 exchange / oidc-provider client_credentials ({lay})",
+                "measured": ratio,
+                "target": 1.2,
+                "op": ">=",
+                "detail": f"{fmt(rs)} / {fmt(op)} per s",
+                "why": why,
+            }
+        )
+        sign = _get(ceil, lay, "openssl_sign_s")
+        ratio = _ratio(rs, sign)
+        why = ""
+        if ratio is not None and ratio < 0.5 and sign:
+            cores = _get(ceil, lay, "cores", default=1)
+            sign_us = 1e6 * cores / sign
+            budget = 2 * sign_us
+            why = (
+                f"50 % of the ceiling leaves {fmt(budget)} µs of CPU per exchange, of which one "
+                f"signature at the measured ceiling takes {fmt(sign_us)} µs; the bridge needs "
+                f"{fmt(cpu)} µs: "
+                f"{fmt(floor)} µs is the gunicorn gthread + Flask floor (/healthz), "
+                f"{fmt((hs_cpu or 0) - (floor or 0))} µs the exchange without RSA (HS256 minus "
+                f"/healthz)"
+            )
+            if lay == "shared":
+                why += "; wrk shares these cores"
+        rows.append(
+            {
+                "what": f"RS256 exchange / openssl rsa2048 sign ceiling ({lay})",
+                "measured": ratio,
+                "target": 0.5,
+                "op": ">=",
+                "detail": f"{fmt(rs)} / {fmt(sign)} per s",
+                "why": why,
+            }
+        )
+    pinned_rs = _get(ex, "pinned", "RS256-pool", "rps") or _get(ex, "shared", "RS256-pool", "rps")
+    for version, s in slurm.items():
+        sc = _get(s, "scontrol", "rate")
+        ratio = _ratio(pinned_rs, sc)
+        why = ""
+        if ratio is not None and ratio < 20 and sc:
+            why = (
+                f"`scontrol token` is a process per token ({fmt(1000 / sc, 1)} ms each: exec in "
+                "the chroot, munge credential, RPC to slurmctld); 20x would need "
+                f"{fmt(20 * sc)} exchanges/s, i.e. at most {fmt(1e6 / (20 * sc))} µs of CPU per "
+                "exchange on one core, where the bridge needs "
+                f"{fmt(_get(ex, 'pinned', 'RS256-pool', 'cpu_us'))} µs "
+                "(see the openssl row)"
+            )
+        rows.append(
+            {
+                "what": f"RS256 exchange / `scontrol token` (Slurm {version}, sequential)",
+                "measured": ratio,
+                "target": 20,
+                "op": ">=",
+                "detail": f"{fmt(pinned_rs)} / {fmt(sc, 1)} per s",
+                "why": why,
+            }
+        )
+        px = _get(s, "proxy", default={})
+        d, p = _get(px, "direct", "rps"), _get(px, "proxied", "rps")
+        ratio = _ratio(p, d)
+        why = ""
+        if ratio is not None and ratio < 0.6:
+            d_cpu = _get(px, "direct", "cpu_us")
+            p_cpu = _get(px, "proxied", "cpu_us")
+            why = (
+                f"slurmrestd + slurmctld need {fmt(d_cpu)} µs of CPU per GET; through the proxy "
+                f"the same core pays {fmt(p_cpu)} µs per request: the bridge's gunicorn + Flask "
+                "floor, and above all httpx, which costs about 0.75 ms of CPU per upstream "
+                "request where http.client needs 0.24 ms (see the notes below); slurmrestd also "
+                "works harder per request when fed over one connection per worker"
+            )
+        rows.append(
+            {
+                "what": f"proxy / direct slurmrestd throughput (Slurm {version}, GET jobs)",
+                "measured": ratio,
+                "target": 0.6,
+                "op": ">=",
+                "detail": f"{fmt(p)} / {fmt(d)} per s",
+                "why": why,
+            }
+        )
+        d50, p50 = _get(px, "direct-1conn", "p50_ms"), _get(px, "proxied-1conn", "p50_ms")
+        added = None if d50 is None or p50 is None else p50 - d50
+        why = ""
+        if added is not None and added > 1.0:
+            why = (
+                "every proxied request runs gunicorn + Flask + httpx on the core slurmrestd "
+                "needs too: about 2 ms of added CPU per request (see the notes below)"
+            )
+        rows.append(
+            {
+                "what": f"proxy added p50, one connection (Slurm {version})",
+                "measured": added,
+                "target": 1.0,
+                "op": "<=",
+                "unit": " ms",
+                "detail": f"{_ms(p50)} - {_ms(d50)} ms",
+                "why": why,
+            }
+        )
+    for row in rows:
+        m = row["measured"]
+        if m is None:
+            row["status"] = "not measured"
+        elif row["op"] == ">=":
+            row["status"] = "met" if m >= row["target"] else "missed"
+        else:
+            row["status"] = "met" if m <= row["target"] else "missed"
+    return rows
+
+
+def render(res: dict[str, Any]) -> str:
+    meta = res.get("meta", {})
+    out: list[str] = []
+    w = out.append
+    w("# Benchmarks\n")
+    w(
+        "Written by `make bench` (`python -m bench`, code in `bench/`) from one run on one "
+        f"machine: {meta.get('started', '?')}, {fmt(meta.get('duration_s'))} s in all. "
+        "Rerun it to refresh every figure; nothing below is edited by hand.\n"
+    )
+    if res.get("errors"):
+        w("**Parts of this run failed:**\n")
+        for e in res["errors"]:
+            w(f"- {e}")
+        w("")
+
+    # ------------------------------------------------------------ machine
+    w("## Machine and versions\n")
+    w("| | |\n|---|---|")
+    for k, v in meta.get("machine", {}).items():
+        w(f"| {k} | {v} |")
+    for k, v in meta.get("versions", {}).items():
+        w(f"| {k} | {v} |")
+    for v, s in res.get("slurm", {}).items():
+        w(f"| Slurm {v} | {s.get('version', '?')} |")
+    w("")
+
+    # ------------------------------------------------------------ method
+    plan = meta.get("plan", {})
+    w("## How it was measured\n")
+    w(TARGETS_INTRO + "\n")
+    for name, desc in meta.get("layouts", {}).items():
+        w(f"- **{name}**: {desc}")
+    w("")
+    w(
+        f"- **Rounds**: {plan.get('rounds')} rounds of {plan.get('duration')} s for capacity "
+        f"figures, {plan.get('short')} s for sweeps, latency levels, one-connection runs and "
+        f"JWKS, each series after a {plan.get('warmup')} s warm-up; tables give the median "
+        "and every round.\n"
+        f"- **Load generator**: Debian's `wrk` 4.1 with `bench/lua/replay.lua`, one thread, "
+        f"{plan.get('connections')} connections for capacity (closed loop, like the reference "
+        "figures' `wrk -t1 -c8`). wrk2's constant-rate mode is not in Debian: for the latency "
+        "levels replay.lua paces requests with wrk's `delay()` hook on a fixed schedule "
+        f"(25/50/90 % of the measured capacity, {plan.get('paced_connections')} connections so "
+        "pacing never waits for a free one); latency counts from the actual send, without "
+        "wrk2's coordinated-omission correction. The `wrk cores` column is wrk's own CPU "
+        "(its rusage), `server cores` the CPU of every server process (from /proc), `other "
+        "load` whatever else ran on the machine meanwhile (other users' jobs: a non-zero value "
+        "means that round was disturbed).\n"
+        "- **Server CPU µs/req**: CPU seconds of the server processes divided by the requests "
+        "answered: the cost of one request, less sensitive to disturbance than req/s.\n"
+        "- **The bridge**: `slurm-jwt-bridge serve --prod --workers N` (gunicorn with "
+        "`app/gunicorn_conf.py`, gthread, threads from `GUNICORN_THREADS`), its JSON access log "
+        "to a file as in production. Configuration: `[rate_limit] enabled = false` (the "
+        "defaults, 120/minute per address and 60/minute per subject, would refuse almost "
+        'everything), `[audit] destination = "file:..."` (one JSON line per decision, as in '
+        "production; one series with `none` shows its cost), `[browser] enabled = false`, one "
+        "`oidc` issuer (the local test issuer, tests/helpers/test_issuer.py, serving discovery "
+        "and JWKS over HTTP), one mapping rule on `preferred_username`.\n"
+    )
+    ex = res.get("exchange", {})
+    if ex:
+        if ex.get("local_users"):
+            users = (
+                f"{ex.get('users')} users, each a real local account (`sjbb001`..: locked, no "
+                "shell, no home; created once by the benchmark) so the policy's `getpwnam` finds "
+                "them as it would find real users"
+            )
+        else:
+            users = (
+                f"{ex.get('users')} users without local accounts (not root: "
+                "`require_local_account = false`; getpwnam still runs, and misses)"
+            )
+        w(
+            f"- **Upstream tokens**: RS256 access tokens shaped like oidc-provider's (iss, sub, "
+            f"aud, client_id, scope, preferred_username, email, groups, jti; about 700 bytes) for "
+            f"{users}. **Pool**: those {ex.get('users')} tokens in turn; after the first round "
+            "every worker has verified each of them once, so an exchange hits the verifier's "
+            "cache (sha256 of the token, until its exp) and pays no upstream signature check: "
+            "the steady state of users who exchange the same IdP token repeatedly. **Distinct**: "
+            "a new token for every request (signed beforehand), so every exchange verifies an "
+            "RS256 signature and parses the token: the worst case.\n"
+        )
+    w(
+        "- **oidc-provider**: tests/oidc-provider/server.mjs (npm oidc-provider, in-memory "
+        "adapter, RS256 JWT access tokens via resource indicators), `POST /token` with "
+        "`grant_type=client_credentials` and client_secret_basic, one Node process, its "
+        "per-request log line to a file.\n"
+        "- **Slurm**: a real cluster started by tests/helpers/slurm.py (munged, slurmctld, "
+        "slurmd, slurmrestd `-a rest_auth/jwt`), daemons pinned like the servers. `scontrol "
+        "token` runs sequentially, one process after another, as a site script would. The proxy "
+        "series use bridge-minted RS256 tokens for alice: direct with `X-SLURM-USER-NAME` + "
+        "`X-SLURM-USER-TOKEN`, through the proxy with the upstream token as `Authorization: "
+        "Bearer` (caches warm: 10 tokens of 2 users).\n"
+    )
+
+    # ------------------------------------------------------------ headline
+    w("## Headline\n")
+    w(LOAD_HEAD)
+    lay = "pinned" if "pinned" in ex.get("layouts", {}) else "shared"
+    L = _get(ex, "layouts", lay, default={})
+    w(_load_row(f"bridge RS256 exchange, pool ({lay})", L.get("RS256-pool")))
+    w(_load_row(f"bridge HS256 exchange, pool ({lay})", L.get("HS256-pool")))
+    w(_load_row(f"bridge RS256 exchange, distinct tokens ({lay})", L.get("RS256-distinct")))
+    w(_load_row(f"oidc-provider client_credentials ({lay})", _get(res, "oidc", lay, "capacity")))
+    for v, s in res.get("slurm", {}).items():
+        px = s.get("proxy", {})
+        w(_load_row(f"slurmrestd {v} GET jobs, direct", px.get("direct")))
+        w(_load_row(f"slurmrestd {v} GET jobs, through the proxy", px.get("proxied")))
+    j = res.get("jwks", {})
+    w(_load_row("JWKS 200", j.get("200")))
+    w(_load_row("JWKS 304 (If-None-Match)", j.get("304")))
+    w("")
+    for v, s in res.get("slurm", {}).items():
+        sc = s.get("scontrol", {})
+        w(
+            f"`scontrol token` (Slurm {v}, sequential): **{fmt(sc.get('rate'), 1)}/s** "
+            f"(rounds {' / '.join(fmt(r['rate'], 1) for r in sc.get('rounds', []))}).\n"
+        )
+    c = res.get("ceiling", {})
+    for name, s in c.items():
+        w(
+            f"Ceiling ({name}, {s['cores']} core(s)): openssl rsa2048 **{fmt(s['openssl_sign_s'])} "
+            f"sign/s**, PyJWT RS256 {fmt(s.get('pyjwt_rs256_s'))}/s, PyJWT HS256 "
+            f"{fmt(s.get('pyjwt_hs256_s'))}/s, raw HMAC-SHA256 {fmt(s.get('raw_hmac_s'))}/s.\n"
+        )
+
+    # ------------------------------------------------------------ targets
+    w("## Targets\n")
+    w("| ratio | measured | target | | figures | why |\n|---|---|---|---|---|---|")
+    for row in targets(res):
+        unit = row.get("unit", TIMES)
+        m = row["measured"]
+        shown = DASH if m is None else f"{m:.2f}{unit}"
+        tgt = f"{row['op']} {row['target']}{unit}"
+        w(
+            f"| {row['what']} | {shown} | {tgt} | {row['status']} | {row['detail']} | "
+            f"{row['why'] or DASH} |"
+        )
+    w("")
+
+    # ------------------------------------------------------------ details
+    w("## 1. The ceiling\n")
+    w(
+        "| layout | cores | openssl sign/s (rounds) | openssl verify/s | PyJWT RS256/s | "
+        "raw RSA sign/s | PyJWT HS256/s | raw HMAC/s |\n|---|---|---|---|---|---|---|---|"
+    )
+    for name, s in c.items():
+        rounds = " / ".join(fmt(r["sign_s"]) for r in s["openssl_rounds"])
+        w(
+            f"| {name} | {s['cores']} | **{fmt(s['openssl_sign_s'])}** ({rounds}) | "
+            f"{fmt(s['openssl_verify_s'])} | {fmt(s.get('pyjwt_rs256_s'))} | "
+            f"{fmt(s.get('raw_rsa_sign_s'))} | {fmt(s.get('pyjwt_hs256_s'))} | "
+            f"{fmt(s.get('raw_hmac_s'))} |"
+        )
+    w(
+        "\n`openssl speed -seconds N rsa2048` (with `-multi 2` on two cores); the in-process "
+        "figures come from `python -m bench.ceiling`, one process per core.\n"
+    )
+
+    w("## 2. The bridge under gunicorn\n")
+    for name, L in ex.get("layouts", {}).items():
+        w(f"### {name}: {_get(meta, 'layouts', name, default='')}\n")
+        w("Workers x threads (RS256, pool, one round each):\n")
+        w(
+            "| workers x threads | req/s | p50 ms | p99 ms | server CPU µs/req |\n"
+            "|---|---|---|---|---|"
+        )
+        for s in L.get("sweep", []):
+            mark = (
+                " (best)"
+                if (s["workers"], s["threads"]) == (L.get("workers"), L.get("threads"))
+                else ""
+            )
+            w(
+                f"| {s['workers']} x {s['threads']}{mark} | {fmt(s['rps'])} | {_ms(s['p50_ms'])} | "
+                f"{_ms(s['p99_ms'])} | {fmt(s['server_cpu_us_per_req'])} |"
+            )
+        w(
+            f"\nBest: **{L.get('config')}** (gunicorn gthread; `GUNICORN_WORKERS`/`--workers` and "
+            "`GUNICORN_THREADS`).\n"
+        )
+        w(LOAD_HEAD)
+        w(_load_row("RS256, pool", L.get("RS256-pool")))
+        w(_load_row("HS256, pool", L.get("HS256-pool")))
+        if L.get("RS256-distinct"):
+            w(_load_row("RS256, distinct tokens", L.get("RS256-distinct")))
+        if L.get("RS256-pool-audit-none"):
+            w(_load_row("RS256, pool, audit none", L.get("RS256-pool-audit-none")))
+        w(_load_row("GET /healthz (framework floor)", L.get("healthz")))
+        w("")
+        if L.get("RS256-distinct", {}).get("wraps"):
+            w(
+                f"(distinct: the token list wrapped {L['RS256-distinct']['wraps']} time(s), "
+                "so some requests reused a token)\n"
+            )
+        w(f"RSS per worker after the runs: {_kib(L.get('rss_kib'))}.\n")
+        if L.get("latency"):
+            w("Latency at a constant rate (RS256, pool):\n")
+            w(
+                "| load | target req/s | achieved req/s | p50 ms | p95 ms | p99 ms | "
+                "server cores | wrk cores |\n|---|---|---|---|---|---|---|---|"
+            )
+            for frac, s in L["latency"].items():
+                w(
+                    f"| {frac} % | {fmt(s['target_rate'])} | {fmt(s['rps'])} | "
+                    f"{_ms(s['p50_ms'])} | "
+                    f"{_ms(s['p95_ms'])} | {_ms(s['p99_ms'])} | {_r(s['server_cores'])} | "
+                    f"{_r(s['client_cores'])} |"
+                )
+            w("")
+
+    bd = ex.get("breakdown")
+    if bd:
+        w("### Where the time goes\n")
+        lay_name = "pinned" if "pinned" in ex.get("layouts", {}) else "shared"
+        Lp = _get(ex, "layouts", lay_name, default={})
+        g_hz = _get(Lp, "healthz", "cpu_us")
+        g_rs = _get(Lp, "RS256-pool", "cpu_us")
+        g_hs = _get(Lp, "HS256-pool", "cpu_us")
+        w(
+            "The same work timed in-process on one pinned core (`bench/breakdown.py`: WSGI calls "
+            "straight into the Flask app, no HTTP server, best of 3), beside the CPU per request "
+            f"the gunicorn server used above ({lay_name}):\n"
+        )
+        w("| step | µs CPU |\n|---|---|")
+        rows = [
+            ("gunicorn: GET /healthz (server CPU per request)", g_hz),
+            ("gunicorn: RS256 exchange (server CPU per request)", g_rs),
+            ("gunicorn: HS256 exchange (server CPU per request)", g_hs),
+            ("in-process: Flask GET /healthz", bd.get("flask_healthz")),
+            ("in-process: Flask POST /oauth/token, RS256", bd.get("flask_exchange_RS256")),
+            ("in-process: Flask POST /oauth/token, HS256", bd.get("flask_exchange_HS256")),
+            (
+                "in-process: pipeline.exchange HS256 (no Flask, no form)",
+                bd.get("pipeline_exchange_HS256"),
+            ),
+            ("verify, cache hit (sha256 + LRU + clock checks)", bd.get("verify_cached")),
+            ("verify, new token (parse + RS256 verify + claims)", bd.get("verify_uncached")),
+            ("map claims to a user + grant", bd.get("map_grant")),
+            ("policy (name rules + getpwnam)", bd.get("policy_getpwnam")),
+            ("mint RS256 (RSA-2048 signature)", bd.get("mint_RS256")),
+            ("mint HS256", bd.get("mint_HS256")),
+            ("audit line to a file", bd.get("audit_line")),
+            ("Prometheus counters + histogram (multiprocess)", bd.get("metrics")),
+        ]
+        for label, v in rows:
+            w(f"| {label} | {fmt(v)} |")
+        if g_hz and bd.get("flask_healthz"):
+            w(
+                f"\ngunicorn (gthread: poller thread, worker thread, wake-up pipe), its access log "
+                "and the kernel's loopback TCP cost about "
+                f"{fmt(g_hz - bd['flask_healthz'])} µs per "
+                "request on top of Flask: the floor under every door.\n"
+            )
+        else:
+            w("")
+
+    w("## 3. npm oidc-provider client_credentials\n")
+    w(LOAD_HEAD)
+    for name, s in res.get("oidc", {}).items():
+        w(_load_row(f"client_credentials ({name})", s.get("capacity")))
+    w("")
+    for name, s in res.get("oidc", {}).items():
+        w(f"RSS ({name}): {_kib(s.get('rss_kib'))}.\n")
+        if s.get("latency"):
+            w(
+                "| load | target req/s | achieved req/s | p50 ms | p95 ms | p99 ms |\n"
+                "|---|---|---|---|---|---|"
+            )
+            for frac, x in s["latency"].items():
+                w(
+                    f"| {frac} % | {fmt(x['target_rate'])} | {fmt(x['rps'])} | "
+                    f"{_ms(x['p50_ms'])} | "
+                    f"{_ms(x['p95_ms'])} | {_ms(x['p99_ms'])} |"
+                )
+            w("")
+    w("Keycloak's own sizing guide plans 120 client-credential grants/s per vCPU.\n")
+
+    w("## 4. `scontrol token`\n")
+    for s in res.get("slurm", {}).values():
+        sc = s.get("scontrol", {})
+        w(
+            f"Slurm {s.get('version')}: `{sc.get('argv')}`, one after another for "
+            f"{plan.get('short')} s per round.\n"
+        )
+        w("| round | tokens | per s | failed | slurmctld cores |\n|---|---|---|---|---|")
+        for i, r in enumerate(sc.get("rounds", []), 1):
+            w(
+                f"| {i} | {r['tokens']} | {fmt(r['rate'], 1)} | {r['failed']} | "
+                f"{_r(r['slurmctld_cores'])} |"
+            )
+        w(f"\nMedian **{fmt(sc.get('rate'), 1)}/s**.\n")
+
+    w("## 5. The proxy\n")
+    for s in res.get("slurm", {}).values():
+        px = s.get("proxy", {})
+        w(
+            f"Slurm {s.get('version')}, `GET {px.get('path')}`, bridge {px.get('config')}, "
+            f"auth_style {px.get('auth_style')}; slurmrestd, slurmctld and the bridge share the "
+            f"server core(s) ({s.get('layout')}).\n"
+        )
+        w(LOAD_HEAD)
+        w(_load_row("direct to slurmrestd", px.get("direct")))
+        w(_load_row("through the proxy", px.get("proxied")))
+        w(_load_row("direct, 1 connection", px.get("direct-1conn")))
+        w(_load_row("through the proxy, 1 connection", px.get("proxied-1conn")))
+        d, p = px.get("direct-1conn"), px.get("proxied-1conn")
+        if d and p:
+            w(
+                "\nAdded by the proxy on one connection: p50 "
+                f"**{p['p50_ms'] - d['p50_ms']:+.2f} ms**, "
+                f"p99 **{p['p99_ms'] - d['p99_ms']:+.2f} ms**. Throughput kept: "
+                f"**{_r(_ratio(_get(px, 'proxied', 'rps'), _get(px, 'direct', 'rps')))}"
+                f"{TIMES}** of "
+                f"direct. Bridge RSS per worker: {_kib(px.get('rss_kib'))}.\n"
+            )
+        else:
+            w("")
+        w("(server CPU µs/req counts slurmrestd + slurmctld, plus the bridge when proxied)\n")
+
+    w("## 6. JWKS\n")
+    if j:
+        w(
+            f"`GET /.well-known/jwks.json` ({j.get('body_bytes')} bytes), bridge "
+            f"{j.get('config')}, {j.get('layout')} layout.\n"
+        )
+        w(LOAD_HEAD)
+        w(_load_row("200 (full document)", j.get("200")))
+        w(_load_row("304 (If-None-Match)", j.get("304")))
+        w("")
+
+    extra = res.get("notes")
+    if extra:
+        w(extra)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,627 @@
+"""What ``python -m bench`` measures; each function returns plain dicts for bench/report.py."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .ceiling import inprocess, openssl_rsa2048
+from .common import Layout, Procs, cpu_seconds, median
+from .loadgen import Req, Result, run_wrk, write_requests
+from .servers import (
+    BridgeConfig,
+    Upstream,
+    exchange_body,
+    restd_pids,
+    start_bridge,
+    start_oidc_provider,
+    start_slurm,
+)
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+BENCH_USER_PREFIX = "sjbb"
+BENCH_USERS = 200
+BENCH_UID_MIN = 20001
+
+
+@dataclass
+class Plan:
+    """Round counts and lengths (``--quick`` shrinks them)."""
+
+    rounds: int = 3
+    duration: float = 10.0
+    short: float = 5.0  # sweeps, latency levels, one-connection runs, JWKS
+    warmup: float = 2.0
+    connections: int = 8  # closed loop, like the reference figures (wrk -t1 -c8)
+    paced_connections: int = 32  # constant-rate runs: enough that pacing never waits on them
+    ceiling_seconds: int = 3
+
+
+@dataclass
+class Ctx:
+    plan: Plan
+    layouts: dict[str, Layout]
+    workdir: Path
+    procs: Procs
+    log: Any
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def _series(
+    ctx: Ctx,
+    url: str,
+    reqs_file: Path,
+    layout: Layout,
+    pids: list[int],
+    label: str,
+    *,
+    rounds: int | None = None,
+    duration: float | None = None,
+    connections: int | None = None,
+    rate: float = 0,
+    mode: str = "cycle",
+    warm: bool = True,
+) -> list[Result]:
+    plan = ctx.plan
+    conns = connections or (plan.paced_connections if rate else plan.connections)
+    if warm:
+        run_wrk(
+            url,
+            reqs_file,
+            layout=layout,
+            server_pids=pids,
+            duration=plan.warmup,
+            connections=conns,
+            rate=rate,
+            mode="cycle" if mode == "distinct" else mode,
+        )
+    out = []
+    for i in range(rounds or plan.rounds):
+        r = run_wrk(
+            url,
+            reqs_file,
+            layout=layout,
+            server_pids=pids,
+            duration=duration or plan.duration,
+            connections=conns,
+            rate=rate,
+            mode=mode,
+            label=label,
+        )
+        ctx.log(
+            f"  {label} [{layout.name}] round {i + 1}: {r.rps:,.0f}/s p50 {r.p50_ms:.2f} ms "
+            f"p99 {r.p99_ms:.2f} ms server {r.server_cores:.2f} cores, wrk {r.client_cores:.2f}, "
+            f"other {r.other_cores:.2f}, non-2xx {r.non2xx}, errors {r.errors}"
+        )
+        out.append(r)
+    return out
+
+
+def summarize(rounds: list[Result]) -> dict[str, Any]:
+    def med(attr: str) -> float:
+        return median([getattr(r, attr) for r in rounds])
+
+    return {
+        "rounds": [r.as_dict() for r in rounds],
+        "rps": med("rps"),
+        "p50_ms": med("p50_ms"),
+        "p95_ms": med("p95_ms"),
+        "p99_ms": med("p99_ms"),
+        "server_cores": med("server_cores"),
+        "client_cores": med("client_cores"),
+        "other_cores": med("other_cores"),
+        "cpu_us": med("server_cpu_us_per_req"),
+        "non2xx": sum(r.non2xx for r in rounds),
+        "errors": sum(r.errors for r in rounds),
+        "wraps": sum(r.wraps for r in rounds),
+    }
+
+
+# ---------------------------------------------------------------- 1. the ceiling
+
+
+def ceiling(ctx: Ctx) -> None:
+    out: dict[str, Any] = {}
+    for name, layout in ctx.layouts.items():
+        ossl, inproc = [], []
+        for i in range(ctx.plan.rounds):
+            ossl.append(openssl_rsa2048(layout, ctx.plan.ceiling_seconds))
+            inproc.append(inprocess(layout, min(2.0, ctx.plan.ceiling_seconds)))
+            ctx.log(
+                f"  ceiling [{name}] round {i + 1}: openssl rsa2048 {ossl[-1]['sign_s']:,.0f} "
+                f"sign/s, PyJWT RS256 {inproc[-1]['pyjwt_rs256_s']:,.0f}/s, "
+                f"HS256 {inproc[-1]['pyjwt_hs256_s']:,.0f}/s"
+            )
+        out[name] = {
+            "cores": layout.server_cores,
+            "openssl_rounds": ossl,
+            "inprocess_rounds": inproc,
+            "openssl_sign_s": median([r["sign_s"] for r in ossl]),
+            "openssl_verify_s": median([r["verify_s"] for r in ossl]),
+            **{k: median([r[k] for r in inproc]) for k in inproc[0]},
+        }
+    ctx.results["ceiling"] = out
+
+
+# ---------------------------------------------------------------- users and tokens
+
+
+def bench_users() -> list[str]:
+    return [f"{BENCH_USER_PREFIX}{i:03d}" for i in range(1, BENCH_USERS + 1)]
+
+
+def ensure_bench_users(log: Any) -> bool:
+    """200 local accounts (locked, no login shell, no home) so the policy's getpwnam finds them,
+    as it would find real users in production. Created once, left in place (the Slurm test
+    accounts are too); ``python -m bench --remove-users`` deletes them. False without root."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return False
+    missing = []
+    for name in bench_users():
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            missing.append(name)
+    if missing:
+        log(f"creating {len(missing)} local benchmark accounts {missing[0]}..{missing[-1]}")
+    for name in missing:
+        uid = BENCH_UID_MIN + int(name[len(BENCH_USER_PREFIX) :]) - 1
+        r = subprocess.run(
+            [
+                "useradd",
+                "-M",
+                "-N",
+                "-g",
+                "nogroup",
+                "-s",
+                "/usr/sbin/nologin",
+                "-d",
+                "/nonexistent",
+                "-u",
+                str(uid),
+                name,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode != 0:
+            r = subprocess.run(
+                [
+                    "useradd",
+                    "-M",
+                    "-N",
+                    "-g",
+                    "nogroup",
+                    "-s",
+                    "/usr/sbin/nologin",
+                    "-d",
+                    "/nonexistent",
+                    "-K",
+                    "UID_MIN=20000",
+                    name,
+                ],
+                capture_output=True,
+                text=True,
+            )
+        if r.returncode != 0:
+            log(f"useradd {name} failed: {r.stderr.strip()}")
+            return False
+    return True
+
+
+def remove_bench_users(log: Any) -> None:
+    import pwd
+
+    for name in bench_users():
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            continue
+        subprocess.run(["userdel", name], capture_output=True)
+    log("benchmark accounts removed")
+
+
+# ---------------------------------------------------------------- 2. the bridge: exchanges
+
+
+def _exchange_reqs(tokens: list[str], alg: str) -> list[Req]:
+    return [Req("POST", "/oauth/token", FORM, exchange_body(t, alg)) for t in tokens]
+
+
+SWEEP = {
+    "pinned": [(1, 1), (1, 2), (2, 1), (1, 4)],
+    "shared": [(2, 1), (2, 2), (3, 1), (4, 1), (5, 4)],
+}
+
+
+def exchange(ctx: Ctx, upstream: Upstream, keys_dir: Path, local_users: bool) -> None:
+    plan = ctx.plan
+    users = bench_users()
+    pool = upstream.tokens(users)
+    wd = ctx.workdir / "exchange"
+    wd.mkdir(exist_ok=True)
+    extra = "" if local_users else "\n[mapping]\nrequire_local_account = false\n"
+    files = {alg: write_requests(_exchange_reqs(pool, alg), wd) for alg in ("RS256", "HS256")}
+    out: dict[str, Any] = {"users": len(users), "local_users": local_users, "layouts": {}}
+    for name, layout in ctx.layouts.items():
+        # workers x threads sweep: one short round each, RS256, token pool
+        sweep = []
+        for w, t in SWEEP.get(name, [(1, 1)]):
+            cfg = BridgeConfig(w, t, "file", extra=extra)
+            b = start_bridge(wd, keys_dir, upstream, cfg, layout, ctx.procs)
+            try:
+                r = _series(
+                    ctx,
+                    b.url,
+                    files["RS256"],
+                    layout,
+                    b.pids(),
+                    f"sweep {w}x{t}",
+                    rounds=1,
+                    duration=plan.short,
+                )[0]
+            finally:
+                b.stop()
+            sweep.append({"workers": w, "threads": t, **r.as_dict()})
+        best = max(sweep, key=lambda s: s["rps"])
+        cfg = BridgeConfig(best["workers"], best["threads"], "file", extra=extra)
+        ctx.log(f"  best on [{name}]: {cfg.describe()}")
+        res: dict[str, Any] = {
+            "sweep": sweep,
+            "config": cfg.describe(),
+            "workers": cfg.workers,
+            "threads": cfg.threads,
+        }
+        b = start_bridge(wd, keys_dir, upstream, cfg, layout, ctx.procs)
+        try:
+            for alg in ("RS256", "HS256"):
+                res[f"{alg}-pool"] = summarize(
+                    _series(ctx, b.url, files[alg], layout, b.pids(), f"{alg} pool")
+                )
+            res["rss_kib"] = b.worker_rss_kib()
+            # the framework floor: gunicorn + Flask + access log answering /healthz
+            hz = write_requests([Req("GET", "/healthz")], wd)
+            res["healthz"] = summarize(
+                _series(ctx, b.url, hz, layout, b.pids(), "healthz", rounds=1, duration=plan.short)
+            )
+            if name == "pinned":
+                cap = res["RS256-pool"]["rps"]
+                res["latency"] = {}
+                for frac in (0.25, 0.5, 0.9):
+                    rate = max(10.0, cap * frac)
+                    s = summarize(
+                        _series(
+                            ctx,
+                            b.url,
+                            files["RS256"],
+                            layout,
+                            b.pids(),
+                            f"RS256 at {frac:.0%}",
+                            duration=plan.short,
+                            rate=rate,
+                        )
+                    )
+                    s["target_rate"] = rate
+                    res["latency"][f"{int(frac * 100)}"] = s
+                # distinct tokens: every request verifies a new upstream signature
+                count = int(cap * 1.3 * (plan.duration * plan.rounds + plan.warmup)) + 500
+                ctx.log(f"  minting {count} distinct upstream tokens")
+                t0 = time.monotonic()
+                distinct = upstream.many_tokens(users, count)
+                ctx.log(f"  minted in {time.monotonic() - t0:.1f} s")
+                f = write_requests(_exchange_reqs(distinct, "RS256"), wd)
+                del distinct
+                res["RS256-distinct"] = summarize(
+                    _series(
+                        ctx,
+                        b.url,
+                        f,
+                        layout,
+                        b.pids(),
+                        "RS256 distinct",
+                        mode="distinct",
+                        warm=False,
+                    )
+                )
+                f.unlink()
+        finally:
+            b.stop()
+        if name == "pinned":
+            cfg_none = BridgeConfig(cfg.workers, cfg.threads, "none", extra=extra)
+            b = start_bridge(wd, keys_dir, upstream, cfg_none, layout, ctx.procs)
+            try:
+                res["RS256-pool-audit-none"] = summarize(
+                    _series(ctx, b.url, files["RS256"], layout, b.pids(), "RS256 audit none")
+                )
+            finally:
+                b.stop()
+        out["layouts"][name] = res
+    ctx.results["exchange"] = out
+    layout = ctx.layouts.get("pinned") or next(iter(ctx.layouts.values()))
+    out["breakdown"] = breakdown(ctx, upstream, keys_dir, extra, pool, layout)
+
+
+def breakdown(
+    ctx: Ctx, upstream: Upstream, keys_dir: Path, extra: str, pool: list[str], layout: Layout
+) -> dict[str, float]:
+    """bench/breakdown.py in a pinned subprocess: the exchange's steps timed in-process."""
+    import json
+    import sys
+
+    from .servers import bridge_toml
+
+    wd = ctx.workdir / "breakdown"
+    wd.mkdir(exist_ok=True)
+    cfg = wd / "bridge.toml"
+    cfg.write_text(bridge_toml(wd, 0, keys_dir, upstream, BridgeConfig(1, 1, "file", extra=extra)))
+    tokens = wd / "tokens.json"
+    tokens.write_text(json.dumps({"pool": pool, "fresh": upstream.many_tokens(bench_users(), 600)}))
+    user = bench_users()[len(pool) // 2 if pool else 0]
+    r = subprocess.run(
+        [
+            *layout.server_prefix(),
+            sys.executable,
+            "-m",
+            "bench.breakdown",
+            str(cfg),
+            str(tokens),
+            user,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=str(Path(__file__).resolve().parents[1]),
+    )
+    if r.returncode != 0:
+        raise RuntimeError(f"bench.breakdown failed:\n{r.stderr[-3000:]}")
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    ctx.log("  in-process: " + ", ".join(f"{k} {v:.0f} us" for k, v in result.items()))
+    return result
+
+
+# ---------------------------------------------------------------- 6. JWKS
+
+
+def jwks(ctx: Ctx, keys_dir: Path) -> None:
+    layout = ctx.layouts.get("pinned") or next(iter(ctx.layouts.values()))
+    best = ctx.results.get("exchange", {}).get("layouts", {}).get(layout.name, {})
+    cfg = BridgeConfig(best.get("workers", 1), best.get("threads", 1), "file")
+    wd = ctx.workdir / "jwks"
+    b = start_bridge(wd, keys_dir, None, cfg, layout, ctx.procs)
+    try:
+        import urllib.request
+
+        with urllib.request.urlopen(b.url + "/.well-known/jwks.json") as r:
+            etag = r.headers["ETag"]
+            size = len(r.read())
+        plain = write_requests([Req("GET", "/.well-known/jwks.json")], wd)
+        cond = write_requests([Req("GET", "/.well-known/jwks.json", {"If-None-Match": etag})], wd)
+        out = {"config": cfg.describe(), "layout": layout.name, "body_bytes": size}
+        out["200"] = summarize(
+            _series(ctx, b.url, plain, layout, b.pids(), "JWKS 200", duration=ctx.plan.short)
+        )
+        out["304"] = summarize(
+            _series(ctx, b.url, cond, layout, b.pids(), "JWKS 304", duration=ctx.plan.short)
+        )
+    finally:
+        b.stop()
+    ctx.results["jwks"] = out
+
+
+# ---------------------------------------------------------------- 3. oidc-provider
+
+
+def oidc_provider(ctx: Ctx) -> None:
+    import base64
+
+    wd = ctx.workdir / "oidc"
+    basic = base64.b64encode(b"svc-portal:svc-portal-secret").decode()
+    req = Req(
+        "POST",
+        "/token",
+        {**FORM, "Authorization": f"Basic {basic}"},
+        "grant_type=client_credentials",
+    )
+    wd.mkdir(parents=True, exist_ok=True)
+    f = write_requests([req], wd)
+    out: dict[str, Any] = {}
+    for name, layout in ctx.layouts.items():
+        op = start_oidc_provider(wd, layout, ctx.procs)
+        try:
+            _check_cc(op.url)
+            res = {
+                "capacity": summarize(
+                    _series(ctx, op.url, f, layout, op.pids(), "oidc-provider client_credentials")
+                )
+            }
+            if name == "pinned":
+                cap = res["capacity"]["rps"]
+                res["latency"] = {}
+                for frac in (0.25, 0.5, 0.9):
+                    rate = max(10.0, cap * frac)
+                    s = summarize(
+                        _series(
+                            ctx,
+                            op.url,
+                            f,
+                            layout,
+                            op.pids(),
+                            f"oidc-provider at {frac:.0%}",
+                            duration=ctx.plan.short,
+                            rate=rate,
+                        )
+                    )
+                    s["target_rate"] = rate
+                    res["latency"][f"{int(frac * 100)}"] = s
+            from .common import rss_kib
+
+            res["rss_kib"] = rss_kib(op.proc.pid)
+        finally:
+            op.stop()
+        out[name] = res
+    ctx.results["oidc"] = out
+
+
+def _check_cc(url: str) -> None:
+    """One grant by hand: the answer must be an RS256 JWT access token."""
+    import base64
+    import json
+    import urllib.request
+
+    basic = base64.b64encode(b"svc-portal:svc-portal-secret").decode()
+    r = urllib.request.Request(
+        url + "/token",
+        data=b"grant_type=client_credentials",
+        headers={**FORM, "Authorization": f"Basic {basic}"},
+    )
+    with urllib.request.urlopen(r, timeout=10) as resp:
+        tok = json.loads(resp.read())["access_token"]
+    header = json.loads(base64.urlsafe_b64decode(tok.split(".")[0] + "=="))
+    if header.get("alg") != "RS256":
+        raise RuntimeError(f"oidc-provider issued {header}, expected an RS256 JWT")
+
+
+# ---------------------------------------------------------------- 4 + 5. Slurm
+
+
+def slurm(ctx: Ctx, upstream: Upstream, version: str) -> None:
+    """scontrol token (sequential) and GET jobs direct vs through the proxy."""
+    layout = ctx.layouts.get("pinned") or next(iter(ctx.layouts.values()))
+    wd = ctx.workdir / f"slurm-{version}"
+    ctx.log(f"  starting Slurm {version}")
+    t0 = time.monotonic()
+    bc = start_slurm(version, wd, layout)
+    out: dict[str, Any] = {
+        "version": bc.cluster.slurm_full_version or version,
+        "layout": layout.name,
+        "start_s": time.monotonic() - t0,
+    }
+    try:
+        out["scontrol"] = _scontrol(ctx, bc)
+        out["proxy"] = _proxy(ctx, bc, upstream, layout, wd)
+    finally:
+        bc.stop()
+    ctx.results.setdefault("slurm", {})[version] = out
+
+
+def _scontrol(ctx: Ctx, bc: Any) -> dict[str, Any]:
+    cluster = bc.cluster
+    argv = [*cluster.scontrol_argv(), "token", "username=alice", "lifespan=1800"]
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    first = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+    if not re.search(r"SLURM_JWT=\S+", first.stdout):
+        raise RuntimeError(f"scontrol token failed: {first.stdout} {first.stderr}")
+    rounds = []
+    ctld = cluster._pids.get("slurmctld")
+    for i in range(ctx.plan.rounds):
+        n, failed = 0, 0
+        c0 = cpu_seconds(ctld) if ctld else 0.0
+        t0 = time.monotonic()
+        end = t0 + ctx.plan.short
+        while time.monotonic() < end:
+            r = subprocess.run(argv, capture_output=True, env=env, timeout=30)
+            n += 1
+            failed += r.returncode != 0
+        dt = time.monotonic() - t0
+        ctld_cores = ((cpu_seconds(ctld) - c0) / dt) if ctld else 0.0
+        rounds.append(
+            {
+                "tokens": n,
+                "failed": failed,
+                "seconds": dt,
+                "rate": n / dt,
+                "slurmctld_cores": ctld_cores,
+            }
+        )
+        ctx.log(f"  scontrol token round {i + 1}: {n / dt:,.1f}/s ({failed} failed)")
+    return {
+        "rounds": rounds,
+        "rate": median([r["rate"] for r in rounds]),
+        "argv": "scontrol token username=alice lifespan=1800 (in the sid chroot)",
+    }
+
+
+def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> dict[str, Any]:
+    from app.keys import KeyRing
+    from app.minting import mint_slurm_token
+
+    cluster = bc.cluster
+    api = cluster.api_version
+    path = f"/slurm/{api}/jobs"
+    ring = KeyRing.load(bc.keys_dir)
+    direct_tok = mint_slurm_token(ring, "alice", 3600, "RS256").token
+    direct = write_requests(
+        [Req("GET", path, {"X-SLURM-USER-NAME": "alice", "X-SLURM-USER-TOKEN": direct_tok})], wd
+    )
+    users = ["alice", "bob"]
+    proxied = write_requests(
+        [Req("GET", path, {"Authorization": f"Bearer {t}"}) for t in upstream.tokens(users * 5)],
+        wd,
+    )
+    best = ctx.results.get("exchange", {}).get("layouts", {}).get(layout.name, {})
+    style = "x-slurm" if cluster.version == "22.05" else "bearer"
+    cfg = BridgeConfig(
+        best.get("workers", 1),
+        best.get("threads", 1),
+        "file",
+        proxy_upstream=cluster.restd_url,
+        proxy_auth_style=style,
+    )
+    restd = restd_pids(bc)
+    out: dict[str, Any] = {"path": path, "auth_style": style}
+    plan = ctx.plan
+    out["direct"] = summarize(
+        _series(
+            ctx, cluster.restd_url, direct, layout, restd, f"slurmrestd {cluster.version} direct"
+        )
+    )
+    out["direct-1conn"] = summarize(
+        _series(
+            ctx,
+            cluster.restd_url,
+            direct,
+            layout,
+            restd,
+            "direct, 1 connection",
+            connections=1,
+            duration=plan.short,
+        )
+    )
+    b = start_bridge(wd, bc.keys_dir, upstream, cfg, layout, ctx.procs)
+    try:
+        _check_proxy(b.url + path, upstream.tokens(["alice"])[0])
+        pids = restd + b.pids()
+        out["config"] = cfg.describe()
+        out["proxied"] = summarize(_series(ctx, b.url, proxied, layout, pids, "through the proxy"))
+        out["proxied-1conn"] = summarize(
+            _series(
+                ctx,
+                b.url,
+                proxied,
+                layout,
+                pids,
+                "proxy, 1 connection",
+                connections=1,
+                duration=plan.short,
+            )
+        )
+        out["rss_kib"] = b.worker_rss_kib()
+    finally:
+        b.stop()
+    return out
+
+
+def _check_proxy(url: str, token: str) -> None:
+    import urllib.request
+
+    r = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(r, timeout=30) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"proxy answered {resp.status}")

@@ -1,0 +1,321 @@
+"""The servers a benchmark runs: the bridge under gunicorn, npm oidc-provider, the local test
+issuer (upstream tokens), and a real Slurm cluster (tests/helpers/slurm.py).
+
+Each is started pinned to the layout's server cores and stopped by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .common import ROOT, Layout, Procs, descendants, free_port, pin, rss_kib, wait_http
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+AUDIENCE = "https://bridge.test"
+TE = "urn:ietf:params:oauth:grant-type:token-exchange"
+AT = "urn:ietf:params:oauth:token-type:access_token"
+
+
+# ---------------------------------------------------------------- upstream tokens
+
+
+class Upstream:
+    """The local test issuer (tests/helpers/test_issuer.py) serving discovery and JWKS over HTTP,
+    and minting RS256 access tokens shaped like oidc-provider's (iss, sub, aud, client_id, scope,
+    preferred_username, groups, jti)."""
+
+    def __init__(self) -> None:
+        from tests.helpers.test_issuer import TestIssuer
+
+        self.server = TestIssuer().start()
+        self.handle = self.server.add_issuer("/realms/bench")
+
+    @property
+    def issuer(self) -> str:
+        return self.handle.issuer
+
+    def claims(self, user: str, n: int = 0) -> dict[str, Any]:
+        now = int(time.time())
+        return {
+            "iss": self.issuer,
+            "sub": f"{user}-{n}" if n else user,
+            "aud": AUDIENCE,
+            "iat": now,
+            "exp": now + 3600,
+            "jti": secrets.token_urlsafe(16),
+            "client_id": "portal",
+            "scope": "openid profile email groups",
+            "preferred_username": user,
+            "email": f"{user}@example.org",
+            "groups": ["hpc-users"],
+        }
+
+    def tokens(self, users: list[str]) -> list[str]:
+        return [self.handle.mint(self.claims(u)) for u in users]
+
+    def many_tokens(self, users: list[str], count: int) -> list[str]:
+        """``count`` distinct tokens (users in turn), signed on every core in parallel."""
+        from cryptography.hazmat.primitives import serialization
+
+        pem = self.handle.current.private_key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        kid = self.handle.kid
+        jobs = [
+            [
+                self.claims(users[i % len(users)], i + 1)
+                for i in range(start, min(count, start + 2000))
+            ]
+            for start in range(0, count, 2000)
+        ]
+        with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+            parts = pool.map(_sign_many, [(pem, kid, j) for j in jobs])
+            return [t for part in parts for t in part]
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+def _sign_many(args: tuple[bytes, str, list[dict[str, Any]]]) -> list[str]:
+    import jwt
+
+    pem, kid, claims = args
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(pem, password=None)
+    return [jwt.encode(c, key, algorithm="RS256", headers={"kid": kid}) for c in claims]
+
+
+def exchange_body(token: str, alg: str | None = None) -> str:
+    from urllib.parse import urlencode
+
+    form = {"grant_type": TE, "subject_token": token, "subject_token_type": AT}
+    if alg:
+        form["alg"] = alg
+    return urlencode(form)
+
+
+# ---------------------------------------------------------------- the bridge
+
+
+@dataclass
+class BridgeConfig:
+    workers: int
+    threads: int
+    audit: str = "file"  # "file" | "none"
+    proxy_upstream: str = ""
+    proxy_auth_style: str = "bearer"
+    extra: str = ""
+
+    def describe(self) -> str:
+        return f"{self.workers} worker(s) x {self.threads} thread(s), audit {self.audit}"
+
+
+@dataclass
+class Bridge:
+    url: str
+    proc: subprocess.Popen
+    config_path: Path
+    log_path: Path
+    cfg: BridgeConfig
+    procs: Procs
+    _workers: list[int] = field(default_factory=list)
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *descendants(self.proc.pid)]
+
+    def worker_pids(self) -> list[int]:
+        return descendants(self.proc.pid)
+
+    def worker_rss_kib(self) -> list[int]:
+        return [r for r in (rss_kib(p) for p in self.worker_pids()) if r is not None]
+
+    def stop(self) -> None:
+        self.procs.stop(self.proc, timeout=15)
+
+
+def bridge_toml(
+    workdir: Path, port: int, keys_dir: Path, upstream: Upstream | None, cfg: BridgeConfig
+) -> str:
+    audit = f"file:{workdir / 'audit.log'}" if cfg.audit == "file" else "none"
+    text = f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+
+[keys]
+dir = {json.dumps(str(keys_dir))}
+
+[audit]
+destination = {json.dumps(audit)}
+
+[browser]
+enabled = false
+
+[rate_limit]
+enabled = false
+
+[mapping]
+require_local_account = false
+"""
+    if upstream is not None:
+        text += f"""
+[[issuers]]
+name = "idp"
+kind = "oidc"
+issuer = {json.dumps(upstream.issuer)}
+audiences = [{json.dumps(AUDIENCE)}]
+
+[[mapping.rules]]
+claim = "preferred_username"
+"""
+    if cfg.proxy_upstream:
+        text += f"""
+[proxy]
+upstream = {json.dumps(cfg.proxy_upstream)}
+auth_style = {json.dumps(cfg.proxy_auth_style)}
+"""
+    return text + cfg.extra
+
+
+def start_bridge(
+    workdir: Path,
+    keys_dir: Path,
+    upstream: Upstream | None,
+    cfg: BridgeConfig,
+    layout: Layout,
+    procs: Procs,
+) -> Bridge:
+    """``slurm-jwt-bridge serve --prod --workers N`` (gunicorn, app/gunicorn_conf.py) with
+    GUNICORN_THREADS, pinned to the layout's server cores; waits until every worker answers."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    name = f"bridge-{cfg.workers}x{cfg.threads}-{cfg.audit}-{port}"
+    config_path = workdir / f"{name}.toml"
+    config_path.write_text(bridge_toml(workdir, port, keys_dir, upstream, cfg))
+    metrics_dir = workdir / f"{name}-metrics"
+    metrics_dir.mkdir(exist_ok=True)
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "SLURM_JWT_BRIDGE_CONFIG"},
+        "GUNICORN_THREADS": str(cfg.threads),
+        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    }
+    exe = Path(sys.executable).parent / "slurm-jwt-bridge"
+    argv = [
+        *layout.server_prefix(),
+        str(exe),
+        "serve",
+        "--config",
+        str(config_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--prod",
+        "--workers",
+        str(cfg.workers),
+    ]
+    log = workdir / f"{name}.log"
+    proc = procs.start(name, argv, log, env=env)
+    bridge = Bridge(f"http://127.0.0.1:{port}", proc, config_path, log, cfg, procs)
+    try:
+        wait_http(bridge.url + "/healthz", 60, proc)
+        deadline = time.monotonic() + 30
+        while len(bridge.worker_pids()) < cfg.workers and time.monotonic() < deadline:
+            time.sleep(0.1)
+    except Exception:
+        bridge.stop()
+        raise RuntimeError(f"bridge did not start; log:\n{log.read_text()[-3000:]}") from None
+    return bridge
+
+
+# ---------------------------------------------------------------- npm oidc-provider
+
+
+@dataclass
+class OidcProvider:
+    url: str
+    issuer: str
+    token_endpoint: str
+    proc: subprocess.Popen
+    procs: Procs
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid, *descendants(self.proc.pid)]
+
+    def stop(self) -> None:
+        self.procs.stop(self.proc)
+
+
+def start_oidc_provider(workdir: Path, layout: Layout, procs: Procs) -> OidcProvider:
+    """tests/oidc-provider/server.mjs (npm oidc-provider, RS256 JWT access tokens for
+    client_credentials), its per-request log line going to a file (not through a Python pipe,
+    which would cost the benchmark's own CPU)."""
+    from tests.helpers.oidc import DEFAULT_ACCOUNTS, DEFAULT_CLIENTS, SERVER_DIR, SERVER_JS
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    issuer = f"http://127.0.0.1:{port}"
+    config = {
+        "port": port,
+        "host": "127.0.0.1",
+        "issuer": issuer,
+        "style": "plain",
+        "realm": "hpc",
+        "clients": DEFAULT_CLIENTS,
+        "accounts": DEFAULT_ACCOUNTS,
+        "resource": AUDIENCE,
+        "ttl": {},
+    }
+    cfg_path = workdir / f"oidc-provider-{port}.json"
+    cfg_path.write_text(json.dumps(config))
+    log = workdir / f"oidc-provider-{port}.log"
+    proc = procs.start(
+        "oidc-provider",
+        [*layout.server_prefix(), "node", str(SERVER_JS), str(cfg_path)],
+        log,
+        cwd=SERVER_DIR,
+    )
+    deadline = time.monotonic() + 30
+    while "READY " not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            procs.stop(proc)
+            raise RuntimeError(f"oidc-provider did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+    return OidcProvider(f"http://127.0.0.1:{port}", issuer, "/token", proc, procs)
+
+
+# ---------------------------------------------------------------- Slurm
+
+
+def start_slurm(version: str, workdir: Path, layout: Layout) -> Any:
+    """A real cluster trusting a fresh bridge keys dir (tests/helpers/slurm_rest.py), its daemons
+    pinned to the layout's server cores. Returns a BridgeCluster (stop() stops it by pid)."""
+    from tests.helpers.slurm_rest import start_bridge_cluster
+
+    bc = start_bridge_cluster(version, workdir)
+    pin(slurm_pids(bc), layout.server_cpus)
+    return bc
+
+
+def slurm_pids(bc: Any) -> list[int]:
+    pids = list(bc.cluster._pids.values())
+    return [p for p in pids if os.path.exists(f"/proc/{p}")]
+
+
+def restd_pids(bc: Any) -> list[int]:
+    """slurmrestd and slurmctld: the processes a GET /jobs costs CPU in."""
+    return [bc.cluster._pids[n] for n in ("slurmrestd", "slurmctld") if n in bc.cluster._pids]
