@@ -13,15 +13,21 @@ import base64
 import hashlib
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import urllib3
 from cachetools import TLRUCache
 from flask import Blueprint, Flask, Response, current_app, request, session
+from urllib3.connection import HTTPConnection
+from urllib3.connectionpool import HTTPConnectionPool
+from urllib3.exceptions import HTTPError as TransportError
+from urllib3.exceptions import NewConnectionError, ProtocolError
+from urllib3.exceptions import TimeoutError as TransportTimeout
 
 from ..errors import BridgeError
 from ..minting import SlurmToken
@@ -86,6 +92,43 @@ class _Cached:
     reuse_until: float
 
 
+class _UnixConnection(HTTPConnection):
+    """An HTTP connection over slurmrestd's Unix socket (``slurmrestd unix:/path``)."""
+
+    def __init__(self, *args: Any, socket_path: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.socket_path = socket_path
+
+    def _new_conn(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)  # type: ignore[arg-type]
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+
+class _UnixPool(HTTPConnectionPool):
+    ConnectionCls = _UnixConnection  # type: ignore[assignment]
+
+
+def _pool(cfg: ProxySettings) -> HTTPConnectionPool:
+    """A keep-alive pool to slurmrestd. urllib3 rather than a richer client: it is the thin
+    layer over http.client, and the proxy's cost per request is mostly its HTTP client."""
+    timeout = urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout)
+    common = {"maxsize": cfg.pool_size, "block": False, "timeout": timeout, "retries": False}
+    if cfg.upstream.startswith("unix:"):
+        return _UnixPool("localhost", socket_path=cfg.upstream[5:], **common)
+    url = urllib3.util.parse_url(cfg.upstream)
+    if url.scheme == "https":
+        from urllib3.connectionpool import HTTPSConnectionPool
+
+        return HTTPSConnectionPool(url.host, url.port or 443, **common)
+    return HTTPConnectionPool(url.host, url.port or 80, **common)
+
+
 class SlurmRestProxy:
     """Connection pool, caches and header rules; one per process."""
 
@@ -94,20 +137,7 @@ class SlurmRestProxy:
         self.cfg: ProxySettings = settings.proxy
         self.pipeline = pipeline
         cfg = self.cfg
-        limits = httpx.Limits(
-            max_connections=cfg.pool_size, max_keepalive_connections=cfg.pool_size
-        )
-        timeout = httpx.Timeout(
-            cfg.read_timeout, connect=cfg.connect_timeout, pool=cfg.connect_timeout
-        )
-        if cfg.upstream.startswith("unix:"):
-            transport = httpx.HTTPTransport(uds=cfg.upstream[5:], limits=limits)
-            base = "http://slurmrestd"
-        else:
-            transport = httpx.HTTPTransport(limits=limits)
-            base = cfg.upstream
-        self.base = base
-        self.client = httpx.Client(transport=transport, timeout=timeout, base_url=base)
+        self.pool = _pool(cfg)
         self.lifetime = cfg.token_lifetime or None
         self._lock = threading.Lock()
         # upstream token hash -> Grant, until the upstream token's exp
@@ -172,19 +202,30 @@ class SlurmRestProxy:
         out["X-Forwarded-For"] = f"{prior}, {forwarded}" if prior else forwarded
         return out
 
-    def send(self, path: str, user: str, token: str) -> httpx.Response:
+    def send(self, path: str, user: str, token: str) -> urllib3.BaseHTTPResponse:
+        """Forward the current request; the answer's body is left unread (streamed)."""
         length = request.content_length
         body: Any = None
+        chunked = False
         if length:
             body = request.stream
         elif request.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            body = _limited(request.stream, self.cfg.max_body)
+            body, chunked = _limited(request.stream, self.cfg.max_body), True
         headers = self.forward_headers(user, token)
         if length is not None:
             headers["Content-Length"] = str(length)
-        url = httpx.URL(path=path, query=request.query_string)
-        req = self.client.build_request(request.method, url, headers=headers, content=body)
-        return self.client.send(req, stream=True)
+        query = request.query_string.decode("latin-1")
+        return self.pool.urlopen(
+            request.method,
+            f"{path}?{query}" if query else path,
+            body=body,
+            headers=headers,
+            chunked=chunked,
+            preload_content=False,
+            decode_content=False,
+            redirect=False,
+            assert_same_host=False,
+        )
 
 
 def _limited(stream: Any, limit: int) -> Iterator[bytes]:
@@ -308,62 +349,61 @@ def handle(prefix: str, rest: str) -> Response:
         upstream = proxy.send(path, grant.user, raw)
     except BridgeError as exc:
         return _json_error(exc.status, exc.error, exc.reason)
-    except httpx.TimeoutException as exc:
+    except (NewConnectionError, ProtocolError) as exc:  # NewConnectionError is a timeout too
+        return _json_error(
+            502, "upstream_unavailable", f"slurmrestd is unreachable ({type(exc).__name__})"
+        )
+    except TransportTimeout as exc:
         return _json_error(
             504, "upstream_timeout", f"slurmrestd did not answer in time ({type(exc).__name__})"
         )
-    except httpx.HTTPError as exc:
+    except (TransportError, OSError) as exc:
         return _json_error(
             502, "upstream_unavailable", f"slurmrestd is unreachable ({type(exc).__name__})"
         )
     observer = current_app.extensions.get("slurm_jwt_bridge_metrics")
-    if upstream.status_code in (401, 500, 511) and token is not None:
-        peek = b""
-        chunks = upstream.iter_raw()  # one iterator: a second iter_raw() would raise
+    status = upstream.status
+    chunks = upstream.stream(65536, decode_content=False)  # one iterator over the body
+    peek = b""
+    if status in (401, 500, 511) and token is not None:
         try:
             for chunk in chunks:
                 peek += chunk
                 if len(peek) >= ERROR_PEEK:
                     break
-        except httpx.HTTPError:
+        except (TransportError, OSError):
             pass
-        text = peek.decode("utf-8", "replace")
-        if _auth_failure(upstream.status_code, text):
+        if _auth_failure(status, peek.decode("utf-8", "replace")):
             upstream.close()
             proxy.forget(grant)
             if observer is not None:
-                observer.proxied(upstream.status_code, time.perf_counter() - started)
-            return _refusal(grant, token, upstream.status_code)
-        body: Any = _replay(peek, chunks, upstream)
-    else:
-        body = _stream(upstream)
+                observer.proxied(status, time.perf_counter() - started)
+            return _refusal(grant, token, status)
     if observer is not None:
-        observer.proxied(upstream.status_code, time.perf_counter() - started)
+        observer.proxied(status, time.perf_counter() - started)
     headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in DROP_RESPONSE]
-    resp = Response(body, status=upstream.status_code, headers=headers, direct_passthrough=True)
-    resp.call_on_close(upstream.close)
-    return resp
+    body = _relay(peek, chunks, upstream)
+    return Response(body, status=status, headers=headers, direct_passthrough=True)
 
 
-def _stream(upstream: httpx.Response) -> Iterator[bytes]:
-    try:
-        yield from upstream.iter_raw()
-    except httpx.HTTPError as exc:
-        log.warning("slurmrestd response interrupted: %s", type(exc).__name__)
-    finally:
-        upstream.close()
-
-
-def _replay(first: bytes, rest: Iterator[bytes], upstream: httpx.Response) -> Iterator[bytes]:
-    """The peeked start of a body, then the rest of the same stream."""
+def _relay(
+    first: bytes, rest: Iterator[bytes], upstream: urllib3.BaseHTTPResponse
+) -> Iterator[bytes]:
+    """The body as it arrives (after any peeked start); the connection goes back to the pool
+    only when the body was read to its end, else it is closed."""
+    done = False
     try:
         if first:
             yield first
         yield from rest
-    except httpx.HTTPError as exc:
+        done = True
+    except (TransportError, OSError) as exc:
         log.warning("slurmrestd response interrupted: %s", type(exc).__name__)
     finally:
-        upstream.close()
+        if done:
+            upstream.release_conn()
+        else:
+            upstream.close()
 
 
 def _route(prefix: str) -> Any:
