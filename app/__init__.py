@@ -106,8 +106,11 @@ def create_app(settings: Settings | None = None) -> Flask:
         return resp
 
     @app.errorhandler(413)
-    def too_large(_exc: Exception) -> tuple[Response, int]:
-        return jsonify(error="invalid_request", error_description="request body too large"), 413
+    def too_large(_exc: Exception) -> Response:
+        resp = jsonify(error="invalid_request", error_description="request body too large")
+        resp.status_code = 413
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
 
     @app.errorhandler(500)
     def server_error(_exc: Exception) -> tuple[Response, int]:

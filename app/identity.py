@@ -22,6 +22,9 @@ from .settings import MappingRule, MappingSettings
 
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 
+# ASCII letters only: str.lower() would fold look-alikes such as KELVIN SIGN (U+212A) into 'k'.
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
 
 @dataclass(frozen=True)
 class MappedUser:
@@ -104,7 +107,7 @@ class IdentityMapper:
         if rule.strip_domain:
             value = value.split("@", 1)[0]
         if rule.lowercase:
-            value = value.lower()
+            value = value.translate(_ASCII_LOWER)
         if rule.table:
             if value in rule.table:
                 value = rule.table[value]

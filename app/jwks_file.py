@@ -104,7 +104,7 @@ def fetch_jwks(url: str, timeout: float = 10.0, verify: bool | str = True) -> di
         raise JwksError(f"GET {url}: {type(exc).__name__}: {exc}") from None
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise JwksError(f"GET {url}: not JSON") from None
 
 

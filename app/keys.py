@@ -424,7 +424,7 @@ class KeyRingSource:
         try:
             entries = sorted(os.scandir(self.directory), key=lambda e: e.name)
             return tuple(
-                (e.name, e.stat().st_mtime_ns, e.stat().st_size)
+                (e.name, e.stat().st_mtime_ns, e.stat().st_ctime_ns, e.stat().st_size)
                 for e in entries
                 if not e.name.startswith(".")
             )

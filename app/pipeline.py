@@ -20,7 +20,7 @@ from .errors import BridgeError, access_denied, invalid_request, unauthorized_cl
 from .identity import IdentityMapper
 from .keys import KeyRingSource
 from .minting import SlurmToken, mint_slurm_token
-from .policy import check_account, resolve_lifetime
+from .policy import check_account, resolve_lifetime, username_problem
 from .settings import DelegationActor, ServiceAccount, Settings
 
 if TYPE_CHECKING:
@@ -353,6 +353,9 @@ class Pipeline:
                 "this actor may not use requested_subject (allow_requested_subject is off)",
                 metric="requested_subject_not_allowed",
             )
+        problem = username_problem(name)
+        if problem:
+            raise access_denied(f"requested_subject: {problem}", metric="invalid_username")
         pattern = self._regex.get(actor)
         in_regex = bool(pattern and pattern.fullmatch(name))
         in_group = bool(actor.subject_groups) and _in_any_group(name, actor.subject_groups)

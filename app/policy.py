@@ -17,6 +17,7 @@ from .settings import PolicySettings, TokenSettings
 # POSIX portable user names: the portable filename characters, not starting with '-'.
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,31}$")
 MIN_LIFETIME = 60
+NOBODY_UID = 65534
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ def check_account(
         raise access_denied(
             f"user {name!r} is the SlurmUser (policy.slurm_user); its token can act as anyone",
             metric="denied_slurm_user",
+        )
+    if name == "nobody" or uid == NOBODY_UID:
+        raise access_denied(
+            f"user {name!r} is the shared unprivileged account (nobody)",
+            metric="denied_system_account",
         )
     if uid is not None and uid < policy.min_uid:
         raise access_denied(

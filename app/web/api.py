@@ -58,6 +58,25 @@ def _int(value: Any, name: str) -> int | None:
     raise invalid_request(f"{name} must be a whole number of seconds")
 
 
+def _json_options() -> tuple[int | None, str | None]:
+    """``{"lifetime": int, "alg": "RS256"|"HS256"}``, both optional, typed strictly."""
+    if not request.content_length:
+        return None, None
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise invalid_request("the body must be a JSON object")
+    unknown = set(data) - {"lifetime", "alg"}
+    if unknown:
+        raise invalid_request(f"unknown field {sorted(unknown)[0][:32]!r}")
+    lifetime = data.get("lifetime")
+    if "lifetime" in data and (isinstance(lifetime, bool) or not isinstance(lifetime, int)):
+        raise invalid_request("lifetime must be an integer number of seconds")
+    alg = data.get("alg")
+    if "alg" in data and alg not in ("RS256", "HS256"):
+        raise invalid_request("alg must be RS256 or HS256")
+    return lifetime, alg
+
+
 def _origin(door: str) -> Request:
     return Request(door=door, remote_addr=request.remote_addr)
 
@@ -118,21 +137,10 @@ def api_token() -> Response:
                 "send the identity provider's token as 'Authorization: Bearer <token>'",
                 401,
             )
-        body: dict[str, Any] = {}
-        if request.content_length:
-            data = request.get_json(silent=True)
-            if not isinstance(data, dict):
-                raise invalid_request("the body must be a JSON object")
-            unknown = set(data) - {"lifetime", "alg"}
-            if unknown:
-                raise invalid_request(f"unknown field {sorted(unknown)[0][:32]!r}")
-            body = data
-        alg = body.get("alg")
-        if alg is not None and not isinstance(alg, str):
-            raise invalid_request("alg must be RS256 or HS256")
+        lifetime, alg = _json_options()
         result = _bridge().pipeline.exchange(
             credentials.strip(),
-            lifetime=_int(body.get("lifetime"), "lifetime"),
+            lifetime=lifetime,
             alg=alg,
             request=_origin("api"),
         )
