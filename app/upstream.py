@@ -320,7 +320,8 @@ def _keycloak_profile(
     else:
         use = _generic_use(claims, header)
     aud = _audiences(claims)
-    azp = _str(claims.get("azp"))
+    # Introspection answers (RFC 7662) name the client in client_id; Keycloak's tokens in azp.
+    azp = _str(claims.get("azp")) or _str(claims.get("client_id"))
     if not (set(aud) & set(s.audiences)) and not (azp and azp in s.allowed_clients):
         raise _wrong_audience(
             f"token of client azp={_clip(azp)} with aud={_clip_list(aud)} is not accepted by "
