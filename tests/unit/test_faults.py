@@ -323,6 +323,25 @@ def test_unusable_jwks_documents_are_refusals_with_a_reason(
         server.stop()
 
 
+def test_jwks_sync_refuses_a_deeply_nested_document_with_one_line(tmp_path: Path) -> None:
+    """The controller side: a hostile or broken JWKS URL leaves the jwks= file untouched."""
+    doc = DocumentServer(b"[" * 200_000 + b"]" * 200_000)
+    out = tmp_path / "jwks.json"
+    out.write_text('{"keys": []}\n')
+    try:
+        proc = subprocess.run(
+            [CLI, "jwks", "sync", "--url", doc.url, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        doc.close()
+    assert_one_line_refusal(proc, "not JSON")
+    assert out.read_text() == '{"keys": []}\n'
+
+
 # ================================================================ slurmrestd
 
 
@@ -561,6 +580,7 @@ def test_serve_refuses_an_unreadable_key_file(tmp_path: Path) -> None:
         "active_key_corrupt",
         "active_key_missing",
         "active_key_group_readable_rewritten",
+        "active_key_chmod_only",
         "ring_json_garbage",
         "hs256_too_short",
     ],
@@ -587,6 +607,10 @@ def test_failed_reload_keeps_the_last_good_ring(
             pem.write_bytes(data)
             pem.chmod(0o644)
             fragment = "lets group/other access a private key"
+        elif how == "active_key_chmod_only":
+            # Only the inode's ctime changes: the reload must notice it all the same.
+            _active_pem(keys_dir).chmod(0o640)
+            fragment = "mode 0640 lets group/other access a private key"
         else:
             fragment = _break(keys_dir, how).split(": ", 1)[-1]
 
