@@ -58,6 +58,23 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _TOKEN, **_ERRORS},
                 }
             },
+            "/api/v1/cli-login": {
+                "get": {
+                    "summary": "What `slurm-jwt-bridge login` needs for the device grant",
+                    "responses": {
+                        "200": {
+                            "description": "device grant settings",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/CliLogin"}
+                                }
+                            },
+                        },
+                        "404": _ERROR,
+                        "503": _ERROR,
+                    },
+                }
+            },
             "/.well-known/jwks.json": {
                 "get": {
                     "summary": "The RS256 keys slurmctld needs",
@@ -92,7 +109,10 @@ def document() -> dict[str, Any]:
             "schemas": {
                 "TokenExchangeRequest": {
                     "type": "object",
-                    "required": ["grant_type", "subject_token", "subject_token_type"],
+                    "description": "subject_token and subject_token_type are required, except "
+                    "when a listed actor sends actor_token with requested_subject. Empty "
+                    "optional fields count as absent (RFC 6749 section 3.1).",
+                    "required": ["grant_type"],
                     "properties": {
                         "grant_type": {
                             "type": "string",
@@ -114,7 +134,13 @@ def document() -> dict[str, Any]:
                         "requested_lifetime": {"type": "integer", "minimum": 60},
                         "alg": {"type": "string", "enum": ["RS256", "HS256"]},
                         "actor_token": {"type": "string"},
-                        "actor_token_type": {"type": "string"},
+                        "actor_token_type": {
+                            "type": "string",
+                            "enum": [
+                                "urn:ietf:params:oauth:token-type:access_token",
+                                "urn:ietf:params:oauth:token-type:jwt",
+                            ],
+                        },
                         "requested_subject": {"type": "string"},
                     },
                 },
@@ -144,6 +170,26 @@ def document() -> dict[str, Any]:
                         "token_type": {"type": "string", "enum": ["Bearer"]},
                         "expires_in": {"type": "integer"},
                         "slurm_user": {"type": "string"},
+                    },
+                },
+                "CliLogin": {
+                    "type": "object",
+                    "required": [
+                        "issuer",
+                        "client_id",
+                        "scope",
+                        "device_authorization_endpoint",
+                        "token_endpoint",
+                        "token_exchange_endpoint",
+                    ],
+                    "properties": {
+                        "issuer": {"type": "string"},
+                        "client_id": {"type": "string"},
+                        "scope": {"type": "string"},
+                        "resource": {"type": "string", "nullable": True},
+                        "device_authorization_endpoint": {"type": "string"},
+                        "token_endpoint": {"type": "string"},
+                        "token_exchange_endpoint": {"type": "string"},
                     },
                 },
                 "OAuthError": {
