@@ -327,7 +327,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("PyJWT", "cryptography", "Flask", "Werkzeug", "gunicorn", "httpx"):
+    for pkg in ("PyJWT", "cryptography", "Flask", "Werkzeug", "gunicorn", "urllib3"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

@@ -168,9 +168,9 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             why = (
                 f"slurmrestd + slurmctld need {fmt(d_cpu)} µs of CPU per GET; through the proxy "
                 f"the same core pays {fmt(p_cpu)} µs per request: the bridge's gunicorn + Flask "
-                "floor, and above all httpx, which costs about 0.75 ms of CPU per upstream "
-                "request where http.client needs 0.24 ms (see the notes below); slurmrestd also "
-                "works harder per request when fed over one connection per worker"
+                "floor plus the forwarding itself, and slurmrestd works harder per request when "
+                "fed over one connection per worker (see the notes below; the switch from httpx "
+                "to urllib3 did not move this figure, so the cost is not mainly the HTTP client)"
             )
         rows.append(
             {
@@ -187,8 +187,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         why = ""
         if added is not None and added > 1.0:
             why = (
-                "every proxied request runs gunicorn + Flask + httpx on the core slurmrestd "
-                "needs too: about 2 ms of added CPU per request (see the notes below)"
+                "every proxied request runs gunicorn + Flask and the forwarding on the core "
+                "slurmrestd needs too: about 2 ms of added CPU per request (see the notes below)"
             )
         rows.append(
             {
