@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -46,41 +45,13 @@ sys.path.insert(0, str(ROOT))
 
 from app.keys import init_keys  # noqa: E402
 from tests.helpers.bridge import BridgeServer, start_bridge  # noqa: E402
+from tests.helpers.stub_http import StubServer  # noqa: E402
 from tests.helpers.test_issuer import TestIssuer  # noqa: E402
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
 AT = "urn:ietf:params:oauth:token-type:access_token"
 MIX = (("exchange", 60), ("proxy", 25), ("jwks", 8), ("healthz", 4), ("bad_token", 3))
 EXPECTED = {"exchange": 200, "proxy": 200, "jwks": 200, "healthz": 200, "bad_token": 400}
-
-
-class StubSlurmrestd:
-    """Answers every GET with a small jobs document."""
-
-    def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def do_GET(self) -> None:
-                body = b'{"jobs":[],"warnings":[],"errors":[]}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def config(keys: Path, audit: Path, issuer: str, upstream: str) -> str:
@@ -284,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     init_keys(keys)
     idp_server = TestIssuer().start()
     idp = idp_server.add_issuer("/idp")
-    upstream = StubSlurmrestd()
+    upstream = StubServer(b'{"jobs":[],"warnings":[],"errors":[]}')
     lifetime = int(args.minutes * 60) + 3600
     tokens = [
         idp.mint(

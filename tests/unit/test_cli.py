@@ -1,8 +1,6 @@
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jwt
@@ -11,6 +9,7 @@ from click.testing import CliRunner
 
 from app.cli import main
 from app.keys import KeyRing
+from tests.helpers.stub_http import StubServer
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -113,40 +112,14 @@ def test_jwks_export(keys_dir: Path, tmp_path: Path) -> None:
     assert json.loads(out.read_text()) == KeyRing.load(keys_dir).jwks()
 
 
-class _Jwks:
-    """A tiny HTTP server playing the bridge's JWKS endpoint."""
-
-    def __init__(self, body: bytes, status: int = 200) -> None:
-        self.body, self.status = body, status
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(outer.status)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(outer.body)
-
-            def log_message(self, *a: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/jwks.json"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_jwks_sync_exit_codes_and_reconfigure(keys_dir: Path, tmp_path: Path) -> None:
     doc = KeyRing.load(keys_dir).jwks()
-    srv = _Jwks(json.dumps(doc).encode())
+    srv = StubServer(json.dumps(doc).encode())
     out = tmp_path / "jwks.json"
     marker = tmp_path / "reconfigured"
     cmd = f"touch {marker}"
     try:
-        base = ["jwks", "sync", "--url", srv.url, "--out", str(out)]
+        base = ["jwks", "sync", "--url", srv.url + "/jwks.json", "--out", str(out)]
         r = run(*base, "--reconfigure", "--reconfigure-command", cmd)
         assert r.returncode == 3, r.stderr
         assert marker.exists() and json.loads(out.read_text()) == doc
@@ -193,11 +166,11 @@ def test_jwks_sync_exit_codes_and_reconfigure(keys_dir: Path, tmp_path: Path) ->
 def test_jwks_sync_refuses_bad_documents(
     tmp_path: Path, body: bytes, status: int, message: str
 ) -> None:
-    srv = _Jwks(body, status)
+    srv = StubServer(body, status)
     out = tmp_path / "jwks.json"
     out.write_text("old")
     try:
-        r = run("jwks", "sync", "--url", srv.url, "--out", str(out))
+        r = run("jwks", "sync", "--url", srv.url + "/jwks.json", "--out", str(out))
     finally:
         srv.close()
     assert r.returncode == 1

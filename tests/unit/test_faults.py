@@ -42,6 +42,7 @@ from app.keys import KeyRing, init_keys, rotate_keys
 from app.settings import parse_settings
 from app.upstream import UpstreamVerifier
 from tests.helpers.slurm import free_port
+from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import TestIssuer
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -268,31 +269,6 @@ def test_slow_refresh_does_not_hold_up_requests_with_usable_keys(idp_env: IdpEnv
     assert slow_out[0].status_code == 200, slow_out[0].text  # stale keys still usable
 
 
-class DocumentServer:
-    """Serves one fixed body as the JWKS (for documents the test issuer cannot make)."""
-
-    def __init__(self, body: bytes) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}/jwks"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
@@ -308,8 +284,8 @@ def test_unusable_jwks_documents_are_refusals_with_a_reason(
 ) -> None:
     server = TestIssuer().start()
     idp = server.add_issuer("/idp")
-    doc = DocumentServer(body)
-    data = settings_data(keys_dir, idp, {"jwks_uri": doc.url})
+    doc = StubServer(body)
+    data = settings_data(keys_dir, idp, {"jwks_uri": doc.url + "/jwks"})
     served = Served(create_app(parse_settings(data)))
     try:
         r = served.exchange(user_token(idp))
@@ -325,12 +301,12 @@ def test_unusable_jwks_documents_are_refusals_with_a_reason(
 
 def test_jwks_sync_refuses_a_deeply_nested_document_with_one_line(tmp_path: Path) -> None:
     """The controller side: a hostile or broken JWKS URL leaves the jwks= file untouched."""
-    doc = DocumentServer(b"[" * 200_000 + b"]" * 200_000)
+    doc = StubServer(b"[" * 200_000 + b"]" * 200_000)
     out = tmp_path / "jwks.json"
     out.write_text('{"keys": []}\n')
     try:
         proc = subprocess.run(
-            [CLI, "jwks", "sync", "--url", doc.url, "--out", str(out)],
+            [CLI, "jwks", "sync", "--url", doc.url + "/jwks", "--out", str(out)],
             capture_output=True,
             text=True,
             timeout=120,

@@ -24,7 +24,6 @@ import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -37,6 +36,7 @@ from app import create_app
 from app.keys import KeyRing, init_keys
 from app.minting import mint_slurm_token
 from app.settings import parse_settings
+from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import TestIssuer
 
 _ENV_EXAMPLES = int(os.environ.get("SLURM_JWT_BRIDGE_FUZZ_EXAMPLES", "0") or 0)
@@ -53,45 +53,12 @@ PATH = "/slurm/v0.0.44/jobs"
 STYLES = ("x-slurm", "bearer")
 
 
-class Recorder:
-    """Stands in for slurmrestd; keeps every header line it received, duplicates included."""
-
-    def __init__(self) -> None:
-        self.seen: list[list[tuple[str, str]]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # else delayed ACKs add ~40 ms per request
-
-            def do_GET(self) -> None:
-                outer.seen.append(list(self.headers.items()))
-                body = b'{"jobs":[]}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @dataclass
 class Env:
     apps: dict[str, Any]
     clients: dict[str, Any]
     servers: dict[str, Any]
-    recorder: Recorder
+    recorder: StubServer
     ring: KeyRing
     idp_token: str
     root_slurm_token: str
@@ -103,7 +70,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     init_keys(keys_dir)
     idp = TestIssuer().start()
     oidc = idp.add_issuer("/oidc")
-    recorder = Recorder()
+    recorder = StubServer()
     apps, clients, servers = {}, {}, {}
     for style in STYLES:
         data = {
@@ -149,7 +116,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 
 def assert_only_bridge_credentials(env: Env, style: str, sent: list[tuple[str, str]]) -> None:
-    got = env.recorder.seen[-1]
+    got = env.recorder.seen[-1].headers
     lower = [(k.lower().strip(), v) for k, v in got]
     # slurmrestd reads X-SLURM-USER-NAME/-TOKEN; "X-Slurm" alone is no X-SLURM-* header.
     slurm = [(k, v) for k, v in lower if k.startswith(("x-slurm-", "x_slurm_"))]

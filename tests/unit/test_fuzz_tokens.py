@@ -46,7 +46,6 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +62,7 @@ from app import create_app
 from app.audit import AuditLog
 from app.keys import KeyRing, init_keys
 from app.settings import parse_settings
+from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import TestIssuer, b64url, forge_hmac, public_jwk
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -110,39 +110,6 @@ class RecordingAudit(AuditLog):
         return super().record(event, outcome, **fields)
 
 
-class CountingUpstream:
-    """Stands in for slurmrestd: answers 200 and counts what reached it."""
-
-    def __init__(self) -> None:
-        self.seen: list[dict[str, str]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # else delayed ACKs add ~40 ms per request
-
-            def do_GET(self) -> None:
-                outer.seen.append(dict(self.headers.items()))
-                body = b'{"jobs":[]}'
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *a: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @dataclass(frozen=True)
 class Base:
     """A valid token of one issuer and what it must map to."""
@@ -165,7 +132,7 @@ class Base:
 class Env:
     client: Any
     audit: RecordingAudit
-    upstream: CountingUpstream
+    upstream: StubServer
     bases: list[Base]
     ring: KeyRing
     stranger_rsa: rsa.RSAPrivateKey
@@ -185,7 +152,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     keys_dir = tmp_path_factory.mktemp("fuzz-tokens") / "keys"
     init_keys(keys_dir)
     idp = TestIssuer().start()
-    upstream = CountingUpstream()
+    upstream = StubServer()
     oidc = idp.add_issuer("/oidc")
     oidc.rotate()  # two published keys: a token without kid is ambiguous
     kc = idp.add_issuer("/realms/hpc", jwks_path="/realms/hpc/protocol/openid-connect/certs")
@@ -332,7 +299,7 @@ def check(env: Env, token: str, door: str, category: str) -> None:
     if r.status_code == 200 and same is not None:
         STATS["equivalent_accepted"] += 1
         if door == "proxy":
-            assert env.upstream.seen[-1]["X-SLURM-USER-NAME"] == same.user
+            assert env.upstream.seen[-1].header("X-SLURM-USER-NAME") == same.user
         else:
             assert r.json["slurm_user"] == same.user
         return
@@ -815,10 +782,10 @@ def test_valid_base_tokens_mint_through_every_door(env: Env, door: str) -> None:
         r.close()
         if door == "proxy":
             sent = env.upstream.seen[-1]
-            assert sent["X-SLURM-USER-NAME"] == b.user
-            assert jwt.decode(sent["X-SLURM-USER-TOKEN"], options={"verify_signature": False})[
-                "sun"
-            ] == (b.user)
+            assert sent.header("X-SLURM-USER-NAME") == b.user
+            assert jwt.decode(
+                sent.header("X-SLURM-USER-TOKEN"), options={"verify_signature": False}
+            )["sun"] == (b.user)
         else:
             assert r.json["slurm_user"] == b.user
             assert env.audit.outcomes["minted"] == minted + 1

@@ -7,10 +7,7 @@ what it receives shows exactly which headers cross the proxy.
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,60 +19,13 @@ from app.keys import KeyRing
 from app.minting import mint_slurm_token
 from app.settings import parse_settings
 from tests.helpers.slurm import free_port
+from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import TestIssuer
 
 
-class Upstream:
-    """Answers every request; remembers the headers and body it got."""
-
-    def __init__(self) -> None:
-        self.seen: list[dict[str, Any]] = []
-        self.status = 200
-        self.body = b'{"jobs": []}'
-        self.delay = 0.0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                outer.seen.append(
-                    {
-                        "path": self.path,
-                        "headers": dict(self.headers.items()),
-                        "body": body,
-                        "method": self.command,
-                    }
-                )
-                if outer.delay:
-                    time.sleep(outer.delay)
-                self.send_response(outer.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(outer.body)))
-                self.send_header("Set-Cookie", "upstream=1")
-                self.end_headers()
-                self.wfile.write(outer.body)
-
-            do_GET = do_POST = do_DELETE = _any
-
-            def log_message(self, *a: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
-def upstream() -> Iterator[Upstream]:
-    u = Upstream()
+def upstream() -> Iterator[StubServer]:
+    u = StubServer(b'{"jobs": []}', extra_headers=(("Set-Cookie", "upstream=1"),))
     yield u
     u.close()
 
@@ -113,7 +63,7 @@ def alice(idp: Any, name: str = "alice") -> str:
 
 
 def test_client_slurm_headers_never_cross(
-    keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
 ) -> None:
     client = make_client(keys_dir, tmp_path, idp, upstream.url)
     r = client.get(
@@ -131,8 +81,8 @@ def test_client_slurm_headers_never_cross(
     )
     assert r.status_code == 200, r.data
     got = upstream.seen[-1]
-    assert got["path"] == "/slurm/v0.0.44/jobs?update_time=1"
-    h = {k.lower(): v for k, v in got["headers"].items()}
+    assert got.path == "/slurm/v0.0.44/jobs?update_time=1"
+    h = {k.lower(): v for k, v in got.headers}
     assert h["x-slurm-user-name"] == "alice"
     claims = jwt.decode(h["x-slurm-user-token"], options={"verify_signature": False})
     assert claims["sun"] == "alice"
@@ -143,19 +93,19 @@ def test_client_slurm_headers_never_cross(
     assert "set-cookie" not in {k.lower() for k in r.headers.keys()}
 
 
-def test_bearer_style(keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream) -> None:
+def test_bearer_style(keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer) -> None:
     client = make_client(keys_dir, tmp_path, idp, upstream.url, auth_style="bearer")
     client.get(
         "/slurm/v0.0.44/jobs",
         headers={"Authorization": f"Bearer {alice(idp)}", "X-SLURM-USER-NAME": "root"},
     )
-    h = {k.lower(): v for k, v in upstream.seen[-1]["headers"].items()}
+    h = {k.lower(): v for k, v in upstream.seen[-1].headers}
     assert h["authorization"].startswith("Bearer ey")
     assert not [k for k in h if k.startswith("x-slurm-")]
 
 
 def test_one_signature_for_steady_traffic(
-    keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
 ) -> None:
     client = make_client(keys_dir, tmp_path, idp, upstream.url)
     token = alice(idp)
@@ -171,14 +121,14 @@ def test_one_signature_for_steady_traffic(
         client.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {other}"}).status_code
         == 200
     )
-    forwarded = {s["headers"]["X-SLURM-USER-TOKEN"] for s in upstream.seen}
+    forwarded = {s.header("X-SLURM-USER-TOKEN") for s in upstream.seen}
     assert len(forwarded) == 1
     audit = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
     assert [a["outcome"] for a in audit] == ["minted"]
 
 
 def test_raw_slurm_token_refused_unless_passthrough(
-    keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
 ) -> None:
     raw = mint_slurm_token(KeyRing.load(keys_dir), "alice", 600).token
     client = make_client(keys_dir, tmp_path, idp, upstream.url)
@@ -190,7 +140,7 @@ def test_raw_slurm_token_refused_unless_passthrough(
         passing.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {raw}"}).status_code
         == 200
     )
-    assert upstream.seen[-1]["headers"]["X-SLURM-USER-TOKEN"] == raw
+    assert upstream.seen[-1].header("X-SLURM-USER-TOKEN") == raw
 
 
 @pytest.mark.parametrize(
@@ -205,7 +155,7 @@ def test_unauthenticated(
     keys_dir: Path,
     tmp_path: Path,
     idp: Any,
-    upstream: Upstream,
+    upstream: StubServer,
     headers: dict[str, str],
     status: int,
 ) -> None:
@@ -215,7 +165,7 @@ def test_unauthenticated(
     assert upstream.seen == []
 
 
-def test_denied_user_is_403(keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream) -> None:
+def test_denied_user_is_403(keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer) -> None:
     client = make_client(keys_dir, tmp_path, idp, upstream.url)
     r = client.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {alice(idp, 'root')}"})
     assert r.status_code == 403 and r.json["error"] == "access_denied"
@@ -223,7 +173,7 @@ def test_denied_user_is_403(keys_dir: Path, tmp_path: Path, idp: Any, upstream: 
 
 
 def test_body_forwarded_and_size_limit(
-    keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
 ) -> None:
     client = make_client(keys_dir, tmp_path, idp, upstream.url)
     auth = {"Authorization": f"Bearer {alice(idp)}"}
@@ -231,13 +181,13 @@ def test_body_forwarded_and_size_limit(
     r = client.post(
         "/slurm/v0.0.44/job/submit", data=body, headers=auth, content_type="application/json"
     )
-    assert r.status_code == 200 and upstream.seen[-1]["body"] == body
+    assert r.status_code == 200 and upstream.seen[-1].body == body
     r = client.post("/slurm/v0.0.44/job/submit", data=b"x" * 5000, headers=auth)
     assert r.status_code == 413 and r.json["error"] == "invalid_request"
 
 
 def test_slurm_auth_failure_becomes_401(
-    keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
 ) -> None:
     upstream.status = 511
     upstream.body = b'{"errors":[{"error":"Protocol authentication error","error_number":1007}]}'
@@ -259,7 +209,9 @@ def test_upstream_down_is_502(keys_dir: Path, tmp_path: Path, idp: Any) -> None:
     assert r.status_code == 502 and r.json["error"] == "upstream_unavailable"
 
 
-def test_upstream_slow_is_504(keys_dir: Path, tmp_path: Path, idp: Any, upstream: Upstream) -> None:
+def test_upstream_slow_is_504(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
+) -> None:
     upstream.delay = 3
     client = make_client(keys_dir, tmp_path, idp, upstream.url)
     r = client.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {alice(idp)}"})

@@ -1,0 +1,69 @@
+"""A small HTTP server on 127.0.0.1 that answers every request with one settable response and
+records what it received: the stand-in for slurmrestd behind the proxy, or for a JWKS URL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass(frozen=True)
+class Received:
+    method: str
+    path: str
+    headers: list[tuple[str, str]]  # every header line, duplicates included
+    body: bytes
+
+    def header(self, name: str) -> str:
+        """The last value of header ``name`` (names compared as sent)."""
+        return dict(self.headers)[name]
+
+
+class StubServer:
+    """Answers with ``status``/``body`` (both changeable between requests) after ``delay`` s."""
+
+    def __init__(
+        self,
+        body: bytes = b'{"jobs":[]}',
+        status: int = 200,
+        extra_headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        self.body, self.status, self.delay = body, status, 0.0
+        self.seen: list[Received] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else delayed ACKs add ~40 ms per request
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                data = self.rfile.read(length) if length else b""
+                outer.seen.append(
+                    Received(self.command, self.path, list(self.headers.items()), data)
+                )
+                if outer.delay:
+                    time.sleep(outer.delay)
+                self.send_response(outer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(outer.body)))
+                for name, value in extra_headers:
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(outer.body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _any
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
