@@ -328,3 +328,36 @@ def ordered_claims(token: str) -> list[tuple[str, Any]]:
     """The payload's (name, value) pairs in the order they appear in the token."""
     pairs: list[tuple[str, Any]] = json.loads(jwt_parts(token)[1], object_pairs_hook=list)
     return pairs
+
+
+def proxy_bridge_config(idp: Any, keys_dir: Path, upstream: str, proxy_extra: str = "") -> str:
+    """A bridge with one oidc-provider issuer and the proxy to ``upstream`` (``{port}`` left to
+    start_bridge)."""
+    return f"""
+[server]
+host = "127.0.0.1"
+port = {{port}}
+
+[keys]
+dir = {json.dumps(str(keys_dir))}
+reload_interval = 0
+
+[audit]
+destination = "stderr"
+
+[browser]
+enabled = false
+
+[[issuers]]
+name = "op"
+kind = "oidc"
+issuer = {json.dumps(idp.issuer)}
+audiences = [{json.dumps(idp.resource)}]
+
+[[mapping.rules]]
+claim = "preferred_username"
+
+[proxy]
+upstream = {json.dumps(upstream)}
+{proxy_extra}
+"""

@@ -32,7 +32,7 @@ from tests.conftest import skip_or_fail
 from tests.helpers.bridge import BridgeServer, start_bridge
 from tests.helpers.oidc import OidcProvider, start_oidc_provider
 from tests.helpers.slurm import SlurmCluster
-from tests.helpers.slurm_rest import BridgeCluster
+from tests.helpers.slurm_rest import BridgeCluster, proxy_bridge_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.oidc]
 
@@ -71,41 +71,13 @@ def alice(idp: OidcProvider) -> str:
     return idp.login_tokens("alice")["access_token"]
 
 
-def _bridge_config(idp: OidcProvider, bc: BridgeCluster) -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = {{port}}
-
-[keys]
-dir = {json.dumps(str(bc.keys_dir))}
-
-[audit]
-destination = "stderr"
-
-[browser]
-enabled = false
-
-[[issuers]]
-name = "op"
-kind = "oidc"
-issuer = {json.dumps(idp.issuer)}
-audiences = [{json.dumps(idp.resource)}]
-
-[[mapping.rules]]
-claim = "preferred_username"
-
-[proxy]
-upstream = {json.dumps(bc.cluster.restd_url)}
-"""
-
-
 @pytest.fixture(scope="module")
 def bridge_2605(
     idp: OidcProvider, slurm_2605: BridgeCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BridgeServer]:
     server = start_bridge(
-        tmp_path_factory.mktemp("examples-bridge"), _bridge_config(idp, slurm_2605)
+        tmp_path_factory.mktemp("examples-bridge"),
+        proxy_bridge_config(idp, slurm_2605.keys_dir, slurm_2605.cluster.restd_url),
     )
     try:
         yield server
@@ -118,7 +90,8 @@ def bridge_2205(
     idp: OidcProvider, slurm_2205: BridgeCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[BridgeServer]:
     server = start_bridge(
-        tmp_path_factory.mktemp("examples-bridge"), _bridge_config(idp, slurm_2205)
+        tmp_path_factory.mktemp("examples-bridge"),
+        proxy_bridge_config(idp, slurm_2205.keys_dir, slurm_2205.cluster.restd_url),
     )
     try:
         yield server

@@ -36,7 +36,7 @@ from tests.conftest import skip_or_fail
 from tests.helpers.bridge import BridgeServer, start_bridge
 from tests.helpers.oidc import OidcProvider, start_oidc_provider
 from tests.helpers.slurm import RESTD_PLUGINS, SlurmCluster, free_port
-from tests.helpers.slurm_rest import BridgeCluster, bridge, submit_body
+from tests.helpers.slurm_rest import BridgeCluster, bridge, proxy_bridge_config, submit_body
 
 pytestmark = [pytest.mark.slurm, pytest.mark.oidc]
 
@@ -64,37 +64,6 @@ def alice(idp: OidcProvider) -> str:
     return idp.login_tokens("alice")["access_token"]
 
 
-def bridge_config(idp: OidcProvider, keys_dir: Path, upstream: str, proxy_extra: str = "") -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = {{port}}
-
-[keys]
-dir = {json.dumps(str(keys_dir))}
-reload_interval = 0
-
-[audit]
-destination = "stderr"
-
-[browser]
-enabled = false
-
-[[issuers]]
-name = "op"
-kind = "oidc"
-issuer = {json.dumps(idp.issuer)}
-audiences = [{json.dumps(idp.resource)}]
-
-[[mapping.rules]]
-claim = "preferred_username"
-
-[proxy]
-upstream = {json.dumps(upstream)}
-{proxy_extra}
-"""
-
-
 @pytest.fixture
 def serve(idp: OidcProvider, tmp_path: Path) -> Iterator[Callable[..., BridgeServer]]:
     """Factory: a bridge for ``keys_dir`` proxying to ``upstream``; stopped after the test."""
@@ -103,7 +72,7 @@ def serve(idp: OidcProvider, tmp_path: Path) -> Iterator[Callable[..., BridgeSer
     def start(keys_dir: Path, upstream: str, proxy_extra: str = "") -> BridgeServer:
         server = start_bridge(
             tmp_path / f"bridge{len(started)}",
-            bridge_config(idp, keys_dir, upstream, proxy_extra),
+            proxy_bridge_config(idp, keys_dir, upstream, proxy_extra),
         )
         started.append(server)
         return server
@@ -129,7 +98,7 @@ def proxies(
         for bc in (slurm_2605, slurm_2205):
             servers[bc.version] = start_bridge(
                 work / bc.version,
-                bridge_config(idp, bc.keys_dir, bc.cluster.restd_url),
+                proxy_bridge_config(idp, bc.keys_dir, bc.cluster.restd_url),
             )
         yield servers
     finally:
