@@ -166,17 +166,10 @@ class Pipeline:
         """verify -> map only (the proxy mints later, per user); a refusal is audited.
 
         Returns the grant and the upstream token's exp (how long the grant may be cached)."""
-        fields: dict[str, Any] = {"door": request.door, "remote_addr": request.remote_addr}
-        started = time.perf_counter()
-        try:
+        with self._audited("exchange", request, record_success=False) as decision:
             verified = self.verify(token)
-            fields.update(_verified_fields(verified))
+            decision.fields.update(_verified_fields(verified))
             return self.grant_for(verified), verified.exp
-        except BridgeError as exc:
-            self.audit.record("exchange", "refused", reason=exc.reason, **fields)
-            if self.observer is not None:
-                self.observer.refused(exc.metric, fields, time.perf_counter() - started)
-            raise
 
     def remint(
         self, grant: Grant, lifetime: int | None, alg: str | None, request: Request
@@ -318,7 +311,9 @@ class Pipeline:
     # ------------------------------------------------------------ helpers
 
     @contextlib.contextmanager
-    def _audited(self, event: str, request: Request) -> Iterator[_Decision]:
+    def _audited(
+        self, event: str, request: Request, record_success: bool = True
+    ) -> Iterator[_Decision]:
         decision = _Decision({"door": request.door, "remote_addr": request.remote_addr})
         started = time.perf_counter()
         try:
@@ -328,6 +323,8 @@ class Pipeline:
             if self.observer is not None:
                 self.observer.refused(exc.metric, decision.fields, time.perf_counter() - started)
             raise
+        if not record_success:
+            return
         self.audit.record(event, "minted", **decision.fields)
         if self.observer is not None:
             self.observer.minted(decision.fields, time.perf_counter() - started)
