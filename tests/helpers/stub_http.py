@@ -3,6 +3,7 @@ records what it received: the stand-in for slurmrestd behind the proxy, or for a
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -19,6 +20,16 @@ class Received:
     def header(self, name: str) -> str:
         """The last value of header ``name`` (names compared as sent)."""
         return dict(self.headers)[name]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Keeps handler errors (a client that gave up before the answer) instead of printing them."""
+
+    daemon_threads = True
+    errors: list[BaseException]
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        self.errors.append(sys.exc_info()[1] or RuntimeError("unknown handler error"))
 
 
 class StubServer:
@@ -59,8 +70,9 @@ class StubServer:
             def log_message(self, *a: object) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.errors: list[BaseException] = []
+        self.server.errors = self.errors
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
