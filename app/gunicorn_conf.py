@@ -28,12 +28,10 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
 
 accesslog = "-"
 errorlog = "-"
-# JSON access log. %(U)s is the path without the query string and no header is logged except
-# the user agent, so no token can end up here.
-access_log_format = (
-    '{"time":"%(t)s","remote":"%(h)s","method":"%(m)s","path":"%(U)s","status":%(s)s,'
-    '"bytes":"%(B)s","duration_us":%(D)s,"agent":"%(a)s"}'
-)
+# One JSON object per request (app/gunicorn_logging.py): time, remote, method, path without the
+# query string, status, bytes, duration_us, agent. No other header is logged, so no token can
+# end up here.
+logger_class = "app.gunicorn_logging.JsonAccessLogger"
 
 # Prometheus metrics from every worker (prometheus-client multiprocess mode).
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
