@@ -47,7 +47,7 @@ unit: venv
 demo: venv node-deps
 	bash scripts/demo.sh
 
-bench: venv node-deps
+bench: system-deps venv node-deps
 	$(BIN)/python -m bench
 
 clean:

@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(blueprint)
     if settings.browser.enabled:
         browser.init_browser(app, settings)
-    if settings.proxy.enabled:
+    if settings.proxy.enabled or settings.proxy.auth_request:
         from .web.proxy import init_proxy
 
         init_proxy(app, settings, bridge.pipeline)

@@ -186,6 +186,8 @@ class ProxySettings:
     passthrough_slurm_tokens: bool = False
     token_lifetime: int = 0
     cache_size: int = 10000
+    auth_request: bool = False
+    auth_request_max_age: int = 60
 
     @property
     def enabled(self) -> bool:
@@ -619,7 +621,14 @@ def _proxy(t: _Table, tokens: TokenSettings) -> ProxySettings:
         passthrough_slurm_tokens=t.bool("passthrough_slurm_tokens", False),
         token_lifetime=t.int("token_lifetime", 0, minimum=0),
         cache_size=t.int("cache_size", 10000, minimum=1),
+        auth_request=t.bool("auth_request", False),
+        auth_request_max_age=t.int("auth_request_max_age", 60, minimum=0),
     )
+    if s.auth_request_max_age > 3600:
+        raise SettingsError(
+            f"{t.key('auth_request_max_age')}: must be <= 3600 seconds, "
+            f"got {s.auth_request_max_age}"
+        )
     if s.token_lifetime and not 60 <= s.token_lifetime <= tokens.max_lifetime:
         raise SettingsError(
             f"{t.key('token_lifetime')}: must be between 60 and tokens.max_lifetime "

@@ -2,7 +2,7 @@
 # Install the system packages the test suite needs (run as root; idempotent).
 #
 # Why: the integration tests start real Slurm daemons (22.05 from this host's Debian packages,
-# 26.05 from a cached Debian sid chroot), redis and a headless browser. The packages must be
+# 26.05 from a cached Debian sid chroot), redis, nginx and a headless browser. The packages must be
 # installed without leaving system daemons running or enabled: a system munged/slurmctld/redis
 # would hold sockets and ports that the tests' own daemons use.
 #
@@ -21,11 +21,11 @@ export DEBIAN_FRONTEND=noninteractive
 PACKAGES=(
     slurmctld slurmd slurmrestd slurm-client slurm-wlm-jwt-plugin munge
     debootstrap procps util-linux passwd mount coreutils
-    redis-server chromium wrk systemd
+    redis-server chromium wrk systemd nginx
     python3 python3-venv ca-certificates
 )
 # Services (named like their packages) that a fresh install would start and enable.
-SERVICES=(munge slurmctld slurmd slurmrestd redis-server)
+SERVICES=(munge slurmctld slurmd slurmrestd redis-server nginx)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -89,7 +89,7 @@ if ((${#missing[@]})); then
     # pid in its own pidfile (only if that process started after this script did).
     now=$(date +%s)
     for pidfile in /run/munge/munged.pid /run/slurmctld.pid /run/slurmd.pid \
-        /run/slurmrestd.pid /run/redis/redis-server.pid; do
+        /run/slurmrestd.pid /run/redis/redis-server.pid /run/nginx.pid; do
         [[ -r $pidfile ]] || continue
         pid=$(head -n1 "$pidfile" | tr -dc '0-9')
         [[ -n $pid && -d /proc/$pid ]] || continue

@@ -1,6 +1,11 @@
 """The reverse proxy door: a request to ``/slurm/...`` (or ``/slurmdb/...``, ``/openapi/...``)
 carrying an identity-provider token becomes a request to slurmrestd carrying a Slurm token.
 
+The same door without the forwarding, for a site whose nginx fronts slurmrestd: ``GET
+/proxy/auth`` (``[proxy] auth_request = true``) is nginx's ``auth_request`` target. It answers
+200 with the Slurm user and token in response headers, which nginx sets on the request it
+forwards (examples/nginx/slurmrestd-auth-request.conf), or 401 with the reason.
+
 Steady traffic costs no signature: the verified upstream token maps to its user from a cache
 (until the upstream token expires) and the user's Slurm token is reused until 80 % of its
 lifetime. Whatever X-SLURM-* or Authorization header the client sent is dropped: slurmrestd only
@@ -57,6 +62,7 @@ DROP_REQUEST = HOP_BY_HOP | {"host", "authorization", "cookie", "content-length"
 DROP_RESPONSE = HOP_BY_HOP | {"content-length", "set-cookie"}
 REUSE_FRACTION = 0.8
 ERROR_PEEK = 64 * 1024
+WHOLE_BODY = 256 * 1024  # answers up to this size are read whole, larger ones streamed
 
 
 def _json_error(status: int, error: str, description: str, **extra: Any) -> Response:
@@ -64,8 +70,27 @@ def _json_error(status: int, error: str, description: str, **extra: Any) -> Resp
     resp = Response(json.dumps(body), status=status, mimetype="application/json")
     resp.headers["Cache-Control"] = "no-store"
     if status == 401:
-        resp.headers["WWW-Authenticate"] = 'Bearer realm="slurm-jwt-bridge"'
+        # RFC 6750 section 3: the reason travels in the challenge too, so it survives a front
+        # proxy (nginx auth_request) that answers with its own body but passes this header.
+        resp.headers["WWW-Authenticate"] = (
+            f'Bearer realm="slurm-jwt-bridge", error="{_quotable(error)}", '
+            f'error_description="{_quotable(description)}"'
+        )
     return resp
+
+
+def _no_credentials() -> Response:
+    return _json_error(
+        401, "invalid_request", "send 'Authorization: Bearer <identity provider token>'"
+    )
+
+
+def _quotable(text: str, limit: int = 300) -> str:
+    """``text`` as an RFC 6750 quoted value: printable ASCII without ``"`` and ``\\``."""
+    out = "".join(
+        c if " " <= c <= "~" and c not in '"\\' else "'" if c == '"' else "?" for c in text
+    )
+    return out[:limit]
 
 
 def _b64json(part: str) -> Any:
@@ -137,7 +162,7 @@ class SlurmRestProxy:
         self.cfg: ProxySettings = settings.proxy
         self.pipeline = pipeline
         cfg = self.cfg
-        self.pool = _pool(cfg)
+        self.pool = _pool(cfg) if cfg.enabled else None
         self.lifetime = cfg.token_lifetime or None
         self._lock = threading.Lock()
         # upstream token hash -> Grant, until the upstream token's exp
@@ -152,29 +177,38 @@ class SlurmRestProxy:
     # ------------------------------------------------------------ tokens
 
     def grant_for_bearer(self, token: str, origin: Request) -> Grant:
+        return self.verified_bearer(token, origin)[0]
+
+    def verified_bearer(self, token: str, origin: Request) -> tuple[Grant, float]:
+        """(grant, the upstream token's exp) for an identity-provider token, cached by hash."""
         key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
         with self._lock:
             hit = self._grants.get(key)
         if hit is not None:
-            return hit[0]
+            return hit
         grant, upstream_exp = self.pipeline.grant_from_token(token, origin)
+        entry = (grant, float(upstream_exp))
         with self._lock:
-            self._grants[key] = (grant, float(upstream_exp))
-        return grant
+            self._grants[key] = entry
+        return entry
 
     def slurm_token(self, grant: Grant, origin: Request) -> SlurmToken:
+        return self.reusable_token(grant, origin).token
+
+    def reusable_token(self, grant: Grant, origin: Request) -> _Cached:
+        """The user's Slurm token and until when it is reused (80 % of its lifetime)."""
         cache_key = (grant.issuer or "", grant.user)
         now = time.time()
         with self._lock:
             hit = self._tokens.get(cache_key)
         if hit is not None and hit.reuse_until > now:
-            return hit.token
+            return hit
         result = self.pipeline.remint(grant, self.lifetime, None, origin)
         token = result.token
-        reuse = token.iat + (token.exp - token.iat) * REUSE_FRACTION
+        entry = _Cached(token, token.iat + (token.exp - token.iat) * REUSE_FRACTION)
         with self._lock:
-            self._tokens[cache_key] = _Cached(token, reuse)
-        return token
+            self._tokens[cache_key] = entry
+        return entry
 
     def forget(self, grant: Grant) -> None:
         with self._lock:
@@ -215,6 +249,8 @@ class SlurmRestProxy:
         if length is not None:
             headers["Content-Length"] = str(length)
         query = request.query_string.decode("latin-1")
+        if self.pool is None:
+            raise BridgeError("server_error", "no [proxy] upstream is configured", 500)
         return self.pool.urlopen(
             request.method,
             f"{path}?{query}" if query else path,
@@ -334,9 +370,7 @@ def handle(prefix: str, rest: str) -> Response:
     try:
         grant, raw = _authenticate(proxy, origin)
         if grant is None:
-            return _json_error(
-                401, "invalid_request", "send 'Authorization: Bearer <identity provider token>'"
-            )
+            return _no_credentials()
         token = None
         if raw is None:
             token = proxy.slurm_token(grant, origin)
@@ -379,26 +413,66 @@ def handle(prefix: str, rest: str) -> Response:
             if observer is not None:
                 observer.proxied(status, time.perf_counter() - started)
             return _refusal(grant, token, status)
+    headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in DROP_RESPONSE]
+    length = _declared_length(upstream)
+    if length is not None and length <= WHOLE_BODY and request.method != "HEAD":
+        # A small answer (most of slurmrestd's) is read whole: one write to the client, a
+        # Content-Length instead of chunked framing, the connection back in the pool at once.
+        try:
+            data = peek + b"".join(chunks)
+        except (TransportError, OSError) as exc:
+            upstream.close()
+            return _json_error(
+                502, "upstream_unavailable", f"slurmrestd's answer was cut ({type(exc).__name__})"
+            )
+        upstream.release_conn()
+        if observer is not None:
+            observer.proxied(status, time.perf_counter() - started)
+        return Response(data, status=status, headers=headers)
     if observer is not None:
         observer.proxied(status, time.perf_counter() - started)
-    headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in DROP_RESPONSE]
+    if length is not None:
+        headers.append(("Content-Length", str(length)))  # relayed byte for byte
     body = _relay(peek, chunks, upstream)
     return Response(body, status=status, headers=headers, direct_passthrough=True)
+
+
+def _declared_length(upstream: urllib3.BaseHTTPResponse) -> int | None:
+    """The upstream's Content-Length when it framed the body with one (not chunked)."""
+    if upstream.headers.get("Transfer-Encoding"):
+        return None
+    value = upstream.headers.get("Content-Length", "")
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+class RelayInterrupted(Exception):
+    """slurmrestd's answer broke off while it was being relayed."""
 
 
 def _relay(
     first: bytes, rest: Iterator[bytes], upstream: urllib3.BaseHTTPResponse
 ) -> Iterator[bytes]:
     """The body as it arrives (after any peeked start); the connection goes back to the pool
-    only when the body was read to its end, else it is closed."""
+    only when the body was read to its end, else it is closed.
+
+    If slurmrestd's answer breaks off, so does ours: the error reaches the WSGI server, which
+    closes the client's connection before the declared length (or the last chunk), so the client
+    sees an incomplete answer instead of a short body that looks whole."""
     done = False
+    sent = 0
     try:
         if first:
+            sent += len(first)
             yield first
-        yield from rest
+        for chunk in rest:
+            sent += len(chunk)
+            yield chunk
         done = True
     except (TransportError, OSError) as exc:
-        log.warning("slurmrestd response interrupted: %s", type(exc).__name__)
+        log.warning("slurmrestd response interrupted after %d bytes: %s", sent, type(exc).__name__)
+        raise RelayInterrupted(
+            f"slurmrestd's answer broke off after {sent} bytes ({type(exc).__name__})"
+        ) from None
     finally:
         if done:
             upstream.release_conn()
@@ -420,9 +494,65 @@ for _prefix in PREFIXES:
     bp.add_url_rule(f"/{_prefix}/<path:rest>", view_func=_view, methods=METHODS)
 
 
+auth_bp = Blueprint("proxy_auth", __name__)
+
+# The response headers of GET /proxy/auth (nginx: $upstream_http_x_slurm_user_name, ...).
+AUTH_USER_HEADER = "X-Slurm-User-Name"
+AUTH_TOKEN_HEADER = "X-Slurm-User-Token"
+
+
+@auth_bp.route("/proxy/auth", methods=METHODS)
+def proxy_auth() -> Response:
+    """nginx ``auth_request``: 200 + the Slurm user and token as headers, or 401 + the reason.
+
+    Same rules and caches as the built-in proxy: the client's Bearer token (or browser session)
+    is verified and mapped once per upstream token, the user's Slurm token is reused until 80 %
+    of its lifetime, raw Slurm tokens are refused unless ``passthrough_slurm_tokens``.
+
+    For a Bearer token the answer carries ``X-Accel-Expires``: how long nginx may cache it
+    (``auth_request_max_age``, never past the Slurm token's reuse time or the upstream token's
+    expiry). nginx honours it only where the example's ``proxy_cache`` is configured."""
+    proxy = _proxy()
+    origin = Request(door="proxy", remote_addr=request.remote_addr)
+    auth = request.headers.get("Authorization", "")
+    scheme, _, credentials = auth.partition(" ")
+    credentials = credentials.strip()
+    try:
+        if (
+            scheme.lower() == "bearer"
+            and credentials
+            and _looks_like_slurm_token(credentials) is None
+        ):
+            grant, upstream_exp = proxy.verified_bearer(credentials, origin)
+            cached = proxy.reusable_token(grant, origin)
+            raw = cached.token.token
+            limit, now = proxy.cfg.auth_request_max_age, time.time()
+            max_age = int(min(limit, cached.reuse_until - now, upstream_exp - now)) if limit else 0
+        else:
+            found, passthrough = _authenticate(proxy, origin)
+            if found is None:
+                return _no_credentials()
+            grant = found
+            raw = passthrough if passthrough is not None else proxy.slurm_token(grant, origin)
+            max_age = 0  # sessions and raw Slurm tokens: nginx must ask every time
+    except BridgeError as exc:
+        return _json_error(exc.status if exc.status != 400 else 401, exc.error, exc.reason)
+    resp = Response(status=200)
+    resp.headers[AUTH_USER_HEADER] = grant.user
+    resp.headers[AUTH_TOKEN_HEADER] = raw
+    # X-Accel-Expires before Cache-Control: nginx reads them in order, and a no-store seen
+    # first would forbid the caching that X-Accel-Expires allows.
+    resp.headers["X-Accel-Expires"] = str(max(max_age, 0))
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
 def init_proxy(app: Flask, settings: Settings, pipeline: Any) -> None:
     app.extensions["slurm_jwt_bridge_proxy"] = SlurmRestProxy(settings, pipeline)
-    app.register_blueprint(bp)
+    if settings.proxy.enabled:
+        app.register_blueprint(bp)
+    if settings.proxy.auth_request:
+        app.register_blueprint(auth_bp)
 
 
 def create_proxy_app(settings: Settings | None = None) -> Flask:
@@ -432,8 +562,11 @@ def create_proxy_app(settings: Settings | None = None) -> Flask:
     from . import health, jwks
 
     settings = settings or load_settings()
-    if not settings.proxy.enabled:
-        raise SystemExit("slurm-jwt-bridge: error: proxy.upstream: is required for the proxy app")
+    if not (settings.proxy.enabled or settings.proxy.auth_request):
+        raise SystemExit(
+            "slurm-jwt-bridge: error: proxy.upstream: is required for the proxy app "
+            "(or proxy.auth_request = true)"
+        )
     bridge = build_bridge(settings)
     app = Flask("app")
     app.extensions["slurm_jwt_bridge"] = bridge

@@ -330,6 +330,29 @@ def ordered_claims(token: str) -> list[tuple[str, Any]]:
     return pairs
 
 
+def whoami_via(
+    cluster: SlurmCluster, base_url: str, headers: dict[str, str], timeout: float = 90.0
+) -> tuple[str, str]:
+    """Submit ``id -un`` to ``base_url``/slurm/... (a proxy in front of the cluster's slurmrestd)
+    with ``headers``; return (final job state, the script's output)."""
+    tag = f"{cluster.cluster_name}-{secrets.token_hex(4)}"
+    result = f"/tmp/sjb-proxy-whoami-{tag}.txt"
+    out = f"/tmp/sjb-proxy-whoami-{tag}.out"
+    body = submit_body(cluster.api_version, f"#!/bin/bash\nid -un > {result}\n", out, "whoami")
+    r = requests.post(
+        f"{base_url}/slurm/{cluster.api_version}/job/submit", headers=headers, json=body, timeout=60
+    )
+    assert r.status_code == 200, f"job/submit -> {r.status_code} {r.text[:800]}"
+    job_id = int(r.json()["job_id"])
+    try:
+        state = cluster.wait_job(job_id, timeout=timeout)
+        path = cluster.host_path(result)
+        return state, path.read_text().strip() if path.exists() else ""
+    finally:
+        for p in (result, out):
+            cluster.host_path(p).unlink(missing_ok=True)
+
+
 def proxy_bridge_config(idp: Any, keys_dir: Path, upstream: str, proxy_extra: str = "") -> str:
     """A bridge with one oidc-provider issuer and the proxy to ``upstream`` (``{port}`` left to
     start_bridge)."""

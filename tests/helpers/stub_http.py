@@ -33,7 +33,9 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class StubServer:
-    """Answers with ``status``/``body`` (both changeable between requests) after ``delay`` s."""
+    """Answers with ``status``/``body`` (both changeable between requests) after ``delay`` s.
+    With ``cut_after`` set, the answer declares the whole body's length but only that many
+    bytes are sent before the connection is closed."""
 
     def __init__(
         self,
@@ -42,6 +44,7 @@ class StubServer:
         extra_headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.body, self.status, self.delay = body, status, 0.0
+        self.cut_after: int | None = None
         self.seen: list[Received] = []
         outer = self
 
@@ -63,7 +66,12 @@ class StubServer:
                 for name, value in extra_headers:
                     self.send_header(name, value)
                 self.end_headers()
-                self.wfile.write(outer.body)
+                if outer.cut_after is None:
+                    self.wfile.write(outer.body)
+                else:
+                    self.wfile.write(outer.body[: outer.cut_after])
+                    self.wfile.flush()
+                    self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_DELETE = _any
 

@@ -19,12 +19,14 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
 try:
     from tests.helpers import slurm as slurm_helper
     from tests.helpers.bridge import BridgeServer, start_bridge
+    from tests.helpers.oidc import OidcProvider, start_oidc_provider
     from tests.helpers.slurm_rest import (
         VERSIONS,
         BridgeCluster,
@@ -35,6 +37,7 @@ try:
 except ModuleNotFoundError:  # tests/ itself is on sys.path (its conftest.py), the repo root not
     from helpers import slurm as slurm_helper  # type: ignore[no-redef]
     from helpers.bridge import BridgeServer, start_bridge  # type: ignore[no-redef]
+    from helpers.oidc import OidcProvider, start_oidc_provider  # type: ignore[no-redef]
     from helpers.slurm_rest import (  # type: ignore[no-redef]
         VERSIONS,
         BridgeCluster,
@@ -120,6 +123,25 @@ def slurm_2605(
         yield bc
     finally:
         bc.stop()
+
+
+@pytest.fixture(scope="module")
+def idp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The npm oidc-provider (tests/oidc-provider), one per test module that asks for it."""
+    if shutil.which("node") is None:
+        _skip_or_fail(request.config, "node is not installed (the test OpenID provider needs it)")
+    label = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    prov: OidcProvider = start_oidc_provider(tmp_path_factory.mktemp(f"{label}-op"))
+    try:
+        yield prov
+    finally:
+        prov.stop()
+
+
+@pytest.fixture(scope="module")
+def alice(idp: Any) -> str:
+    """alice's access token from the provider: a JWT with aud = the resource."""
+    return idp.login_tokens("alice")["access_token"]
 
 
 @pytest.fixture(params=VERSIONS)

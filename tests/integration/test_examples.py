@@ -30,7 +30,7 @@ import pytest
 
 from tests.conftest import skip_or_fail
 from tests.helpers.bridge import BridgeServer, start_bridge
-from tests.helpers.oidc import OidcProvider, start_oidc_provider
+from tests.helpers.oidc import OidcProvider
 from tests.helpers.slurm import SlurmCluster
 from tests.helpers.slurm_rest import BridgeCluster, proxy_bridge_config
 
@@ -53,22 +53,6 @@ WITH_2205 = [*TYPED_AND_PLAIN, pytest.param(("requests", "22.05"), id="requests-
 
 # --------------------------------------------------------------------------------------------
 # the bridge, the typed client, the Go program
-
-
-@pytest.fixture(scope="module")
-def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProvider]:
-    if shutil.which("node") is None:
-        skip_or_fail("node is not installed (the test OpenID provider needs it)")
-    prov = start_oidc_provider(tmp_path_factory.mktemp("examples-op"))
-    try:
-        yield prov
-    finally:
-        prov.stop()
-
-
-@pytest.fixture(scope="module")
-def alice(idp: OidcProvider) -> str:
-    return idp.login_tokens("alice")["access_token"]
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import time
@@ -32,11 +30,15 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import skip_or_fail
 from tests.helpers.bridge import BridgeServer, start_bridge
-from tests.helpers.oidc import OidcProvider, start_oidc_provider
+from tests.helpers.oidc import OidcProvider
 from tests.helpers.slurm import RESTD_PLUGINS, SlurmCluster, free_port
-from tests.helpers.slurm_rest import BridgeCluster, bridge, proxy_bridge_config, submit_body
+from tests.helpers.slurm_rest import (
+    BridgeCluster,
+    bridge,
+    proxy_bridge_config,
+    whoami_via,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.oidc]
 
@@ -45,23 +47,6 @@ JOB_TIMEOUT = 90.0
 
 # --------------------------------------------------------------------------------------------
 # fixtures
-
-
-@pytest.fixture(scope="module")
-def idp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OidcProvider]:
-    if shutil.which("node") is None:
-        skip_or_fail("node is not installed (the test OpenID provider needs it)")
-    prov = start_oidc_provider(tmp_path_factory.mktemp("proxy-op"))
-    try:
-        yield prov
-    finally:
-        prov.stop()
-
-
-@pytest.fixture(scope="module")
-def alice(idp: OidcProvider) -> str:
-    """alice's access token from the provider: a JWT with aud = the resource."""
-    return idp.login_tokens("alice")["access_token"]
 
 
 @pytest.fixture
@@ -139,22 +124,7 @@ def whoami_through_proxy(
     cluster: SlurmCluster, server: BridgeServer, headers: dict[str, str]
 ) -> tuple[str, str]:
     """Submit ``id -un`` through the proxy with ``headers``; return (final state, output)."""
-    tag = f"{cluster.cluster_name}-{secrets.token_hex(4)}"
-    result = f"/tmp/sjb-proxy-whoami-{tag}.txt"
-    out = f"/tmp/sjb-proxy-whoami-{tag}.out"
-    body = submit_body(cluster.api_version, f"#!/bin/bash\nid -un > {result}\n", out, "whoami")
-    r = requests.post(
-        slurm_url(server, cluster, "job/submit"), headers=headers, json=body, timeout=60
-    )
-    assert r.status_code == 200, f"job/submit -> {r.status_code} {r.text[:800]}"
-    job_id = int(r.json()["job_id"])
-    try:
-        state = cluster.wait_job(job_id, timeout=JOB_TIMEOUT)
-        path = cluster.host_path(result)
-        return state, path.read_text().strip() if path.exists() else ""
-    finally:
-        for p in (result, out):
-            cluster.host_path(p).unlink(missing_ok=True)
+    return whoami_via(cluster, server.url, headers, JOB_TIMEOUT)
 
 
 def active_kid(keys_dir: Path) -> str:

@@ -18,9 +18,9 @@ from app import create_app
 from app.keys import KeyRing
 from app.minting import mint_slurm_token
 from app.settings import parse_settings
+from tests.helpers.proxy_settings import proxy_settings_data
 from tests.helpers.slurm import free_port
 from tests.helpers.stub_http import StubServer
-from tests.helpers.test_issuer import TestIssuer
 
 
 @pytest.fixture
@@ -30,32 +30,17 @@ def upstream() -> Iterator[StubServer]:
     u.close()
 
 
-@pytest.fixture
-def idp() -> Iterator[Any]:
-    server = TestIssuer().start()
-    handle = server.add_issuer("/oidc")
-    yield handle
-    server.stop()
-
-
 def make_client(keys_dir: Path, tmp_path: Path, idp: Any, upstream_url: str, **proxy: Any) -> Any:
-    data = {
-        "keys": {"dir": str(keys_dir)},
-        "audit": {"destination": f"file:{tmp_path / 'audit.log'}"},
-        "browser": {"enabled": False},
-        "issuers": [
-            {"name": "oidc", "kind": "oidc", "issuer": idp.issuer, "audiences": ["bridge"]}
-        ],
-        "mapping": {"require_local_account": False, "rules": [{"claim": "preferred_username"}]},
-        "proxy": {
-            "upstream": upstream_url,
-            "read_timeout": 1.0,
-            "connect_timeout": 1.0,
-            "max_body": 4096,
-            **proxy,
-        },
+    table = {
+        "upstream": upstream_url,
+        "read_timeout": 1.0,
+        "connect_timeout": 1.0,
+        "max_body": 4096,
+        **proxy,
     }
-    return create_app(parse_settings(data)).test_client()
+    return create_app(
+        parse_settings(proxy_settings_data(keys_dir, tmp_path, idp, table))
+    ).test_client()
 
 
 def alice(idp: Any, name: str = "alice") -> str:
@@ -216,3 +201,44 @@ def test_upstream_slow_is_504(
     client = make_client(keys_dir, tmp_path, idp, upstream.url)
     r = client.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {alice(idp)}"})
     assert r.status_code == 504 and r.json["error"] == "upstream_timeout"
+
+
+def test_small_answers_are_relayed_whole_with_their_length(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
+) -> None:
+    upstream.body = b'{"jobs": [' + b'{"job_id": 1},' * 100 + b'{"job_id": 2}]}'
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    r = client.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {alice(idp)}"})
+    assert r.status_code == 200 and r.data == upstream.body
+    assert r.headers["Content-Length"] == str(len(upstream.body))
+    assert "Transfer-Encoding" not in r.headers
+
+
+def test_a_small_answer_cut_short_is_502(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
+) -> None:
+    upstream.body = b'{"jobs": []}' + b" " * 2000
+    upstream.cut_after = 100
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    r = client.get("/slurm/v0.0.44/jobs", headers={"Authorization": f"Bearer {alice(idp)}"})
+    assert r.status_code == 502 and r.json["error"] == "upstream_unavailable"
+    assert "cut" in r.json["error_description"]
+
+
+def test_large_answers_stream_with_their_length_and_a_cut_is_not_hidden(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
+) -> None:
+    from app.web.proxy import WHOLE_BODY, RelayInterrupted
+
+    upstream.body = b"x" * (WHOLE_BODY + 100_000)
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    headers = {"Authorization": f"Bearer {alice(idp)}"}
+    r = client.get("/slurm/v0.0.44/jobs", headers=headers)
+    assert r.status_code == 200 and r.data == upstream.body
+    assert r.headers["Content-Length"] == str(len(upstream.body))
+    upstream.cut_after = WHOLE_BODY // 2
+    r = client.get("/slurm/v0.0.44/jobs", headers=headers, buffered=False)
+    assert r.status_code == 200  # the status line went out before the body broke off
+    with pytest.raises(RelayInterrupted, match="broke off"):
+        b"".join(r.response)  # the WSGI server sees the error and drops the connection
+    r.close()

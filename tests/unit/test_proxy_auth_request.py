@@ -1,0 +1,185 @@
+"""``GET /proxy/auth``: the nginx ``auth_request`` target (``[proxy] auth_request = true``).
+
+In-process here (Flask test client, a local HTTP issuer); nginx in front of a real slurmrestd
+runs in tests/integration/test_nginx_auth_request.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from app import create_app
+from app.keys import KeyRing
+from app.minting import mint_slurm_token
+from app.settings import SettingsError, parse_settings
+from tests.helpers.proxy_settings import proxy_settings_data
+
+
+def settings_data(keys_dir: Path, tmp_path: Path, idp: Any, **proxy: Any) -> dict[str, Any]:
+    return proxy_settings_data(keys_dir, tmp_path, idp, {"auth_request": True, **proxy})
+
+
+def client_for(keys_dir: Path, tmp_path: Path, idp: Any, **proxy: Any) -> Any:
+    return create_app(parse_settings(settings_data(keys_dir, tmp_path, idp, **proxy))).test_client()
+
+
+def idp_token(idp: Any, name: str = "alice", ttl: int = 3600) -> str:
+    claims = idp.oidc_claims(sub=f"s-{name}", aud="bridge", preferred_username=name)
+    return idp.mint({**claims, "exp": int(time.time()) + ttl})
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_answers_the_user_and_a_slurm_token_nginx_may_cache(
+    keys_dir: Path, tmp_path: Path, idp: Any
+) -> None:
+    client = client_for(keys_dir, tmp_path, idp)
+    r = client.get("/proxy/auth", headers=bearer(idp_token(idp)))
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Slurm-User-Name"] == "alice"
+    token = r.headers["X-Slurm-User-Token"]
+    ring = KeyRing.load(keys_dir)
+    assert jwt.get_unverified_header(token)["kid"] == ring.active.kid
+    claims = jwt.decode(token, ring.active.private_key.public_key(), algorithms=["RS256"])
+    assert claims["sun"] == "alice"
+    assert r.headers["X-Accel-Expires"] == "60"  # the default auth_request_max_age
+    names = [k.lower() for k, _ in r.headers]
+    assert names.index("x-accel-expires") < names.index("cache-control")
+    assert r.headers["Cache-Control"] == "no-store"
+    assert r.data == b""
+
+
+def test_every_method_is_answered_and_one_token_serves_steady_traffic(
+    keys_dir: Path, tmp_path: Path, idp: Any
+) -> None:
+    """nginx's subrequest may carry the client's method; the Slurm token is reused."""
+    client = client_for(keys_dir, tmp_path, idp)
+    token = idp_token(idp)
+    seen = set()
+    for method in ("GET", "POST", "PUT", "DELETE", "HEAD"):
+        r = client.open("/proxy/auth", method=method, headers=bearer(token))
+        assert r.status_code == 200, (method, r.status_code)
+        seen.add(r.headers["X-Slurm-User-Token"])
+    assert len(seen) == 1
+    audit = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [a["outcome"] for a in audit] == ["minted"]
+
+
+def test_cache_lifetime_never_outlives_the_upstream_token(
+    keys_dir: Path, tmp_path: Path, idp: Any
+) -> None:
+    client = client_for(keys_dir, tmp_path, idp, auth_request_max_age=600)
+    r = client.get("/proxy/auth", headers=bearer(idp_token(idp, ttl=90)))
+    assert r.status_code == 200
+    # the Slurm token is capped to the upstream token's 90 s ([tokens] cap_to_upstream_exp)
+    # and reused until 80 % of that: nginx may keep the answer about 72 s, never 600
+    assert 60 <= int(r.headers["X-Accel-Expires"]) <= 72
+    r = client.get("/proxy/auth", headers=bearer(idp_token(idp, "bob", ttl=3600)))
+    # the Slurm token (default 1800 s) is reused until 80 % of its life: 1440 s > 600
+    assert r.headers["X-Accel-Expires"] == "600"
+
+
+def test_cache_lifetime_never_outlives_the_slurm_tokens_reuse(
+    keys_dir: Path, tmp_path: Path, idp: Any
+) -> None:
+    client = client_for(keys_dir, tmp_path, idp, auth_request_max_age=3600, token_lifetime=300)
+    r = client.get("/proxy/auth", headers=bearer(idp_token(idp)))
+    assert 235 <= int(r.headers["X-Accel-Expires"]) <= 240  # 80 % of 300 s
+
+
+def test_max_age_zero_tells_nginx_not_to_cache(keys_dir: Path, tmp_path: Path, idp: Any) -> None:
+    client = client_for(keys_dir, tmp_path, idp, auth_request_max_age=0)
+    r = client.get("/proxy/auth", headers=bearer(idp_token(idp)))
+    assert r.status_code == 200 and r.headers["X-Accel-Expires"] == "0"
+
+
+@pytest.mark.parametrize(
+    ("headers", "error", "reason"),
+    [
+        ({}, "invalid_request", "Authorization: Bearer"),
+        ({"Authorization": "Basic YTpi"}, "invalid_request", "Bearer"),
+        ({"Authorization": "Bearer not-a-jwt"}, "invalid_grant", ""),
+    ],
+)
+def test_refusals_are_401_with_the_reason_in_the_challenge(
+    keys_dir: Path, tmp_path: Path, idp: Any, headers: dict[str, str], error: str, reason: str
+) -> None:
+    """nginx answers the client with its own 401 page but passes WWW-Authenticate on, so the
+    reason travels there too (RFC 6750 error / error_description)."""
+    client = client_for(keys_dir, tmp_path, idp)
+    r = client.get("/proxy/auth", headers=headers)
+    assert r.status_code == 401
+    assert r.json["error"] == error and reason in r.json["error_description"]
+    challenge = r.headers["WWW-Authenticate"]
+    assert challenge.startswith('Bearer realm="slurm-jwt-bridge"')
+    assert f'error="{error}"' in challenge and "error_description=" in challenge
+    assert "X-Slurm-User-Token" not in r.headers and "X-Accel-Expires" not in r.headers
+
+
+def test_denied_user_is_refused(keys_dir: Path, tmp_path: Path, idp: Any) -> None:
+    client = client_for(keys_dir, tmp_path, idp)
+    r = client.get("/proxy/auth", headers=bearer(idp_token(idp, "root")))
+    assert r.status_code in (401, 403)
+    assert "X-Slurm-User-Token" not in r.headers
+
+
+def test_expired_idp_token_is_refused(keys_dir: Path, tmp_path: Path, idp: Any) -> None:
+    client = client_for(keys_dir, tmp_path, idp)
+    r = client.get("/proxy/auth", headers=bearer(idp_token(idp, ttl=-600)))
+    assert r.status_code == 401 and r.json["error"] == "invalid_grant"
+    assert "expired" in r.json["error_description"]
+    assert "X-Slurm-User-Token" not in r.headers
+
+
+def test_raw_slurm_token_refused_unless_passthrough_and_never_cached(
+    keys_dir: Path, tmp_path: Path, idp: Any
+) -> None:
+    raw = mint_slurm_token(KeyRing.load(keys_dir), "alice", 600).token
+    r = client_for(keys_dir, tmp_path, idp).get("/proxy/auth", headers=bearer(raw))
+    assert r.status_code == 401 and "raw Slurm token" in r.json["error_description"]
+    passing = client_for(keys_dir, tmp_path, idp, passthrough_slurm_tokens=True)
+    r = passing.get("/proxy/auth", headers=bearer(raw))
+    assert r.status_code == 200
+    assert r.headers["X-Slurm-User-Name"] == "alice"
+    assert r.headers["X-Slurm-User-Token"] == raw
+    assert r.headers["X-Accel-Expires"] == "0"
+
+
+def test_challenge_values_are_quoted_safely() -> None:
+    from app.web.proxy import _quotable
+
+    assert _quotable('a "b" \\ c\x00\n\u00e9') == "a 'b' ? c???"
+    assert len(_quotable("x" * 1000)) == 300
+
+
+def test_off_by_default_and_without_upstream_no_forwarding_routes(
+    keys_dir: Path, tmp_path: Path, idp: Any
+) -> None:
+    off = create_app(parse_settings(proxy_settings_data(keys_dir, tmp_path, idp, None)))
+    off = off.test_client()
+    assert off.get("/proxy/auth", headers=bearer(idp_token(idp))).status_code == 404
+    only_auth = client_for(keys_dir, tmp_path, idp)
+    assert only_auth.get("/slurm/v0.0.44/jobs", headers=bearer(idp_token(idp))).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (-1, "proxy.auth_request_max_age: must be >= 0"),
+        (3601, "proxy.auth_request_max_age: must be <= 3600"),
+        ("60", "proxy.auth_request_max_age: must be an integer"),
+    ],
+)
+def test_max_age_setting_is_checked(
+    keys_dir: Path, tmp_path: Path, idp: Any, value: Any, message: str
+) -> None:
+    with pytest.raises(SettingsError, match=message.replace(".", r"\.")):
+        parse_settings(settings_data(keys_dir, tmp_path, idp, auth_request_max_age=value))
