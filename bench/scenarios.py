@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from .ceiling import inprocess, openssl_rsa2048
-from .common import Layout, Procs, cpu_seconds, median
+from .common import Layout, Procs, cpu_seconds, free_port, median
 from .loadgen import Req, Result, run_wrk, write_requests
 from .servers import (
     BridgeConfig,
     Upstream,
     exchange_body,
+    plain_proxy_conf,
     restd_pids,
     start_bridge,
+    start_nginx,
     start_oidc_provider,
     start_slurm,
 )
@@ -573,6 +575,7 @@ def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> d
         "file",
         proxy_upstream=cluster.restd_url,
         proxy_auth_style=style,
+        proxy_auth_request=True,
     )
     restd = restd_pids(bc)
     out: dict[str, Any] = {"path": path, "auth_style": style}
@@ -594,6 +597,31 @@ def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> d
             duration=plan.short,
         )
     )
+    from tests.helpers.nginx import nginx_executable
+
+    have_nginx = nginx_executable() is not None
+    if have_nginx:
+        port = free_port()
+        ng = start_nginx(wd / "nginx", plain_proxy_conf(port, cluster.restd_url), port, layout)
+        try:
+            pids = [*restd, ng.pid]
+            out["nginx"] = summarize(_series(ctx, ng.url, direct, layout, pids, "through nginx"))
+            out["nginx-1conn"] = summarize(
+                _series(
+                    ctx,
+                    ng.url,
+                    direct,
+                    layout,
+                    pids,
+                    "nginx, 1 connection",
+                    connections=1,
+                    duration=plan.short,
+                )
+            )
+        finally:
+            ng.stop()
+    else:
+        ctx.log("  nginx is not installed (make bench installs it): no nginx series")
     b = start_bridge(wd, bc.keys_dir, upstream, cfg, layout, ctx.procs)
     try:
         _check_proxy(b.url + path, upstream.tokens(["alice"])[0])
@@ -613,9 +641,61 @@ def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> d
             )
         )
         out["rss_kib"] = b.worker_rss_kib()
+        if have_nginx:
+            out["auth-request"] = _auth_request_series(ctx, cluster, restd, b, proxied, layout, wd)
     finally:
         b.stop()
     return out
+
+
+def _auth_request_series(
+    ctx: Ctx, cluster: Any, restd: list[int], b: Any, proxied: Path, layout: Layout, wd: Path
+) -> dict[str, Any]:
+    """nginx in front of slurmrestd, the bridge answering its auth_request: the example
+    (examples/nginx/slurmrestd-auth-request.conf) as shipped, with nginx caching the bridge's
+    answers, and with its cache lines deleted (every request asks the bridge)."""
+    from tests.helpers.nginx import AUTH_REQUEST_EXAMPLE, auth_request_site
+
+    res: dict[str, Any] = {}
+    path = f"/slurm/{cluster.api_version}/jobs"
+    for cache in (True, False):
+        port = free_port()
+        site = auth_request_site(
+            AUTH_REQUEST_EXAMPLE.read_text(),
+            port,
+            cluster.restd_url.split("://", 1)[1],
+            b.url.split("://", 1)[1],
+            wd / f"nginx-auth-cache-{port}",
+            cache=cache,
+        )
+        name = "cached" if cache else "uncached"
+        ng = start_nginx(wd / f"nginx-auth-{port}", site, port, layout)
+        try:
+            _check_proxy(ng.url + path, _first_token(proxied))
+            pids = [*restd, ng.pid, *b.pids()]
+            label = f"nginx + bridge auth_request, {name}"
+            res[name] = summarize(_series(ctx, ng.url, proxied, layout, pids, label))
+            res[f"{name}-1conn"] = summarize(
+                _series(
+                    ctx,
+                    ng.url,
+                    proxied,
+                    layout,
+                    pids,
+                    f"{label}, 1 connection",
+                    connections=1,
+                    duration=ctx.plan.short,
+                )
+            )
+        finally:
+            ng.stop()
+    return res
+
+
+def _first_token(reqs_file: Path) -> str:
+    """The upstream token of the first request in a request file (Authorization: Bearer)."""
+    first = reqs_file.read_text().splitlines()[0].split("\t")[2]
+    return first.split("Bearer ", 1)[1].split("\x01", 1)[0]
 
 
 def _check_proxy(url: str, token: str) -> None:

@@ -118,6 +118,7 @@ class BridgeConfig:
     audit: str = "file"  # "file" | "none"
     proxy_upstream: str = ""
     proxy_auth_style: str = "bearer"
+    proxy_auth_request: bool = False
     extra: str = ""
 
     def describe(self) -> str:
@@ -187,6 +188,7 @@ claim = "preferred_username"
 [proxy]
 upstream = {json.dumps(cfg.proxy_upstream)}
 auth_style = {json.dumps(cfg.proxy_auth_style)}
+auth_request = {json.dumps(cfg.proxy_auth_request)}
 """
     return text + cfg.extra
 
@@ -296,6 +298,35 @@ def start_oidc_provider(workdir: Path, layout: Layout, procs: Procs) -> OidcProv
             raise RuntimeError(f"oidc-provider did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.1)
     return OidcProvider(f"http://127.0.0.1:{port}", issuer, "/token", proc, procs)
+
+
+# ---------------------------------------------------------------- nginx
+
+
+def start_nginx(workdir: Path, http_conf: str, port: int, layout: Layout) -> Any:
+    """Debian's nginx (tests/helpers/nginx.py) pinned to the layout's server cores."""
+    from tests.helpers.nginx import start_nginx as start
+
+    return start(workdir, http_conf, port, prefix_cmd=layout.server_prefix())
+
+
+def plain_proxy_conf(port: int, restd_url: str) -> str:
+    """nginx as a plain reverse proxy to slurmrestd: keep-alive upstream, an access log line per
+    request like the bridge's, no token work at all."""
+    from urllib.parse import urlsplit
+
+    up = urlsplit(restd_url)
+    return f"""
+    upstream restd {{ server {up.hostname}:{up.port}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://restd;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+"""
 
 
 # ---------------------------------------------------------------- Slurm
