@@ -41,6 +41,9 @@ PROXY_SECONDS = Histogram(
     "slurmrestd response time (to headers) through the proxy",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+AUTH_REQUESTS = Counter(
+    f"{PREFIX}_auth_requests_total", "Answers to nginx auth_request (GET /proxy/auth)", ["status"]
+)
 KEY_AGE = Gauge(
     f"{PREFIX}_active_key_age_seconds", "Age of the active RS256 key", multiprocess_mode="max"
 )
@@ -70,6 +73,9 @@ class Metrics:
     def proxied(self, status: int, seconds: float) -> None:
         PROXY_REQUESTS.labels(str(status)).inc()
         PROXY_SECONDS.observe(seconds)
+
+    def auth_answered(self, status: int) -> None:
+        AUTH_REQUESTS.labels(str(status)).inc()
 
 
 def render(ring: KeyRing, rotation_period: int) -> tuple[bytes, str]:

@@ -512,6 +512,14 @@ def proxy_auth() -> Response:
     For a Bearer token the answer carries ``X-Accel-Expires``: how long nginx may cache it
     (``auth_request_max_age``, never past the Slurm token's reuse time or the upstream token's
     expiry). nginx honours it only where the example's ``proxy_cache`` is configured."""
+    resp = _auth_answer()
+    observer = current_app.extensions.get("slurm_jwt_bridge_metrics")
+    if observer is not None:
+        observer.auth_answered(resp.status_code)
+    return resp
+
+
+def _auth_answer() -> Response:
     proxy = _proxy()
     origin = Request(door="proxy", remote_addr=request.remote_addr)
     auth = request.headers.get("Authorization", "")

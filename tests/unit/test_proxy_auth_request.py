@@ -183,3 +183,19 @@ def test_max_age_setting_is_checked(
 ) -> None:
     with pytest.raises(SettingsError, match=message.replace(".", r"\.")):
         parse_settings(settings_data(keys_dir, tmp_path, idp, auth_request_max_age=value))
+
+
+def _auth_count(client: Any, status: int) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f'slurm_jwt_bridge_auth_requests_total{{status="{status}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_answers_are_counted_by_status(keys_dir: Path, tmp_path: Path, idp: Any) -> None:
+    client = client_for(keys_dir, tmp_path, idp)
+    ok, refused = _auth_count(client, 200), _auth_count(client, 401)
+    assert client.get("/proxy/auth", headers=bearer(idp_token(idp))).status_code == 200
+    assert client.get("/proxy/auth").status_code == 401
+    assert client.get("/proxy/auth").status_code == 401
+    assert (_auth_count(client, 200), _auth_count(client, 401)) == (ok + 1, refused + 2)
