@@ -8,6 +8,7 @@ What is proven, on both versions unless said otherwise:
   alice's token never reach slurmrestd: the job runs as alice;
 - without an identity-provider token, the root token alone gets 401 and the bridge's reason in
   ``WWW-Authenticate``; a raw Slurm token as Bearer gets 401 too;
+- (26.05) with the bridge unreachable nginx answers 500 and nothing reaches slurmrestd;
 - (26.05) nginx caches the bridge's answer per Authorization header: repeated requests with one
   token reach the bridge once, another user's token is a separate entry (bob's job runs as bob);
   with the example's cache lines deleted every request reaches the bridge.
@@ -16,8 +17,10 @@ What is proven, on both versions unless said otherwise:
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -33,7 +36,7 @@ from tests.helpers.nginx import (
 )
 from tests.helpers.oidc import OidcProvider
 from tests.helpers.slurm import free_port
-from tests.helpers.slurm_rest import BridgeCluster, proxy_bridge_config, whoami_via
+from tests.helpers.slurm_rest import BridgeCluster, proxy_bridge_config, submit_body, whoami_via
 
 pytestmark = [pytest.mark.slurm, pytest.mark.oidc]
 
@@ -41,13 +44,13 @@ pytestmark = [pytest.mark.slurm, pytest.mark.oidc]
 Site = tuple[BridgeCluster, BridgeServer, Nginx]
 
 
-def _front(bc: BridgeCluster, server: BridgeServer, workdir: Path, cache: bool = True) -> Nginx:
+def _front(bc: BridgeCluster, bridge_url: str, workdir: Path, cache: bool = True) -> Nginx:
     port = free_port()
     conf = auth_request_site(
         AUTH_REQUEST_EXAMPLE.read_text(),
         port,
         bc.cluster.restd_url.split("://", 1)[1],
-        server.url.split("://", 1)[1],
+        bridge_url.split("://", 1)[1],
         workdir / "cache",
         cache=cache,
     )
@@ -72,7 +75,7 @@ def fronts(
                 work / f"bridge-{bc.version}",
                 proxy_bridge_config(idp, bc.keys_dir, "", "auth_request = true"),
             )
-            sites[bc.version] = (bc, server, _front(bc, server, work / f"nginx-{bc.version}"))
+            sites[bc.version] = (bc, server, _front(bc, server.url, work / f"nginx-{bc.version}"))
         yield sites
     finally:
         for _bc, server, nginx in sites.values():
@@ -164,7 +167,7 @@ def test_without_the_cache_lines_every_request_asks_the_bridge(
     fronts: dict[str, Site], alice: str, tmp_path: Path
 ) -> None:
     bc, server, _nginx = fronts["26.05"]
-    plain = _front(bc, server, tmp_path / "nginx-nocache", cache=False)
+    plain = _front(bc, server.url, tmp_path / "nginx-nocache", cache=False)
     try:
         before = bridge_hits(server)
         for _ in range(3):
@@ -175,3 +178,43 @@ def test_without_the_cache_lines_every_request_asks_the_bridge(
         assert bridge_hits(server) == before + 3
     finally:
         plain.stop()
+
+
+def test_bridge_unreachable_fails_closed(
+    fronts: dict[str, Site], alice: str, tmp_path: Path
+) -> None:
+    """nginx pointed at a port where no bridge listens: a job submission gets 500 and never
+    reaches slurmrestd (no job of that name exists afterwards, while the same submission
+    through the working nginx does create one: the check can see it)."""
+    bc, _server, nginx = fronts["26.05"]
+    cluster = bc.cluster
+    dead = _front(bc, f"http://127.0.0.1:{free_port()}", tmp_path / "nginx-dead")
+    name = f"sjb-dead-{secrets.token_hex(4)}"
+    body = submit_body(cluster.api_version, "#!/bin/bash\ntrue\n", "/dev/null", name)
+    try:
+        r = requests.post(
+            f"{dead.url}/slurm/{cluster.api_version}/job/submit",
+            headers={"Authorization": f"Bearer {alice}"},
+            json=body,
+            timeout=60,
+        )
+        assert r.status_code == 500, r.text[:400]
+        assert "auth request unexpected status: 502" in dead.error_log()
+        assert jobs_named(cluster, name) == []
+        r = requests.post(
+            f"{nginx.url}/slurm/{cluster.api_version}/job/submit",
+            headers={"Authorization": f"Bearer {alice}"},
+            json=body,
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text[:400]
+        assert jobs_named(cluster, name) == [str(r.json()["job_id"])]
+    finally:
+        dead.stop()
+
+
+def jobs_named(cluster: Any, name: str) -> list[str]:
+    """Ids of the jobs called ``name`` in any state (MinJobAge keeps finished ones listed)."""
+    out = cluster.run(["squeue", "-h", "-t", "all", "--name", name, "-o", "%A"], timeout=10)
+    assert out.returncode == 0, out
+    return out.stdout.split()
