@@ -259,7 +259,9 @@ class _Table:
             )
         return value
 
-    def int(self, name: str, default: int, minimum: int | None = None) -> int:
+    def int(
+        self, name: str, default: int, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
         value = self._get(name)
         if value is None:
             return default
@@ -267,6 +269,8 @@ class _Table:
             raise SettingsError(f"{self.key(name)}: must be an integer, got {_show(value)}")
         if minimum is not None and value < minimum:
             raise SettingsError(f"{self.key(name)}: must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise SettingsError(f"{self.key(name)}: must be <= {maximum}, got {value}")
         return value
 
     def number(self, name: str, default: float, minimum: float = 0) -> float:
@@ -337,13 +341,11 @@ def _usernames(t: _Table, name: str) -> tuple[str, ...]:
 def _server(t: _Table) -> ServerSettings:
     s = ServerSettings(
         host=t.str("host", "127.0.0.1"),
-        port=t.int("port", 8000, minimum=0),
+        port=t.int("port", 8000, minimum=0, maximum=65535),
         public_url=t.str("public_url", "").rstrip("/"),
         secret_key_file=t.str("secret_key_file", ""),
         proxy_fix=t.int("proxy_fix", 0, minimum=0),
     )
-    if s.port > 65535:
-        raise SettingsError(f"{t.key('port')}: must be <= 65535, got {s.port}")
     t.done()
     return s
 
@@ -622,13 +624,8 @@ def _proxy(t: _Table, tokens: TokenSettings) -> ProxySettings:
         token_lifetime=t.int("token_lifetime", 0, minimum=0),
         cache_size=t.int("cache_size", 10000, minimum=1),
         auth_request=t.bool("auth_request", False),
-        auth_request_max_age=t.int("auth_request_max_age", 60, minimum=0),
+        auth_request_max_age=t.int("auth_request_max_age", 60, minimum=0, maximum=3600),
     )
-    if s.auth_request_max_age > 3600:
-        raise SettingsError(
-            f"{t.key('auth_request_max_age')}: must be <= 3600 seconds, "
-            f"got {s.auth_request_max_age}"
-        )
     if s.token_lifetime and not 60 <= s.token_lifetime <= tokens.max_lifetime:
         raise SettingsError(
             f"{t.key('token_lifetime')}: must be between 60 and tokens.max_lifetime "
