@@ -176,9 +176,6 @@ class SlurmRestProxy:
 
     # ------------------------------------------------------------ tokens
 
-    def grant_for_bearer(self, token: str, origin: Request) -> Grant:
-        return self.verified_bearer(token, origin)[0]
-
     def verified_bearer(self, token: str, origin: Request) -> tuple[Grant, float]:
         """(grant, the upstream token's exp) for an identity-provider token, cached by hash."""
         key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
@@ -328,8 +325,18 @@ def _refusal(grant: Grant, token: SlurmToken, status: int) -> Response:
     )
 
 
-def _authenticate(proxy: SlurmRestProxy, origin: Request) -> tuple[Grant | None, str | None]:
-    """(grant, passthrough token) from the Authorization header or the browser session."""
+@dataclass(frozen=True)
+class _Caller:
+    """Who a request comes from: a grant, plus the raw Slurm token for a passthrough and the
+    upstream token's exp for an identity-provider token (None for a browser session)."""
+
+    grant: Grant
+    passthrough: str | None = None
+    upstream_exp: float | None = None
+
+
+def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
+    """The caller from the Authorization header or the browser session; None for neither."""
     auth = request.headers.get("Authorization", "")
     scheme, _, credentials = auth.partition(" ")
     credentials = credentials.strip()
@@ -346,8 +353,9 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> tuple[Grant | None,
                 )
             if username_problem(sun):
                 raise BridgeError("invalid_token", "the Slurm token's sun is not a user name", 401)
-            return Grant(user=sun, kind="passthrough"), credentials
-        return proxy.grant_for_bearer(credentials, origin), None
+            return _Caller(Grant(user=sun, kind="passthrough"), passthrough=credentials)
+        grant, upstream_exp = proxy.verified_bearer(credentials, origin)
+        return _Caller(grant, upstream_exp=upstream_exp)
     if auth:
         raise BridgeError("invalid_request", "use 'Authorization: Bearer <token>'", 401)
     if current_app.secret_key and isinstance(session.get("grant"), dict):
@@ -355,8 +363,8 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> tuple[Grant | None,
 
         grant = session_grant()
         if grant is not None:
-            return grant, None
-    return None, None
+            return _Caller(grant)
+    return None
 
 
 def handle(prefix: str, rest: str) -> Response:
@@ -368,9 +376,10 @@ def handle(prefix: str, rest: str) -> Response:
             413, "invalid_request", f"request body larger than {proxy.cfg.max_body} bytes"
         )
     try:
-        grant, raw = _authenticate(proxy, origin)
-        if grant is None:
+        caller = _authenticate(proxy, origin)
+        if caller is None:
             return _no_credentials()
+        grant, raw = caller.grant, caller.passthrough
         token = None
         if raw is None:
             token = proxy.slurm_token(grant, origin)
@@ -522,27 +531,18 @@ def proxy_auth() -> Response:
 def _auth_answer() -> Response:
     proxy = _proxy()
     origin = Request(door="proxy", remote_addr=request.remote_addr)
-    auth = request.headers.get("Authorization", "")
-    scheme, _, credentials = auth.partition(" ")
-    credentials = credentials.strip()
     try:
-        if (
-            scheme.lower() == "bearer"
-            and credentials
-            and _looks_like_slurm_token(credentials) is None
-        ):
-            grant, upstream_exp = proxy.verified_bearer(credentials, origin)
+        caller = _authenticate(proxy, origin)
+        if caller is None:
+            return _no_credentials()
+        # max_age stays 0 (nginx asks every time) for raw Slurm tokens and browser sessions
+        grant, raw, max_age = caller.grant, caller.passthrough, 0
+        if raw is None:
             cached = proxy.reusable_token(grant, origin)
             raw = cached.token.token
             limit, now = proxy.cfg.auth_request_max_age, time.time()
-            max_age = int(min(limit, cached.reuse_until - now, upstream_exp - now)) if limit else 0
-        else:
-            found, passthrough = _authenticate(proxy, origin)
-            if found is None:
-                return _no_credentials()
-            grant = found
-            raw = passthrough if passthrough is not None else proxy.slurm_token(grant, origin)
-            max_age = 0  # sessions and raw Slurm tokens: nginx must ask every time
+            if limit and caller.upstream_exp is not None:
+                max_age = int(min(limit, cached.reuse_until - now, caller.upstream_exp - now))
     except BridgeError as exc:
         return _json_error(exc.status if exc.status != 400 else 401, exc.error, exc.reason)
     resp = Response(status=200)
