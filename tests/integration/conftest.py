@@ -32,6 +32,7 @@ try:
         BridgeCluster,
         bridge,
         jwks_serving_config,
+        proxy_bridge_config,
         start_bridge_cluster,
     )
 except ModuleNotFoundError:  # tests/ itself is on sys.path (its conftest.py), the repo root not
@@ -43,6 +44,7 @@ except ModuleNotFoundError:  # tests/ itself is on sys.path (its conftest.py), t
         BridgeCluster,
         bridge,
         jwks_serving_config,
+        proxy_bridge_config,
         start_bridge_cluster,
     )
 
@@ -142,6 +144,29 @@ def idp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 def alice(idp: Any) -> str:
     """alice's access token from the provider: a JWT with aud = the resource."""
     return idp.login_tokens("alice")["access_token"]
+
+
+@pytest.fixture(scope="module")
+def proxies(
+    idp: Any,
+    slurm_2605: BridgeCluster,
+    slurm_2205: BridgeCluster,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, BridgeServer]]:
+    """One bridge per session cluster, proxying to its slurmrestd with the default settings
+    (tests/helpers/slurm_rest.py proxy_bridge_config), keyed by Slurm version."""
+    work = tmp_path_factory.mktemp("proxy-bridges")
+    servers: dict[str, BridgeServer] = {}
+    try:
+        for bc in (slurm_2605, slurm_2205):
+            servers[bc.version] = start_bridge(
+                work / bc.version,
+                proxy_bridge_config(idp, bc.keys_dir, bc.cluster.restd_url),
+            )
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
 
 
 @pytest.fixture(params=VERSIONS)

@@ -29,10 +29,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import skip_or_fail
-from tests.helpers.bridge import BridgeServer, start_bridge
-from tests.helpers.oidc import OidcProvider
+from tests.helpers.bridge import BridgeServer
 from tests.helpers.slurm import SlurmCluster
-from tests.helpers.slurm_rest import BridgeCluster, proxy_bridge_config
+from tests.helpers.slurm_rest import BridgeCluster
 
 pytestmark = [pytest.mark.slurm, pytest.mark.oidc]
 
@@ -56,36 +55,8 @@ WITH_2205 = [*TYPED_AND_PLAIN, pytest.param(("requests", "22.05"), id="requests-
 
 
 @pytest.fixture(scope="module")
-def bridge_2605(
-    idp: OidcProvider, slurm_2605: BridgeCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BridgeServer]:
-    server = start_bridge(
-        tmp_path_factory.mktemp("examples-bridge"),
-        proxy_bridge_config(idp, slurm_2605.keys_dir, slurm_2605.cluster.restd_url),
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def bridge_2205(
-    idp: OidcProvider, slurm_2205: BridgeCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BridgeServer]:
-    server = start_bridge(
-        tmp_path_factory.mktemp("examples-bridge"),
-        proxy_bridge_config(idp, slurm_2205.keys_dir, slurm_2205.cluster.restd_url),
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def typed_client(
-    bridge_2605: BridgeServer, alice: str, tmp_path_factory: pytest.TempPathFactory
+    proxies: dict[str, BridgeServer], alice: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """examples/openapi-client/generate.sh, run for real: slurmrestd's OpenAPI document fetched
     through the proxy, a typed client generated into a tmp dir (never into the repository)."""
@@ -95,7 +66,7 @@ def typed_client(
     out = tmp_path_factory.mktemp("openapi-client")
     env = {
         **os.environ,
-        "BRIDGE_URL": bridge_2605.url,
+        "BRIDGE_URL": proxies["26.05"].url,
         "IDP_TOKEN": alice,
         "OPENAPI_PYTHON_CLIENT": str(generator),
         "PATH": f"{VENV_BIN}:{os.environ.get('PATH', '')}",
@@ -218,7 +189,7 @@ class Example:
 def example(request: pytest.FixtureRequest, alice: str, tmp_path: Path) -> Iterator[Example]:
     flavor, version = request.param
     bc: BridgeCluster = request.getfixturevalue(f"slurm_{version.replace('.', '')}")
-    server: BridgeServer = request.getfixturevalue(f"bridge_{version.replace('.', '')}")
+    server: BridgeServer = request.getfixturevalue("proxies")[version]
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(tmp_path),

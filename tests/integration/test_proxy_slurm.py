@@ -69,28 +69,6 @@ def serve(idp: OidcProvider, tmp_path: Path) -> Iterator[Callable[..., BridgeSer
             server.stop()
 
 
-@pytest.fixture(scope="module")
-def proxies(
-    idp: OidcProvider,
-    slurm_2605: BridgeCluster,
-    slurm_2205: BridgeCluster,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[dict[str, BridgeServer]]:
-    """One default bridge per session cluster, keyed by Slurm version."""
-    work = tmp_path_factory.mktemp("proxy-bridges")
-    servers: dict[str, BridgeServer] = {}
-    try:
-        for bc in (slurm_2605, slurm_2205):
-            servers[bc.version] = start_bridge(
-                work / bc.version,
-                proxy_bridge_config(idp, bc.keys_dir, bc.cluster.restd_url),
-            )
-        yield servers
-    finally:
-        for server in servers.values():
-            server.stop()
-
-
 @pytest.fixture(params=["26.05", "22.05"])
 def site(
     request: pytest.FixtureRequest, proxies: dict[str, BridgeServer]
