@@ -365,44 +365,12 @@ def _mirror_user_into_chroot(root: Path, name: str) -> None:
 
 def _ensure_rest_user(root: Path | None) -> tuple[int, int]:
     """Create the unprivileged slurmrestd account (host, or inside the chroot); return ids."""
-    if root is None:
-        if _host_user(REST_USER) is None:
-            subprocess.run(
-                [
-                    "useradd",
-                    "-r",
-                    "-M",
-                    "-U",
-                    "-d",
-                    "/nonexistent",
-                    "-s",
-                    "/usr/sbin/nologin",
-                    REST_USER,
-                ],
-                check=True,
-                capture_output=True,
-            )
-        ids = _host_user(REST_USER)
-    else:
-        if _chroot_user(root, REST_USER) is None:
-            subprocess.run(
-                [
-                    "chroot",
-                    str(root),
-                    "useradd",
-                    "-r",
-                    "-M",
-                    "-U",
-                    "-d",
-                    "/nonexistent",
-                    "-s",
-                    "/usr/sbin/nologin",
-                    REST_USER,
-                ],
-                check=True,
-                capture_output=True,
-            )
-        ids = _chroot_user(root, REST_USER)
+    lookup = _host_user if root is None else (lambda name: _chroot_user(root, name))
+    if lookup(REST_USER) is None:
+        prefix = [] if root is None else ["chroot", str(root)]
+        argv = ["useradd", "-r", "-M", "-U", "-d", "/nonexistent", "-s", "/usr/sbin/nologin"]
+        subprocess.run([*prefix, *argv, REST_USER], check=True, capture_output=True)
+    ids = lookup(REST_USER)
     assert ids is not None and ids[0] != 0
     return ids
 
