@@ -175,43 +175,11 @@ def ensure_bench_users(log: Any) -> bool:
         log(f"creating {len(missing)} local benchmark accounts {missing[0]}..{missing[-1]}")
     for name in missing:
         uid = BENCH_UID_MIN + int(name[len(BENCH_USER_PREFIX) :]) - 1
-        r = subprocess.run(
-            [
-                "useradd",
-                "-M",
-                "-N",
-                "-g",
-                "nogroup",
-                "-s",
-                "/usr/sbin/nologin",
-                "-d",
-                "/nonexistent",
-                "-u",
-                str(uid),
-                name,
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if r.returncode != 0:
-            r = subprocess.run(
-                [
-                    "useradd",
-                    "-M",
-                    "-N",
-                    "-g",
-                    "nogroup",
-                    "-s",
-                    "/usr/sbin/nologin",
-                    "-d",
-                    "/nonexistent",
-                    "-K",
-                    "UID_MIN=20000",
-                    name,
-                ],
-                capture_output=True,
-                text=True,
-            )
+        base = ["useradd", "-M", "-N", "-g", "nogroup", "-s", "/usr/sbin/nologin"]
+        base += ["-d", "/nonexistent"]
+        r = subprocess.run([*base, "-u", str(uid), name], capture_output=True, text=True)
+        if r.returncode != 0:  # that uid is taken: let useradd pick one from 20000 up
+            r = subprocess.run([*base, "-K", "UID_MIN=20000", name], capture_output=True, text=True)
         if r.returncode != 0:
             log(f"useradd {name} failed: {r.stderr.strip()}")
             return False
