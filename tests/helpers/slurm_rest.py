@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -165,6 +166,26 @@ def jwks_serving_config(keys_dir: Path) -> str:
         f"[keys]\ndir = {json.dumps(str(keys_dir))}\nreload_interval = 0\n\n"
         '[audit]\ndestination = "none"\n'
     )
+
+
+def jwks_sync(bc: BridgeCluster, server_url: str) -> subprocess.CompletedProcess[str]:
+    """``slurm-jwt-bridge jwks sync --reconfigure`` as the controller's timer (or an operator)
+    runs it against the bridge at ``server_url``; asserts it exited 0 (unchanged) or 3 (changed)."""
+    reconfigure = shlex.join([*bc.cluster.scontrol_argv(), "reconfigure"])
+    proc = bridge(
+        "jwks",
+        "sync",
+        "--url",
+        jwks_url(server_url),
+        "--out",
+        bc.cluster.jwks_path,
+        "--reconfigure",
+        "--reconfigure-command",
+        reconfigure,
+        env=bc.cluster.env,
+    )
+    assert proc.returncode in (0, 3), f"jwks sync failed: {proc.stdout}{proc.stderr}"
+    return proc
 
 
 def jwks_url(server_url: str) -> str:

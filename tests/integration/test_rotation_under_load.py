@@ -21,7 +21,6 @@ conftest.py).
 
 from __future__ import annotations
 
-import shlex
 import threading
 import time
 from collections import Counter
@@ -37,13 +36,14 @@ from app.keys import KeyRing
 
 try:
     from tests.helpers.bridge import BridgeServer, start_bridge
-    from tests.helpers.slurm_rest import BridgeCluster, bridge, jwks_url, rest_url
+    from tests.helpers.slurm_rest import BridgeCluster, bridge, jwks_sync, jwks_url, rest_url
     from tests.helpers.test_issuer import TestIssuer
 except ModuleNotFoundError:  # tests/ itself is on sys.path (its conftest.py), the repo root not
     from helpers.bridge import BridgeServer, start_bridge  # type: ignore[no-redef]
     from helpers.slurm_rest import (  # type: ignore[no-redef]
         BridgeCluster,
         bridge,
+        jwks_sync,
         jwks_url,
         rest_url,
     )
@@ -168,21 +168,7 @@ class Stream:
 
 def _sync(bc: BridgeCluster, server: BridgeServer) -> int:
     """``jwks sync --reconfigure`` as the controller's timer runs it; returns its exit code."""
-    reconfigure = shlex.join([*bc.cluster.scontrol_argv(), "reconfigure"])
-    proc = bridge(
-        "jwks",
-        "sync",
-        "--url",
-        jwks_url(server.url),
-        "--out",
-        bc.cluster.jwks_path,
-        "--reconfigure",
-        "--reconfigure-command",
-        reconfigure,
-        env=bc.cluster.env,
-    )
-    assert proc.returncode in (0, 3), f"jwks sync failed: {proc.stdout}{proc.stderr}"
-    return proc.returncode
+    return jwks_sync(bc, server.url).returncode
 
 
 def _rotate(bc: BridgeCluster) -> str:

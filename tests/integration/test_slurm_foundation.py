@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import pwd
 import re
-import shlex
 import subprocess
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ try:
         auth_refusal_problem,
         bridge,
         get_jobs,
-        jwks_url,
+        jwks_sync,
         jwt_parts,
         ordered_claims,
         rest_url,
@@ -57,7 +56,7 @@ except ModuleNotFoundError:  # tests/ itself is on sys.path (its conftest.py), t
         auth_refusal_problem,
         bridge,
         get_jobs,
-        jwks_url,
+        jwks_sync,
         jwt_parts,
         ordered_claims,
         rest_url,
@@ -288,21 +287,7 @@ def _rotate(bc: BridgeCluster) -> str:
 
 def _sync(bc: BridgeCluster, server: BridgeServer) -> subprocess.CompletedProcess[str]:
     """``jwks sync`` as an operator runs it on the controller host, reconfigure included."""
-    reconfigure = shlex.join([*bc.cluster.scontrol_argv(), "reconfigure"])
-    proc = bridge(
-        "jwks",
-        "sync",
-        "--url",
-        jwks_url(server.url),
-        "--out",
-        bc.cluster.jwks_path,
-        "--reconfigure",
-        "--reconfigure-command",
-        reconfigure,
-        env=bc.cluster.env,
-    )
-    assert proc.returncode in (0, 3), f"jwks sync failed: {proc.stdout}{proc.stderr}"
-    return proc
+    return jwks_sync(bc, server.url)
 
 
 def _sync_changed(bc: BridgeCluster, server: BridgeServer, hs256: str) -> None:
