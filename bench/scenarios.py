@@ -530,10 +530,9 @@ def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> d
     direct = write_requests(
         [Req("GET", path, {"X-SLURM-USER-NAME": "alice", "X-SLURM-USER-TOKEN": direct_tok})], wd
     )
-    users = ["alice", "bob"]
+    tokens = upstream.tokens(["alice", "bob"] * 5)
     proxied = write_requests(
-        [Req("GET", path, {"Authorization": f"Bearer {t}"}) for t in upstream.tokens(users * 5)],
-        wd,
+        [Req("GET", path, {"Authorization": f"Bearer {t}"}) for t in tokens], wd
     )
     best = ctx.results.get("exchange", {}).get("layouts", {}).get(layout.name, {})
     style = "x-slurm" if cluster.version == "22.05" else "bearer"
@@ -592,7 +591,7 @@ def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> d
         ctx.log("  nginx is not installed (make bench installs it): no nginx series")
     b = start_bridge(wd, bc.keys_dir, upstream, cfg, layout, ctx.procs)
     try:
-        _check_proxy(b.url + path, upstream.tokens(["alice"])[0])
+        _check_proxy(b.url + path, tokens[0])
         pids = restd + b.pids()
         out["config"] = cfg.describe()
         out["proxied"] = summarize(_series(ctx, b.url, proxied, layout, pids, "through the proxy"))
@@ -610,14 +609,23 @@ def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> d
         )
         out["rss_kib"] = b.worker_rss_kib()
         if have_nginx:
-            out["auth-request"] = _auth_request_series(ctx, cluster, restd, b, proxied, layout, wd)
+            out["auth-request"] = _auth_request_series(
+                ctx, cluster, restd, b, proxied, tokens[0], layout, wd
+            )
     finally:
         b.stop()
     return out
 
 
 def _auth_request_series(
-    ctx: Ctx, cluster: Any, restd: list[int], b: Any, proxied: Path, layout: Layout, wd: Path
+    ctx: Ctx,
+    cluster: Any,
+    restd: list[int],
+    b: Any,
+    proxied: Path,
+    check_token: str,
+    layout: Layout,
+    wd: Path,
 ) -> dict[str, Any]:
     """nginx in front of slurmrestd, the bridge answering its auth_request: the example
     (examples/nginx/slurmrestd-auth-request.conf) as shipped, with nginx caching the bridge's
@@ -639,7 +647,7 @@ def _auth_request_series(
         name = "cached" if cache else "uncached"
         ng = start_nginx(wd / f"nginx-auth-{port}", site, port, layout)
         try:
-            _check_proxy(ng.url + path, _first_token(proxied))
+            _check_proxy(ng.url + path, check_token)
             pids = [*restd, ng.pid, *b.pids()]
             label = f"nginx + bridge auth_request, {name}"
             res[name] = summarize(_series(ctx, ng.url, proxied, layout, pids, label))
@@ -658,12 +666,6 @@ def _auth_request_series(
         finally:
             ng.stop()
     return res
-
-
-def _first_token(reqs_file: Path) -> str:
-    """The upstream token of the first request in a request file (Authorization: Bearer)."""
-    first = reqs_file.read_text().splitlines()[0].split("\t")[2]
-    return first.split("Bearer ", 1)[1].split("\x01", 1)[0]
 
 
 def _check_proxy(url: str, token: str) -> None:
