@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Real daemons for the integration tests (Slurm 22.05 + a sid chroot with 26.05, redis,
+# Real daemons for the integration tests (Slurm 22.05, trixie/sid chroots with 24.11/26.05, redis,
 # chromium, ...). Needs root; idempotent.
 system-deps:
 	bash scripts/install-system-deps.sh

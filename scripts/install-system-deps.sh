@@ -2,12 +2,13 @@
 # Install the system packages the test suite needs (run as root; idempotent).
 #
 # Why: the integration tests start real Slurm daemons (22.05 from this host's Debian packages,
-# 26.05 from a cached Debian sid chroot), redis, nginx and a headless browser. The packages must be
+# 24.11 from a cached Debian trixie chroot, 26.05 from a cached Debian sid chroot), redis, nginx
+# and a headless browser. The packages must be
 # installed without leaving system daemons running or enabled: a system munged/slurmctld/redis
 # would hold sockets and ports that the tests' own daemons use.
 #
-# Env: SLURM_JWT_BRIDGE_SKIP_CHROOT=1 skips building the sid chroot (~40 s, ~300 MB);
-#      SLURM_JWT_BRIDGE_SID_CHROOT=DIR puts the chroot elsewhere.
+# Env: SLURM_JWT_BRIDGE_SKIP_CHROOT=1 skips building the chroots (~40 s, ~300 MB each);
+#      SLURM_JWT_BRIDGE_SID_CHROOT=DIR and SLURM_JWT_BRIDGE_TRIXIE_CHROOT=DIR put them elsewhere.
 set -euo pipefail
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -107,7 +108,8 @@ else
     echo "install-system-deps.sh: system packages already installed"
 fi
 
-# Slurm 26.05 for the tests: a cached Debian sid chroot, rebuilt only when absent or incomplete.
+# Slurm 24.11 and 26.05 for the tests: cached Debian trixie and sid chroots, each rebuilt only
+# when absent or incomplete.
 if [[ ${SLURM_JWT_BRIDGE_SKIP_CHROOT:-0} != 1 ]]; then
-    python3 "$REPO/tests/helpers/slurm.py" --ensure-chroot
+    python3 "$REPO/tests/helpers/slurm.py" --ensure-chroot trixie sid
 fi

@@ -1,8 +1,9 @@
 """Start real Slurm clusters for integration tests.
 
 Why: the bridge is only correct if a real slurmctld accepts the tokens it mints, so the tests run
-real daemons: Slurm 22.05 from the host's Debian bookworm packages and Slurm 26.05 from a cached
-Debian sid chroot. Both can run at once (own ports, ClusterName, state and munged socket).
+real daemons: Slurm 22.05 from the host's Debian bookworm packages, Slurm 24.11 from a cached
+Debian trixie chroot and Slurm 26.05 from a cached Debian sid chroot. All can run at once (own
+ports, ClusterName, state and munged socket).
 
 Standard library only at import time, so `python3 tests/helpers/slurm.py --ensure-chroot` works
 without the project's virtualenv (scripts/install-system-deps.sh calls it).
@@ -38,8 +39,12 @@ CACHE_ROOT = Path("/var/cache/slurm-jwt-bridge")
 DEFAULT_SID_CHROOT = CACHE_ROOT / "sid-chroot"
 SID_CHROOT_ENV = "SLURM_JWT_BRIDGE_SID_CHROOT"
 SID_SUITE = "sid"
+TRIXIE_CHROOT_ENV = "SLURM_JWT_BRIDGE_TRIXIE_CHROOT"
+# The Debian suite whose packages give each chrooted Slurm version (22.05 runs on the host).
+CHROOT_SUITES = {"24.11": "trixie", "26.05": SID_SUITE}
+CHROOT_ENVS = {"trixie": TRIXIE_CHROOT_ENV, SID_SUITE: SID_CHROOT_ENV}
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
-SID_PACKAGES = (
+CHROOT_PACKAGES = (
     "slurmctld",
     "slurmd",
     "slurmrestd",
@@ -49,7 +54,7 @@ SID_PACKAGES = (
     "procps",
 )
 # Files whose presence (plus the marker) tells a finished chroot from a half-built one.
-SID_REQUIRED_FILES = (
+CHROOT_REQUIRED_FILES = (
     "usr/sbin/slurmctld",
     "usr/sbin/slurmd",
     "usr/sbin/slurmrestd",
@@ -66,9 +71,13 @@ REST_USER = "slurmrest"
 # root-owned and world-traversable, unlike pytest's 0700 tmp dirs, so munge/slurmrest can use it.
 RUN_BASE = "/run/slurm-jwt-bridge"
 
-API_VERSIONS = {"22.05": "v0.0.38", "26.05": "v0.0.44"}
+API_VERSIONS = {"22.05": "v0.0.38", "24.11": "v0.0.42", "26.05": "v0.0.44"}
 # Without slurmdbd, slurmrestd must only load the slurmctld-side OpenAPI plugins.
-RESTD_PLUGINS = {"22.05": "openapi/v0.0.38", "26.05": "openapi/slurmctld"}
+RESTD_PLUGINS = {
+    "22.05": "openapi/v0.0.38",
+    "24.11": "openapi/slurmctld",
+    "26.05": "openapi/slurmctld",
+}
 
 TERMINAL_JOB_STATES = frozenset(
     {
@@ -128,11 +137,14 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _hs256_token(key: bytes, username: str, lifespan: int = 300) -> str:
-    """Mint an scontrol-style HS256 token with the stdlib (readiness probe only)."""
+def _hs256_token(
+    key: bytes, username: str, lifespan: int = 300, extra: dict[str, Any] | None = None
+) -> str:
+    """Mint an scontrol-style HS256 token with the stdlib (readiness probe only); ``extra``
+    claims (identity claims for use_jwt_client_ids_only) follow ``sun``."""
     now = int(time.time())
     header = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode())
-    claims = {"exp": now + lifespan, "iat": now, "sun": username}
+    claims = {"exp": now + lifespan, "iat": now, "sun": username, **(extra or {})}
     payload = _b64url(json.dumps(claims, separators=(",", ":")).encode())
     signing_input = f"{header}.{payload}".encode()
     sig = _b64url(hmac.new(key, signing_input, hashlib.sha256).digest())
@@ -375,6 +387,16 @@ def _ensure_rest_user(root: Path | None) -> tuple[int, int]:
     return ids
 
 
+def _add_host_user(name: str) -> None:
+    """useradd a regular account (uid >= 1000, own group, home) unless it exists."""
+    if _host_user(name) is None:
+        subprocess.run(
+            ["useradd", "-m", "-U", "-K", "UID_MIN=1000", "-s", "/bin/bash", name],
+            check=True,
+            capture_output=True,
+        )
+
+
 def ensure_test_users(users: Iterable[str], chroot: Path | None = None) -> None:
     """Create real local accounts (uid >= 1000) so slurmctld's getpwnam and job launch work.
 
@@ -384,39 +406,54 @@ def ensure_test_users(users: Iterable[str], chroot: Path | None = None) -> None:
     users = tuple(users)
     with _flock(CACHE_ROOT / ".users.lock"):
         for name in users:
-            if _host_user(name) is None:
-                subprocess.run(
-                    ["useradd", "-m", "-U", "-K", "UID_MIN=1000", "-s", "/bin/bash", name],
-                    check=True,
-                    capture_output=True,
-                )
+            _add_host_user(name)
         if chroot is not None:
             for name in users:
                 _mirror_user_into_chroot(chroot, name)
 
 
+def ensure_host_only_user(name: str, groups: Iterable[str] = ()) -> None:
+    """A real account (uid >= 1000) on this host only, member of ``groups`` (created when
+    missing): a user the chrooted controllers cannot look up, as with a controller without
+    SSSD/LDAP. Idempotent."""
+    with _flock(CACHE_ROOT / ".users.lock"):
+        _add_host_user(name)
+        for group in groups:
+            if subprocess.run(["getent", "group", group], capture_output=True).returncode != 0:
+                subprocess.run(
+                    ["groupadd", "-K", "GID_MIN=1000", group], check=True, capture_output=True
+                )
+            subprocess.run(["usermod", "-a", "-G", group, name], check=True, capture_output=True)
+
+
 # --------------------------------------------------------------------------------------------
-# sid chroot (Slurm 26.05)
+# Debian chroots (Slurm 24.11 from trixie, 26.05 from sid)
+
+
+def chroot_path(suite: str) -> Path:
+    """Where the cached chroot of a Debian suite lives (env SLURM_JWT_BRIDGE_<SUITE>_CHROOT
+    overrides)."""
+    return Path(os.environ.get(CHROOT_ENVS[suite]) or CACHE_ROOT / f"{suite}-chroot").absolute()
 
 
 def sid_chroot_path() -> Path:
     """Where the cached sid chroot lives (env SLURM_JWT_BRIDGE_SID_CHROOT overrides)."""
-    return Path(os.environ.get(SID_CHROOT_ENV) or DEFAULT_SID_CHROOT).absolute()
+    return chroot_path(SID_SUITE)
 
 
 def _chroot_complete(root: Path) -> bool:
     return (root / COMPLETE_MARKER).is_file() and all(
-        (root / f).exists() for f in SID_REQUIRED_FILES
+        (root / f).exists() for f in CHROOT_REQUIRED_FILES
     )
 
 
-def ensure_sid_chroot() -> Path:
-    """Return the Debian sid chroot with Slurm 26.05, building it (~40 s, ~300 MB) if needed.
+def ensure_chroot(suite: str) -> Path:
+    """Return the Debian chroot of ``suite`` with Slurm, building it (~40 s, ~300 MB) if needed.
 
     Built in a temporary sibling directory and renamed into place only when finished, so an
     interrupted build never leaves a tree that looks complete. Incomplete trees are removed.
     """
-    root = sid_chroot_path()
+    root = chroot_path(suite)
     if _chroot_complete(root):
         return root
     parent = root.parent
@@ -437,8 +474,8 @@ def ensure_sid_chroot() -> Path:
                     [
                         "debootstrap",
                         "--variant=minbase",
-                        f"--include={','.join(SID_PACKAGES)}",
-                        SID_SUITE,
+                        f"--include={','.join(CHROOT_PACKAGES)}",
+                        suite,
                         str(tmp),
                         DEBIAN_MIRROR,
                     ],
@@ -448,7 +485,7 @@ def ensure_sid_chroot() -> Path:
                 )
             if proc.returncode != 0:
                 raise RuntimeError(f"debootstrap failed ({proc.returncode}):\n{_tail(log)}")
-            _finish_chroot(tmp)
+            _finish_chroot(tmp, suite)
             os.rename(tmp, root)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -457,7 +494,12 @@ def ensure_sid_chroot() -> Path:
     return root
 
 
-def _finish_chroot(tmp: Path) -> None:
+def ensure_sid_chroot() -> Path:
+    """Return the Debian sid chroot with Slurm 26.05, building it if needed."""
+    return ensure_chroot(SID_SUITE)
+
+
+def _finish_chroot(tmp: Path, suite: str) -> None:
     """Post-debootstrap fixes shared by every run, then the completeness marker."""
     # Package scripts must not leave daemons running inside the build tree.
     for pid in _pids_rooted_in(tmp):
@@ -468,16 +510,16 @@ def _finish_chroot(tmp: Path) -> None:
     shutil.copyfile("/etc/hosts", tmp / "etc/hosts")
     with contextlib.suppress(subprocess.CalledProcessError):
         subprocess.run(["chroot", str(tmp), "apt-get", "clean"], check=True, capture_output=True)
-    missing = [f for f in SID_REQUIRED_FILES if not (tmp / f).exists()]
+    missing = [f for f in CHROOT_REQUIRED_FILES if not (tmp / f).exists()]
     if missing:
-        raise RuntimeError(f"sid chroot lacks {missing}")
+        raise RuntimeError(f"{suite} chroot lacks {missing}")
     version = subprocess.run(
         ["chroot", str(tmp), "dpkg-query", "-W", "-f=${Version}", "slurmctld"],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
-    marker = {"suite": SID_SUITE, "slurmctld": version, "built": int(time.time())}
+    marker = {"suite": suite, "slurmctld": version, "built": int(time.time())}
     (tmp / COMPLETE_MARKER).write_text(json.dumps(marker) + "\n")
 
 
@@ -561,8 +603,11 @@ class SlurmCluster:
         workdir: Path,
         chroot: Path | None,
         name: str,
+        auth_alt_parameters: tuple[str, ...] = (),
     ) -> None:
         self.version = version
+        # Extra AuthAltParameters after jwt_key and jwks (e.g. use_jwt_client_ids_only).
+        self.auth_alt_parameters = auth_alt_parameters
         self.api_version = API_VERSIONS[version]
         self.workdir = Path(workdir)
         self.chroot = chroot
@@ -780,7 +825,13 @@ class SlurmCluster:
             os.chown(p, *munge_ids)
 
         run = self.run_dir_in_cluster
-        jwt_params = f"jwt_key={self._in(self.hs256_key_path)},jwks={self._in(self.jwks_path)}"
+        jwt_params = ",".join(
+            [
+                f"jwt_key={self._in(self.hs256_key_path)}",
+                f"jwks={self._in(self.jwks_path)}",
+                *self.auth_alt_parameters,
+            ]
+        )
         conf = f"""\
 ClusterName={self.cluster_name}
 SlurmctldHost={self.hostname}(127.0.0.1)
@@ -861,7 +912,9 @@ PartitionName=debug Nodes={self.hostname} Default=YES MaxTime=INFINITE State=UP
             f"{self.restd_url}/slurm/{self.api_version}/jobs",
             headers={
                 "X-SLURM-USER-NAME": REST_USER,
-                "X-SLURM-USER-TOKEN": _hs256_token(self._hs256_key, REST_USER),
+                "X-SLURM-USER-TOKEN": _hs256_token(
+                    self._hs256_key, REST_USER, extra=self._probe_identity()
+                ),
             },
         )
         try:
@@ -873,6 +926,20 @@ PartitionName=debug Nodes={self.hostname} Default=YES MaxTime=INFINITE State=UP
         except OSError as exc:
             self._restd_last = repr(exc)
         return False
+
+    def _probe_identity(self) -> dict[str, Any]:
+        """Identity claims for the readiness probe's user where the controller requires them."""
+        if "use_jwt_client_ids_only" not in self.auth_alt_parameters:
+            return {}
+        uid, gid = self._rest_ids
+        # 26.05 refuses an empty gecos.
+        ident = {
+            "name": REST_USER,
+            "gecos": REST_USER,
+            "dir": "/nonexistent",
+            "shell": "/bin/false",
+        }
+        return {"uid": uid, "gid": gid, "id": {**ident, "gids": [gid]}}
 
     def _prepare(self, hs256_key: bytes, jwks_json: str) -> tuple[int, int]:
         """Write the run dir and create the slurmrestd account; return munge's ids."""
@@ -1059,15 +1126,18 @@ def start_cluster(
     jwks_json: str,
     users: tuple[str, ...] = ("alice", "bob"),
     timeout: float = 60,
+    auth_alt_parameters: tuple[str, ...] = (),
 ) -> SlurmCluster:
-    """Start a fresh real Slurm cluster ("22.05" native or "26.05" in the sid chroot).
+    """Start a fresh real Slurm cluster ("22.05" native, "24.11" in the trixie chroot or "26.05"
+    in the sid chroot).
 
     Returns once the node is idle and slurmrestd answers an authenticated request with 200.
     On failure every started daemon is stopped and SlurmStartError carries the log tails.
     """
     if version not in API_VERSIONS:
         raise ValueError(f"unsupported Slurm version {version!r}; use one of {list(API_VERSIONS)}")
-    chroot = ensure_sid_chroot() if version == "26.05" else None
+    suite = CHROOT_SUITES.get(version)
+    chroot = ensure_chroot(suite) if suite else None
     full = _slurm_version(["chroot", str(chroot)] if chroot else [])
     if not full.startswith(version + "."):
         raise RuntimeError(f"wanted Slurm {version}, found {full} ({chroot or 'host'})")
@@ -1076,7 +1146,7 @@ def start_cluster(
     name = f"sjb{version.replace('.', '')}{secrets.token_hex(4)}"
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    cluster = SlurmCluster(version, workdir, chroot, name)
+    cluster = SlurmCluster(version, workdir, chroot, name, auth_alt_parameters)
     cluster.slurm_full_version = full
     _live_clusters.add(cluster)
     try:
@@ -1097,20 +1167,30 @@ def start_cluster(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI for setup scripts that have no virtualenv: build the chroot / create users."""
+    """CLI for setup scripts that have no virtualenv: build the chroots / create users."""
+    suites = sorted(set(CHROOT_SUITES.values()))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--ensure-chroot", action="store_true", help="build the sid chroot if needed")
+    ap.add_argument(
+        "--ensure-chroot",
+        nargs="*",
+        choices=suites,
+        metavar="SUITE",
+        help=f"build the chroots of these suites if needed (default: all of {', '.join(suites)})",
+    )
     ap.add_argument("--ensure-users", nargs="*", metavar="USER", help="create test accounts")
     args = ap.parse_args(argv)
-    if args.ensure_chroot:
-        root = ensure_sid_chroot()
-        print(f"sid chroot ready: {root} {(root / COMPLETE_MARKER).read_text().strip()}")
+    if args.ensure_chroot is not None:
+        for suite in args.ensure_chroot or suites:
+            root = ensure_chroot(suite)
+            print(f"{suite} chroot ready: {root} {(root / COMPLETE_MARKER).read_text().strip()}")
     if args.ensure_users is not None:
         users = tuple(args.ensure_users) or ("alice", "bob")
-        chroot = sid_chroot_path() if _chroot_complete(sid_chroot_path()) else None
-        ensure_test_users(users, chroot)
+        ensure_test_users(users)
+        for suite in suites:
+            if _chroot_complete(chroot_path(suite)):
+                ensure_test_users(users, chroot_path(suite))
         print(f"users ready: {', '.join(users)}")
-    if not args.ensure_chroot and args.ensure_users is None:
+    if args.ensure_chroot is None and args.ensure_users is None:
         ap.print_help()
     return 0
 

@@ -28,12 +28,12 @@ import requests
 
 from .slurm import SlurmCluster, start_cluster
 
-VERSIONS = ("22.05", "26.05")
+VERSIONS = ("22.05", "24.11", "26.05")
 CONFIG_ENV = "SLURM_JWT_BRIDGE_CONFIG"
 
 # How slurmrestd answers a request whose token slurmctld refuses (bad signature, unknown kid,
 # expired, unknown user): see /work/shared/SLURM-JWT.md, table "slurmrestd".
-AUTH_FAILURE_STATUS = {"22.05": 500, "26.05": 511}
+AUTH_FAILURE_STATUS = {"22.05": 500, "24.11": 511, "26.05": 511}
 AUTH_FAILURE_ERROR = "Protocol authentication error"
 AUTH_FAILURE_ERROR_NUMBER = 1007
 
@@ -132,9 +132,13 @@ class BridgeCluster:
 
 
 def start_bridge_cluster(
-    version: str, workdir: Path, users: tuple[str, ...] = ("alice", "bob")
+    version: str,
+    workdir: Path,
+    users: tuple[str, ...] = ("alice", "bob"),
+    auth_alt_parameters: tuple[str, ...] = (),
 ) -> BridgeCluster:
-    """``keys init`` and ``jwks export`` with the real CLI, then a cluster trusting them."""
+    """``keys init`` and ``jwks export`` with the real CLI, then a cluster trusting them
+    (``auth_alt_parameters``: more AuthAltParameters, e.g. ``use_jwt_client_ids_only``)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     keys_dir = workdir / "keys"
@@ -147,6 +151,7 @@ def start_bridge_cluster(
         (keys_dir / "jwt_hs256.key").read_bytes(),
         jwks_file.read_text(),
         users,
+        auth_alt_parameters=auth_alt_parameters,
     )
     return BridgeCluster(cluster, keys_dir, workdir)
 
@@ -289,8 +294,8 @@ def run_whoami_job(
 def auth_refusal_problem(cluster: SlurmCluster, resp: requests.Response) -> str | None:
     """Why ``resp`` is not this version's answer to a token slurmctld refused (None if it is).
 
-    22.05: HTTP 500. 26.05: HTTP 511 with errors[] holding "Protocol authentication error",
-    error_number 1007.
+    22.05: HTTP 500. 24.11 and 26.05: HTTP 511 with errors[] holding "Protocol authentication
+    error", error_number 1007.
     """
     want = AUTH_FAILURE_STATUS[cluster.version]
     if resp.status_code != want:

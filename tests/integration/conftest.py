@@ -1,10 +1,11 @@
 """Fixtures for integration tests against real Slurm daemons trusting the bridge's keys.
 
-``slurm_2205`` / ``slurm_2605`` (session): a keys dir made by the real CLI (``keys init``), its
-JWKS exported by the CLI (``jwks export``), and a running cluster whose jwt_key holds the bridge's
-HS256 key bytes and whose jwks file is that export. Both can run at once (own keys dir, ports,
-ClusterName). Tests that change keys or the controller (rotation) use ``make_slurm`` instead,
-which starts a fresh cluster for the test alone (~0.2 s) and stops it afterwards.
+``slurm_2205`` / ``slurm_2411`` / ``slurm_2605`` (session): a keys dir made by the real CLI
+(``keys init``), its JWKS exported by the CLI (``jwks export``), and a running cluster whose
+jwt_key holds the bridge's HS256 key bytes and whose jwks file is that export. All can run at
+once (own keys dir, ports, ClusterName). Tests that change keys or the controller (rotation) use
+``make_slurm`` instead, which starts a fresh cluster for the test alone (~0.2 s) and stops it
+afterwards; ``make_slurm_module`` does the same for every test of one module.
 
 Without root or the Slurm packages the fixtures skip locally and fail in CI (``skip_or_fail``).
 Helpers (CLI runner, REST calls, job submission) are in tests/helpers/slurm_rest.py.
@@ -89,42 +90,43 @@ def _require_slurm(config: pytest.Config, version: str) -> None:
                 "run scripts/install-system-deps.sh",
             )
         return
-    root = slurm_helper.sid_chroot_path()
+    suite = slurm_helper.CHROOT_SUITES[version]
+    root = slurm_helper.chroot_path(suite)
     if not slurm_helper._chroot_complete(root) and shutil.which("debootstrap") is None:
-        _skip_or_fail(config, f"no sid chroot at {root} and no debootstrap to build it")
+        _skip_or_fail(config, f"no {suite} chroot at {root} and no debootstrap to build it")
     try:
-        slurm_helper.ensure_sid_chroot()
+        slurm_helper.ensure_chroot(suite)
     except Exception as exc:  # network, disk: the environment, not the code under test
-        _skip_or_fail(config, f"cannot build the Slurm 26.05 sid chroot: {exc}")
+        _skip_or_fail(config, f"cannot build the Slurm {version} {suite} chroot: {exc}")
 
 
-def _start(config: pytest.Config, version: str, workdir: Path) -> BridgeCluster:
+def _start(
+    config: pytest.Config, version: str, workdir: Path, auth_alt_parameters: tuple[str, ...] = ()
+) -> BridgeCluster:
     _require_slurm(config, version)
-    return start_bridge_cluster(version, workdir)
+    return start_bridge_cluster(version, workdir, auth_alt_parameters=auth_alt_parameters)
 
 
-@pytest.fixture(scope="session")
-def slurm_2205(
-    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BridgeCluster]:
-    """Slurm 22.05 (host packages) trusting a bridge keys dir; shared by the session."""
-    bc = _start(pytestconfig, "22.05", tmp_path_factory.mktemp("slurm2205"))
-    try:
-        yield bc
-    finally:
-        bc.stop()
+def _session_cluster_fixture(version: str, where: str) -> Any:
+    """The session fixture ``slurm_<version digits>``: one cluster shared by the session."""
+
+    def cluster(
+        pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+    ) -> Iterator[BridgeCluster]:
+        bc = _start(pytestconfig, version, tmp_path_factory.mktemp(f"slurm{version}"))
+        try:
+            yield bc
+        finally:
+            bc.stop()
+
+    cluster.__doc__ = f"Slurm {version} ({where}) trusting its own bridge keys dir."
+    name = f"slurm_{version.replace('.', '')}"
+    return pytest.fixture(scope="session", name=name)(cluster)
 
 
-@pytest.fixture(scope="session")
-def slurm_2605(
-    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[BridgeCluster]:
-    """Slurm 26.05 (sid chroot) trusting its own bridge keys dir; shared by the session."""
-    bc = _start(pytestconfig, "26.05", tmp_path_factory.mktemp("slurm2605"))
-    try:
-        yield bc
-    finally:
-        bc.stop()
+slurm_2205 = _session_cluster_fixture("22.05", "host packages")
+slurm_2411 = _session_cluster_fixture("24.11", "trixie chroot")
+slurm_2605 = _session_cluster_fixture("26.05", "sid chroot")
 
 
 @pytest.fixture(scope="module")
@@ -178,15 +180,13 @@ def slurm(request: pytest.FixtureRequest) -> BridgeCluster:
     return request.getfixturevalue(f"slurm_{request.param.replace('.', '')}")
 
 
-@pytest.fixture
-def make_slurm(
-    pytestconfig: pytest.Config, tmp_path: Path
-) -> Iterator[Callable[[str], BridgeCluster]]:
-    """Factory: a fresh cluster + keys dir of the given version, owned by this test alone."""
+@contextlib.contextmanager
+def _cluster_factory(config: pytest.Config, base: Path) -> Iterator[Callable[..., BridgeCluster]]:
     started: list[BridgeCluster] = []
 
-    def make(version: str) -> BridgeCluster:
-        bc = _start(pytestconfig, version, tmp_path / f"slurm{version}-{len(started)}")
+    def make(version: str, auth_alt_parameters: tuple[str, ...] = ()) -> BridgeCluster:
+        workdir = base / f"slurm{version}-{len(started)}"
+        bc = _start(config, version, workdir, auth_alt_parameters)
         started.append(bc)
         return bc
 
@@ -195,6 +195,25 @@ def make_slurm(
     finally:
         for bc in started:
             bc.stop()
+
+
+@pytest.fixture
+def make_slurm(
+    pytestconfig: pytest.Config, tmp_path: Path
+) -> Iterator[Callable[..., BridgeCluster]]:
+    """Factory: a fresh cluster + keys dir of the given version, owned by this test alone
+    (``auth_alt_parameters``: more AuthAltParameters, e.g. ``("use_jwt_client_ids_only",)``)."""
+    with _cluster_factory(pytestconfig, tmp_path) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def make_slurm_module(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., BridgeCluster]]:
+    """``make_slurm`` whose clusters serve every test of one module."""
+    with _cluster_factory(pytestconfig, tmp_path_factory.mktemp("module-slurm")) as make:
+        yield make
 
 
 @pytest.fixture
