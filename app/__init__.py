@@ -35,7 +35,11 @@ class Bridge:
 
 def build_bridge(settings: Settings, metrics: Any = None) -> Bridge:
     """Load keys and wire the pipeline (no Flask); raises on a bad key directory."""
-    keys = KeyRingSource(settings.keys.dir, settings.keys.reload_interval)
+    keys = KeyRingSource(
+        settings.keys.dir,
+        settings.keys.reload_interval,
+        on_reload_error=metrics.key_reload_failed if metrics is not None else None,
+    )
     audit = AuditLog(settings.audit.destination)
     verifier = None
     if settings.issuers:

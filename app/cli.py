@@ -97,13 +97,50 @@ def keys_init(config_path: Path | None, keys_dir: Path | None, bits: str | None)
 
 @keys.command("rotate")
 @config_options
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Activate the next key even if it was published less than [keys] min_next_age ago.",
+)
+@click.option(
+    "--jwks-url",
+    help="The bridge's JWKS URL: refuse unless the running service publishes the next key.",
+)
+@click.option("--ca-file", type=click.Path(dir_okay=False), help="CA bundle for --jwks-url.")
 @_errors
-def keys_rotate(config_path: Path | None, keys_dir: Path | None) -> None:
+def keys_rotate(
+    config_path: Path | None,
+    keys_dir: Path | None,
+    force: bool,
+    jwks_url: str | None,
+    ca_file: str | None,
+) -> None:
     """Promote next to active, retire the active key, create a new next key."""
+    from .audit import AuditLog
+
     s = _settings(config_path, keys_dir)
-    for line in keyring.rotate_keys(
-        s.keys.dir, s.tokens.max_lifetime, s.keys.retire_margin, s.keys.rsa_bits
-    ):
+    published = None
+    if jwks_url:
+        from .jwks_file import fetch_jwks
+
+        doc = fetch_jwks(jwks_url, verify=ca_file or True)
+        published = {k.get("kid") for k in doc.get("keys", []) if isinstance(k, dict)}
+    audit = AuditLog(s.audit.destination if s.audit.destination != "stdout" else "stderr")
+    try:
+        lines = keyring.rotate_keys(
+            s.keys.dir,
+            s.tokens.max_lifetime,
+            s.keys.retire_margin,
+            s.keys.rsa_bits,
+            min_next_age=s.keys.min_next_age,
+            force=force,
+            published_kids=published,
+        )
+    except keyring.KeyRingError as exc:
+        audit.record("keys.rotate", "refused", reason=str(exc), forced=force or None)
+        raise
+    audit.record("keys.rotate", "rotated", changes=lines, forced=force or None)
+    for line in lines:
         click.echo(line)
 
 
@@ -249,6 +286,83 @@ def mint(
     sys.stdout.write(f"SLURM_JWT={token.token}\n")
 
 
+# ---------------------------------------------------------------- doctor
+
+
+@main.command("doctor")
+@config_options
+@click.option(
+    "--slurm-conf",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="SLURM_CONF",
+    default="/etc/slurm/slurm.conf",
+    show_default=True,
+    help="slurm.conf of the controller (default $SLURM_CONF).",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="The controller's filesystem root (a container or chroot) when not run inside it.",
+)
+@click.option("--slurm-version", help="Slurm version, e.g. 22.05 (default: slurmctld -V).")
+@click.option("--url", help="The bridge's JWKS URL, to compare with the JWKS file.")
+@click.option("--ca-file", type=click.Path(dir_okay=False), help="CA bundle for https.")
+@click.option("--token", help="A Slurm token to explain; - reads it from standard input.")
+def doctor(
+    config_path: Path | None,
+    keys_dir: Path | None,
+    slurm_conf: Path,
+    root: Path | None,
+    slurm_version: str | None,
+    url: str | None,
+    ca_file: str | None,
+    token: str | None,
+) -> None:
+    """Say why Slurm refuses the bridge's tokens: slurm.conf, key files, JWKS, one token.
+
+    Run on the controller host. Exit 0 when nothing fails, 1 when something does.
+    """
+    from .doctor import Host, SlurmVersion, run_doctor
+
+    version = None
+    if slurm_version:
+        try:
+            version = SlurmVersion.parse(slurm_version)
+        except ValueError as exc:
+            _fail(str(exc))
+    published = states = hs256 = None
+    if url:
+        from .jwks_file import JwksError, fetch_jwks
+
+        try:
+            published = fetch_jwks(url, verify=ca_file or True)
+        except JwksError as exc:
+            _fail(f"cannot compare with the bridge: {exc}")
+    if config_path or keys_dir:
+        try:
+            ring = keyring.KeyRing.load(_settings(config_path, keys_dir).keys.dir)
+        except (SettingsError, keyring.KeyRingError) as exc:
+            _fail(str(exc))
+            return
+        published = published or ring.jwks()
+        states = {k.kid: k.state for k in ring.rsa_keys}
+        hs256 = ring.hs256
+    if token == "-":
+        token = sys.stdin.readline().strip().removeprefix("SLURM_JWT=")
+    report = run_doctor(
+        slurm_conf,
+        host=Host(root),
+        version=version,
+        published=published,
+        states=states,
+        bridge_hs256=hs256,
+        token=token,
+    )
+    for finding in report.findings:
+        click.echo(finding.line())
+    sys.exit(1 if report.failed else 0)
+
+
 # ---------------------------------------------------------------- login
 
 
@@ -310,20 +424,23 @@ def serve(
     from . import create_app
 
     s = _settings(config_path, keys_dir)
-    host = host or s.server.host
-    port = port if port is not None else s.server.port
     if prod:
         if config_path:
             os.environ[CONFIG_ENV] = str(config_path.resolve())
         create_app(s)  # fail here, with one line, rather than in every worker
-        argv = ["gunicorn", "-c", "python:app.gunicorn_conf", "--bind", f"{host}:{port}"]
+        argv = ["gunicorn", "-c", "python:app.gunicorn_conf"]
+        # --host/--port win; else app.gunicorn_conf takes GUNICORN_BIND, then [server].
+        if host is not None or port is not None:
+            bind_host = host or s.server.host
+            bind_port = port if port is not None else s.server.port
+            argv += ["--bind", f"{bind_host}:{bind_port}"]
         if workers:
             argv += ["--workers", str(workers)]
         if keys_dir:
             os.environ["SLURM_JWT_BRIDGE_KEYS_DIR"] = str(Path(keys_dir).resolve())
         exe = Path(sys.executable).parent / "gunicorn"
         os.execv(str(exe), [*argv, "app:create_app()"])  # noqa: S606 (fixed argv)
-    create_app(s).run(host=host, port=port)
+    create_app(s).run(host=host or s.server.host, port=port if port is not None else s.server.port)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,7 +2,8 @@
 
     gunicorn -c python:app.gunicorn_conf 'app:create_app()'
 
-Environment: GUNICORN_BIND (default 0.0.0.0:8000), GUNICORN_WORKERS (default 2 x CPUs + 1),
+Environment: GUNICORN_BIND (default: [server] host:port of $SLURM_JWT_BRIDGE_CONFIG, else
+127.0.0.1:8000), GUNICORN_WORKERS (default 2 x CPUs + 1),
 GUNICORN_THREADS (4), GUNICORN_TIMEOUT (30), SLURM_JWT_BRIDGE_CONFIG (the TOML file).
 SIGHUP starts new workers that re-read the configuration and keys, then stops the old ones
 gracefully; the key ring also reloads by itself when the keys directory changes.
@@ -14,7 +15,21 @@ import os
 import tempfile
 from typing import Any
 
-bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+
+def _configured_bind() -> str:
+    """[server] host:port of the configuration file, else loopback: never every interface by
+    default. A file that does not load is reported by create_app, with its one-line reason."""
+    try:
+        from app.settings import load_settings
+
+        server = load_settings(None).server
+    except Exception:  # the app factory reports it, with its one-line reason
+        return "127.0.0.1:8000"
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    return f"{host}:{server.port}"
+
+
+bind = os.environ.get("GUNICORN_BIND") or _configured_bind()
 workers = int(os.environ.get("GUNICORN_WORKERS", str(2 * (os.cpu_count() or 1) + 1)))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 worker_class = "gthread"
@@ -25,6 +40,10 @@ max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "0"))
 max_requests_jitter = 50 if max_requests else 0
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+# gunicorn 25.1+ opens a control socket under $HOME by default; the service account's home is
+# /nonexistent, which logs an ERROR at every start. Nothing here uses it.
+control_socket_disable = True
 
 accesslog = "-"
 errorlog = "-"

@@ -17,13 +17,14 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import secrets
 import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ LOCK_FILE = ".lock"
 HS256_MIN_BYTES = 32
 HS256_DEFAULT_BYTES = 64
 STATES = ("next", "active", "retired")
+
+log = logging.getLogger(__name__)
 
 
 class KeyRingError(Exception):
@@ -135,10 +138,27 @@ def check_private_file(path: Path) -> None:
         )
 
 
+def _user_name(uid: int) -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"
+
+
 def _read_private(path: Path) -> bytes:
     check_private_file(path)
     try:
         return path.read_bytes()
+    except PermissionError:
+        owner = _user_name(path.stat().st_uid)
+        raise KeyRingError(
+            f"{path}: cannot read key file: owned by {owner}, read as {_user_name(os.geteuid())} "
+            f"(create keys as the service user: runuser -u {owner} -- slurm-jwt-bridge keys ...)"
+            if owner != _user_name(os.geteuid())
+            else f"{path}: cannot read key file: permission denied"
+        ) from None
     except OSError as exc:
         raise KeyRingError(f"{path}: cannot read key file: {exc.strerror}") from None
 
@@ -297,6 +317,7 @@ def init_keys(directory: str | os.PathLike[str], bits: int = 2048) -> list[str]:
     Never overwrites an existing key. Returns a line per thing created.
     """
     d = Path(directory)
+    check_owner(d)
     _prepare_dir(d)
     created: list[str] = []
     with _locked(d):
@@ -324,11 +345,44 @@ def init_keys(directory: str | os.PathLike[str], bits: int = 2048) -> list[str]:
     return created
 
 
-def rotate_keys(
-    directory: str | os.PathLike[str], max_lifetime: int, margin: int, bits: int = 2048
-) -> list[str]:
-    """next -> active, active -> retired (published until its tokens expired), new next."""
+def check_owner(directory: str | os.PathLike[str]) -> None:
+    """Refuse to change a keys directory as anyone but its owner.
+
+    A key file written by root (0600) cannot be read by the service: it keeps signing with its
+    old ring, and the next rotation would activate a key that was never published.
+    """
     d = Path(directory)
+    try:
+        owner = d.stat().st_uid
+    except FileNotFoundError:
+        return  # created by this command, owned by its caller
+    me = os.geteuid()
+    if owner != me:
+        raise KeyRingError(
+            f"{d}: owned by {_user_name(owner)}, not by {_user_name(me)}: run key commands as "
+            f"the owner, e.g. runuser -u {_user_name(owner)} -- slurm-jwt-bridge ..."
+        )
+
+
+def rotate_keys(
+    directory: str | os.PathLike[str],
+    max_lifetime: int,
+    margin: int,
+    bits: int = 2048,
+    *,
+    min_next_age: int = 0,
+    force: bool = False,
+    published_kids: set[str] | None = None,
+) -> list[str]:
+    """next -> active, active -> retired (published until its tokens expired), new next.
+
+    The next key becomes active only once it can have reached slurmctld: the whole ring must
+    load (every key readable and valid), the next key must have been published for
+    ``min_next_age`` seconds, and, when ``published_kids`` is given (the JWKS the bridge
+    serves), be among them. ``force`` skips the age rule only.
+    """
+    d = Path(directory)
+    check_owner(d)
     with _locked(d):
         ring = _read_ring(d)
         now = int(time.time())
@@ -337,6 +391,19 @@ def rotate_keys(
             raise KeyRingError(
                 f"{d}: no next key to promote (a next key must be published before it signs; "
                 "run: slurm-jwt-bridge keys init)"
+            )
+        KeyRing.load(d)  # every key file readable and matching its kid, or a one-line error
+        age = now - int(nxt["created"])
+        if age < min_next_age and not force:
+            raise KeyRingError(
+                f"next key {nxt['kid']} was published {age} s ago, less than [keys] "
+                f"min_next_age = {min_next_age} s: slurmctld may not have it yet (sync the "
+                "JWKS to the controller and wait, or rotate --force)"
+            )
+        if published_kids is not None and nxt["kid"] not in published_kids:
+            raise KeyRingError(
+                f"next key {nxt['kid']} is not in the JWKS the bridge serves: the service has "
+                "not loaded it (check its log and /readyz), so slurmctld cannot have it"
             )
         lines = []
         for e in ring["keys"]:
@@ -347,7 +414,10 @@ def rotate_keys(
                 lines.append(f"retired {e['kid']} (published until {e['publish_until']})")
         nxt["state"] = "active"
         nxt["activated"] = now
-        lines.append(f"activated {nxt['kid']}")
+        lines.append(
+            f"activated {nxt['kid']}"
+            + (f" (forced, published {age} s)" if force and age < min_next_age else "")
+        )
         new = _new_rsa(d, bits, "next", now)
         ring["keys"].append(new)
         lines.append(f"created next {new['kid']}")
@@ -358,6 +428,7 @@ def rotate_keys(
 def prune_keys(directory: str | os.PathLike[str], now: float | None = None) -> list[str]:
     """Remove retired keys whose every token has expired."""
     d = Path(directory)
+    check_owner(d)
     now = time.time() if now is None else now
     with _locked(d):
         ring = _read_ring(d)
@@ -388,6 +459,7 @@ def import_hs256(source: str | os.PathLike[str], directory: str | os.PathLike[st
             f"{src}: {len(data)} bytes; an HS256 key needs at least {HS256_MIN_BYTES}"
         )
     d = Path(directory)
+    check_owner(d)
     _prepare_dir(d)
     with _locked(d):
         dest = d / HS256_FILE
@@ -410,9 +482,15 @@ class KeyRingSource:
     half-written Secret update or a bad file never stops token minting.
     """
 
-    def __init__(self, directory: Path, check_interval: float = 2.0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        check_interval: float = 2.0,
+        on_reload_error: Callable[[str], None] | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.check_interval = check_interval
+        self.on_reload_error = on_reload_error
         self._lock = threading.Lock()
         self._ring = KeyRing.load(self.directory)
         self._stamp = self._dir_stamp()
@@ -446,7 +524,11 @@ class KeyRingSource:
             try:
                 ring = KeyRing.load(self.directory)
             except KeyRingError as exc:
+                if str(exc) != self.last_error:
+                    log.error("key ring reload failed, still serving the previous ring: %s", exc)
                 self.last_error = str(exc)
+                if self.on_reload_error is not None:
+                    self.on_reload_error(str(exc))
                 return False
             self._stamp = stamp
             self.last_error = None

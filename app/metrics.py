@@ -44,6 +44,10 @@ PROXY_SECONDS = Histogram(
 AUTH_REQUESTS = Counter(
     f"{PREFIX}_auth_requests_total", "Answers to nginx auth_request (GET /proxy/auth)", ["status"]
 )
+KEY_RELOAD_FAILURES = Counter(
+    f"{PREFIX}_key_reload_failures_total",
+    "Changed keys directories that failed to load (the previous ring stays in service)",
+)
 KEY_AGE = Gauge(
     f"{PREFIX}_active_key_age_seconds", "Age of the active RS256 key", multiprocess_mode="max"
 )
@@ -76,6 +80,9 @@ class Metrics:
 
     def auth_answered(self, status: int) -> None:
         AUTH_REQUESTS.labels(str(status)).inc()
+
+    def key_reload_failed(self, reason: str) -> None:
+        KEY_RELOAD_FAILURES.inc()
 
 
 def render(ring: KeyRing, rotation_period: int) -> tuple[bytes, str]:

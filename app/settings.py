@@ -42,6 +42,7 @@ class KeySettings:
     retire_margin: int = 300
     reload_interval: float = 2.0
     rotation_period: int = 604800
+    min_next_age: int = 900
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,7 @@ def _keys(t: _Table, base: Path) -> KeySettings:
         retire_margin=t.int("retire_margin", 300, minimum=0),
         reload_interval=t.number("reload_interval", 2.0),
         rotation_period=t.int("rotation_period", 604800, minimum=3600),
+        min_next_age=t.int("min_next_age", 900, minimum=0),
     )
     if s.rsa_bits not in (2048, 3072, 4096):
         raise SettingsError(f"{t.key('rsa_bits')}: must be 2048, 3072 or 4096, got {s.rsa_bits}")
@@ -421,6 +423,11 @@ def _issuer(t: _Table) -> IssuerSettings:
     name = t.str("name")
     kind = t.str("kind", choices=ISSUER_KINDS)
     issuer = _url(t, "issuer", t.str("issuer"))
+    if kind == "keycloak" and issuer.endswith("/"):
+        raise SettingsError(
+            f"{t.key('issuer')}: Keycloak's issuer is <base>/realms/<realm> without a trailing "
+            f"slash (its tokens' iss has none), got {_show(issuer)}"
+        )
     token_use = t.strs("token_use", ("access",))
     for use in token_use:
         if use not in TOKEN_USES:

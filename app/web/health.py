@@ -26,7 +26,9 @@ def readyz() -> ResponseReturnValue:
             "reload_error": bridge.keys.last_error,
         }
     }
-    ready = ring.active is not None or ring.hs256 is not None
+    # A keys directory that changed and failed to load means the service signs with a ring
+    # that is no longer the one on disk: not ready until it loads again.
+    ready = (ring.active is not None or ring.hs256 is not None) and bridge.keys.last_error is None
     verifier = bridge.pipeline.verifier
     if verifier is not None:
         verifier.refresh_due()

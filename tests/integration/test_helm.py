@@ -534,7 +534,7 @@ def test_keys_secret_reaches_the_bridge_as_private_files(
     # The sidecar carries a rotated Secret into the running pod's copy.
     rotated = tmp_path / "rotated"
     shutil.copytree(keys_dir, rotated)
-    bridge_cli("keys", "rotate", "--keys-dir", str(rotated))
+    bridge_cli("keys", "rotate", "--keys-dir", str(rotated), "--force")
     new_data = {
         p.name: base64.b64encode(p.read_bytes()).decode()
         for p in rotated.iterdir()
@@ -675,7 +675,10 @@ def rotation_setup(
     check_rotation_objects(docs, cron, secret["metadata"]["name"], jwks_cm["metadata"]["name"])
     script = script_from(docs, tmp_path)
     config = tmp_path / "bridge.toml"
-    config.write_text(config_text(docs))
+    # The ring was made a moment ago: let the CronJob rotate without waiting min_next_age.
+    text = config_text(docs)
+    assert "[keys]\n" in text
+    config.write_text(text.replace("[keys]\n", "[keys]\nmin_next_age = 0\n", 1))
     token = tmp_path / "token"
     token.write_text("sa-token-123\n")
     work = tmp_path / "work"

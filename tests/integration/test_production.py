@@ -141,7 +141,7 @@ def test_sighup_after_rotate_serves_new_jwks_without_failures(
     try:
         time.sleep(1.0)
         out = subprocess.run(
-            [CLI, "keys", "rotate", "--keys-dir", str(keys)],
+            [CLI, "keys", "rotate", "--keys-dir", str(keys), "--force"],
             capture_output=True,
             text=True,
             check=True,

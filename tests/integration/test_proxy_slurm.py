@@ -267,7 +267,7 @@ def test_unknown_kid_gives_slurm_token_refused(
     bc = make_slurm(version)
     cluster = bc.cluster
     for _ in range(2):
-        bridge("keys", "rotate", "--keys-dir", bc.keys_dir, check=True)
+        bridge("keys", "rotate", "--keys-dir", bc.keys_dir, "--force", check=True)
     kid = active_kid(bc.keys_dir)
     on_controller = json.loads(cluster.jwks_path.read_text())["keys"]
     assert kid not in [k["kid"] for k in on_controller]

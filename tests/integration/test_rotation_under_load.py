@@ -172,7 +172,7 @@ def _sync(bc: BridgeCluster, server: BridgeServer) -> int:
 
 
 def _rotate(bc: BridgeCluster) -> str:
-    bridge("keys", "rotate", "--keys-dir", bc.keys_dir, check=True)
+    bridge("keys", "rotate", "--keys-dir", bc.keys_dir, "--force", check=True)
     active = KeyRing.load(bc.keys_dir).active
     assert active is not None
     return active.kid

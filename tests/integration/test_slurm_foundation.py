@@ -285,7 +285,7 @@ def test_hs256_token_matches_scontrol_token(
 
 def _rotate(bc: BridgeCluster) -> str:
     """``keys rotate`` with the CLI; return the new active kid."""
-    bridge("keys", "rotate", "--keys-dir", bc.keys_dir, check=True)
+    bridge("keys", "rotate", "--keys-dir", bc.keys_dir, "--force", check=True)
     active = KeyRing.load(bc.keys_dir).active
     assert active is not None
     return active.kid

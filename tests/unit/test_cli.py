@@ -85,7 +85,7 @@ def test_keys_commands(tmp_path: Path) -> None:
     runner = CliRunner()
     assert "created active" in runner.invoke(main, ["keys", "init", "--keys-dir", d]).output
     assert "nothing created" in runner.invoke(main, ["keys", "init", "--keys-dir", d]).output
-    out = runner.invoke(main, ["keys", "rotate", "--keys-dir", d]).output
+    out = runner.invoke(main, ["keys", "rotate", "--keys-dir", d, "--force"]).output
     assert "activated" in out and "retired" in out
     listed = json.loads(runner.invoke(main, ["keys", "list", "--keys-dir", d, "--json"]).output)
     assert sorted(r["state"] for r in listed["rs256"]) == ["active", "next", "retired"]

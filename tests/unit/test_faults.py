@@ -597,8 +597,11 @@ def test_failed_reload_keeps_the_last_good_ring(
         token = r.json()["access_token"]
         assert jwt.get_unverified_header(token)["kid"] == before.active.kid
         assert jwt.decode(token, public, algorithms=["RS256"])["sun"] == "alice"
+        # Still minting with the last good ring, but not ready: the ring on disk is not the
+        # one in service, so an orchestrator must not route to (or roll out) this state.
         ready = served.get("/readyz")
-        assert ready.status_code == 200, ready.json()
+        assert ready.status_code == 503, ready.json()
+        assert "slurm_jwt_bridge_key_reload_failures_total" in served.get("/metrics").text
         error = ready.json()["checks"]["keys"]["reload_error"]
         assert error and fragment in error, (fragment, error)
         assert ready.json()["checks"]["keys"]["active_kid"] == before.active.kid

@@ -52,6 +52,11 @@ def test_env_var_names_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             "issuers[0].audiences: set audiences or allowed_clients",
         ),
         (
+            {"issuers": [{"name": "a", "kind": "keycloak", "issuer": "https://kc/realms/x/"}]},
+            "issuers[0].issuer: Keycloak's issuer is <base>/realms/<realm> without a trailing",
+        ),
+        ({"keys": {"min_next_age": -1}}, "keys.min_next_age: must be >= 0"),
+        (
             {"mapping": {"rules": [{"claim": "sub", "regex": "^(.*)$"}]}},
             "mapping.rules[0].regex: needs a named group (?P<user>...)",
         ),
