@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from limits.errors import ConfigurationError
 
 from . import keys as keyring
 from .errors import BridgeError
@@ -44,6 +45,11 @@ def _errors(func: Callable[..., Any]) -> Callable[..., Any]:
             _fail(str(exc))
         except BridgeError as exc:
             _fail(f"{exc.error}: {exc.reason}")
+        except OSError as exc:  # a file or directory named in the configuration or a flag
+            where = f"{exc.filename}: " if exc.filename else ""
+            _fail(f"{where}{exc.strerror or exc}")
+        except ConfigurationError as exc:  # e.g. a redis:// storage_uri without the redis extra
+            _fail(f"rate_limit.storage_uri: {exc} (pip install 'slurm-jwt-bridge[redis]')")
 
     return wrapper
 
@@ -240,6 +246,11 @@ def jwks_sync(
 
     Exit 0: unchanged; 3: changed (and reconfigured when asked); 1: error (OUT untouched).
     """
+    if config_path is not None:
+        try:  # nothing in it is needed here, but a broken file must not pass unnoticed
+            _settings(config_path, keys_dir)
+        except SettingsError as exc:
+            _fail(str(exc), EXIT_ERROR)
     try:
         result = sync_jwks(
             url,

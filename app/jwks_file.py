@@ -132,16 +132,25 @@ def sync_jwks(
         old_doc = json.loads(old) if old is not None else None
     except ValueError:
         old_doc = None
+    argv: list[str] = []
+    if reconfigure_command:
+        # Parsed before the file changes: an unusable command must not leave a new file behind
+        # that the next run would call "unchanged" and never reconfigure for.
+        try:
+            argv = shlex.split(reconfigure_command)
+        except ValueError as exc:
+            raise JwksError(f"--reconfigure-command {reconfigure_command!r}: {exc}") from None
+        if not argv:
+            raise JwksError("--reconfigure-command is empty")
     if old_doc == doc:
         return SyncResult(False, kids, f"{out}: unchanged ({len(kids)} keys)")
     write_jwks(out, doc)
-    if reconfigure_command:
-        argv = shlex.split(reconfigure_command)
+    if argv:
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
             failed = proc.returncode != 0
             detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] if failed else []
-        except (OSError, subprocess.TimeoutExpired) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             failed, detail = True, [str(exc)]
         if failed:
             if old is None:
