@@ -339,12 +339,12 @@ def _usernames(t: _Table, name: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------- sections
 
 
-def _server(t: _Table) -> ServerSettings:
+def _server(t: _Table, base: Path) -> ServerSettings:
     s = ServerSettings(
         host=t.str("host", "127.0.0.1"),
         port=t.int("port", 8000, minimum=0, maximum=65535),
         public_url=t.str("public_url", "").rstrip("/"),
-        secret_key_file=t.str("secret_key_file", ""),
+        secret_key_file=_path(base, t.str("secret_key_file", "")),
         proxy_fix=t.int("proxy_fix", 0, minimum=0),
     )
     t.done()
@@ -354,7 +354,7 @@ def _server(t: _Table) -> ServerSettings:
 def _keys(t: _Table, base: Path) -> KeySettings:
     raw_dir = t.str("dir", "keys")
     s = KeySettings(
-        dir=(base / raw_dir) if not os.path.isabs(raw_dir) else Path(raw_dir),
+        dir=Path(_path(base, raw_dir)),
         default_alg=t.str("default_alg", "RS256", choices=SIGNING_ALGS),
         rsa_bits=t.int("rsa_bits", 2048),
         retire_margin=t.int("retire_margin", 300, minimum=0),
@@ -403,12 +403,19 @@ def _jwks(t: _Table) -> JwksSettings:
     return s
 
 
-def _audit(t: _Table) -> AuditSettings:
+def _path(base: Path, value: str) -> str:
+    """A path from the file, taken from the file's own directory when relative."""
+    return value if not value or os.path.isabs(value) else str(base / value)
+
+
+def _audit(t: _Table, base: Path) -> AuditSettings:
     dest = t.str("destination", "stdout")
     if dest not in ("stdout", "stderr", "none") and not dest.startswith("file:"):
         raise SettingsError(
             f"{t.key('destination')}: must be stdout, stderr, none or file:/path, got {_show(dest)}"
         )
+    if dest.startswith("file:"):
+        dest = "file:" + _path(base, dest[5:])
     t.done()
     return AuditSettings(destination=dest)
 
@@ -694,12 +701,12 @@ def parse_settings(data: dict[str, Any], base: Path | None = None, source: str =
         raise SettingsError(f"issuers: the name {sorted(dupes)[0]!r} is used twice")
     tokens = _tokens(root.table("tokens"))
     settings = Settings(
-        server=_server(root.table("server")),
+        server=_server(root.table("server"), base),
         keys=_keys(root.table("keys"), base),
         tokens=tokens,
         policy=_policy(root.table("policy")),
         jwks=_jwks(root.table("jwks")),
-        audit=_audit(root.table("audit")),
+        audit=_audit(root.table("audit"), base),
         issuers=issuers,
         mapping=_mapping(root.table("mapping"), set(names)),
         service_accounts=tuple(

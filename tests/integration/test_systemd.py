@@ -41,6 +41,8 @@ UNIT_FILES = [
     "slurm-jwt-bridge-jwks-sync.timer",
     "slurm-jwt-bridge-rotate.service",
     "slurm-jwt-bridge-rotate.timer",
+    "slurm-jwt-bridge-prune.service",
+    "slurm-jwt-bridge-prune.timer",
 ]
 
 
@@ -196,6 +198,7 @@ def test_verify_would_catch_a_broken_unit(analyze: str, tmp_path: Path) -> None:
     [
         ("slurm-jwt-bridge.service", 2.0),
         ("slurm-jwt-bridge-rotate.service", 2.0),
+        ("slurm-jwt-bridge-prune.service", 2.0),
         # root (writes /etc/slurm, runs scontrol) and on the network: less to take away
         ("slurm-jwt-bridge-jwks-sync.service", 5.0),
     ],
@@ -207,17 +210,26 @@ def test_exposure_score(analyze: str, name: str, limit: float) -> None:
     assert float(m.group(1)) <= limit, proc.stdout
 
 
-def test_weekly_rotation_calendar(analyze: str) -> None:
-    unit = parse_unit(UNITS / "slurm-jwt-bridge-rotate.timer")
+def timer_days(analyze: str, name: str) -> list[tuple[str, str]]:
+    unit = parse_unit(UNITS / name)
+    assert value(unit, "Timer", "Persistent") == "true"
+    assert value(unit, "Timer", "RandomizedDelaySec")
     spec = value(unit, "Timer", "OnCalendar")
     proc = subprocess.run(
         [analyze, "calendar", "--iterations=3", spec], capture_output=True, text=True, check=False
     )
     assert proc.returncode == 0, proc.stderr
-    days = re.findall(r"(?:Next elapse|Iter\. #\d+):\s+(\w{3}) (\d{4}-\d\d-\d\d)", proc.stdout)
-    assert len(days) == 3 and {d for d, _ in days} == {"Mon"}, proc.stdout
-    assert value(unit, "Timer", "Persistent") == "true"
-    assert value(unit, "Timer", "RandomizedDelaySec")
+    return re.findall(r"(?:Next elapse|Iter\. #\d+):\s+(\w{3}) (\d{4}-\d\d-\d\d)", proc.stdout)
+
+
+def test_weekly_rotation_calendar(analyze: str) -> None:
+    days = timer_days(analyze, "slurm-jwt-bridge-rotate.timer")
+    assert len(days) == 3 and {d for d, _ in days} == {"Mon"}, days
+
+
+def test_daily_prune_calendar(analyze: str) -> None:
+    days = timer_days(analyze, "slurm-jwt-bridge-prune.timer")
+    assert len(days) == 3 and len({day for _, day in days}) == 3, days
 
 
 # ---------------------------------------------------------------- what the units say
@@ -259,8 +271,12 @@ def test_service_hardening_and_settings() -> None:
     rotate = parse_unit(UNITS / "slurm-jwt-bridge-rotate.service")
     assert value(rotate, "Service", "Type") == "oneshot"
     steps = [shlex.split(c)[1:] for c in values(rotate, "Service", "ExecStart")]
-    assert steps == [["keys", "rotate"], ["keys", "prune"]]
+    assert steps == [["keys", "rotate"]]
     assert values(rotate, "Service", "ReadWritePaths") == ["/etc/slurm-jwt-bridge/keys"]
+    prune = parse_unit(UNITS / "slurm-jwt-bridge-prune.service")
+    steps = [shlex.split(c)[1:] for c in values(prune, "Service", "ExecStart")]
+    assert steps == [["keys", "prune"]]
+    assert values(prune, "Service", "ReadWritePaths") == ["/etc/slurm-jwt-bridge/keys"]
 
 
 # ---------------------------------------------------------------- the command lines, for real
@@ -272,7 +288,9 @@ def bridge_config(tmp_path: Path) -> Path:
     init_keys(keys)
     config = tmp_path / "bridge.toml"
     config.write_text(
-        f'[keys]\ndir = "{keys}"\nreload_interval = 0.5\n[audit]\ndestination = "none"\n'
+        # min_next_age = 0: the ring was made a moment ago, and the rotate unit runs at once.
+        f'[keys]\ndir = "{keys}"\nreload_interval = 0.5\nmin_next_age = 0\n'
+        '[audit]\ndestination = "none"\n'
     )
     return config
 

@@ -20,6 +20,19 @@ def test_relative_keys_dir_is_taken_from_the_config_file(tmp_path: Path) -> None
     assert load_settings(cfg).keys.dir == tmp_path / "k"
 
 
+def test_every_relative_path_is_taken_from_the_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "etc" / "bridge.toml"
+    cfg.parent.mkdir()
+    cfg.write_text(
+        '[server]\nsecret_key_file = "session.key"\n[audit]\ndestination = "file:log/audit.log"\n'
+    )
+    s = load_settings(cfg)
+    assert s.server.secret_key_file == str(tmp_path / "etc" / "session.key")
+    assert s.audit.destination == f"file:{tmp_path / 'etc' / 'log' / 'audit.log'}"
+    absolute = parse_settings({"audit": {"destination": "file:/var/log/a.log"}}, tmp_path)
+    assert absolute.audit.destination == "file:/var/log/a.log"
+
+
 def test_env_var_names_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tmp_path / "bridge.toml"
     cfg.write_text("[tokens]\ndefault_lifetime = 600\n")
