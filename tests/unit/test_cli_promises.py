@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from tests.helpers.stub_http import StubServer
 from tests.unit.test_cli import run
 
 
-def one_line_error(proc) -> str:  # noqa: ANN001 (CompletedProcess)
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 1, (proc.returncode, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("slurm-jwt-bridge: error:")]

@@ -92,7 +92,10 @@ def test_healthy_files_and_token(controller: Path, keys_dir: Path) -> None:
     text = lines(report)
     # slurmctld is not running: a warning, not a failure.
     assert not report.failed, text
-    assert any("master key" not in ln and "warn slurmctld: `scontrol show config` did not answer" in ln for ln in text)
+    assert any(
+        "master key" not in ln and "warn slurmctld: `scontrol show config` did not answer" in ln
+        for ln in text
+    )
     assert any("may act as any user" in ln for ln in text)  # sun=root is flagged
 
 
