@@ -297,6 +297,30 @@ def mint(
     sys.stdout.write(f"SLURM_JWT={token.token}\n")
 
 
+# ---------------------------------------------------------------- config
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check the configuration file."""
+
+
+@config_group.command("check")
+@config_options
+def config_check(config_path: Path | None, keys_dir: Path | None) -> None:
+    """Load the configuration (and its keys directory) as the service would; print ok.
+
+    Run it before a reload (systemctl reload, SIGHUP): exit 0 and `ok`, or 1 and the error.
+    """
+    try:
+        s = _settings(config_path, keys_dir)
+        keyring.KeyRing.load(s.keys.dir)
+    except (SettingsError, keyring.KeyRingError) as exc:
+        _fail(str(exc))
+        return
+    click.echo("ok")
+
+
 # ---------------------------------------------------------------- doctor
 
 

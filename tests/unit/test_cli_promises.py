@@ -102,3 +102,23 @@ def test_redis_storage_without_the_redis_extra(
     assert r.exit_code == 1, r.output
     assert "rate_limit.storage_uri" in r.output and "slurm-jwt-bridge[redis]" in r.output
     assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "config").glob("*.toml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_example_config_passes_config_check(keys_dir: Path, example: Path) -> None:
+    r = run("config", "check", "--config", str(example), "--keys-dir", str(keys_dir))
+    assert (r.returncode, r.stdout) == (0, "ok\n"), r.stderr
+
+
+def test_config_check_names_the_error(tmp_path: Path, keys_dir: Path) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text('[tokens]\nmax_lifetime = "soon"\n')
+    line = one_line_error(
+        run("config", "check", "--config", str(config), "--keys-dir", str(keys_dir))
+    )
+    assert "tokens.max_lifetime: must be an integer, got 'soon'" in line
+    missing = one_line_error(run("config", "check", "--keys-dir", str(tmp_path / "none")))
+    assert "keys directory does not exist" in missing
