@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/oidc-provider/node_modules/.installed
 
-.PHONY: demo test unit lint format venv system-deps node-deps bench clean
+.PHONY: demo test unit lint format venv system-deps node-deps go-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ $(NODE_STAMP): tests/oidc-provider/package-lock.json
 
 node-deps: $(NODE_STAMP)
 
+# The Go programs (examples/go; bench/oauth2-proxy for `make bench`), built with the machine's Go
+# from their pinned go.mod/go.sum; modules, build cache and binaries are kept under
+# /var/cache/slurm-jwt-bridge/go and rebuilt only when absent (tests/helpers/gobuild.py).
+go-deps:
+	$(PYTHON) tests/helpers/gobuild.py examples/go
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -36,7 +42,7 @@ format: venv
 	$(BIN)/ruff check --fix .
 
 # The whole suite, against real Slurm, oidc-provider, Chromium, redis and helm.
-test: system-deps venv node-deps lint
+test: system-deps venv node-deps go-deps lint
 	bash scripts/run-tests.sh
 
 # Unit tests only (no daemons, no root).

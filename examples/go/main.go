@@ -4,7 +4,7 @@
 // "Authorization: Bearer"; the bridge swaps it for a Slurm token of your own cluster account.
 //
 //	export BRIDGE_URL=https://slurm.example.org IDP_TOKEN=eyJ...   # SLURM_API_VERSION=v0.0.44
-//	go mod tidy
+//	go mod download
 //	go run . job_ids
 //	go run . job_states
 //	go run . running_tasks
