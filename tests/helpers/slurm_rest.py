@@ -379,9 +379,18 @@ def whoami_via(
             cluster.host_path(p).unlink(missing_ok=True)
 
 
-def proxy_bridge_config(idp: Any, keys_dir: Path, upstream: str, proxy_extra: str = "") -> str:
+def proxy_bridge_config(
+    idp: Any,
+    keys_dir: Path,
+    upstream: str,
+    proxy_extra: str = "",
+    *,
+    issuers_extra: str = "",
+    rule_extra: str = "",
+) -> str:
     """A bridge with one oidc-provider issuer and the proxy to ``upstream`` (``{port}`` left to
-    start_bridge)."""
+    start_bridge). ``issuers_extra``: more ``[[issuers]]`` tables; ``rule_extra``: more keys of
+    the preferred_username mapping rule (e.g. ``lowercase = true``)."""
     return f"""
 [server]
 host = "127.0.0.1"
@@ -402,9 +411,10 @@ name = "op"
 kind = "oidc"
 issuer = {json.dumps(idp.issuer)}
 audiences = [{json.dumps(idp.resource)}]
-
+{issuers_extra}
 [[mapping.rules]]
 claim = "preferred_username"
+{rule_extra}
 
 [proxy]
 upstream = {json.dumps(upstream)}
