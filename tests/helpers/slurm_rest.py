@@ -136,20 +136,27 @@ def start_bridge_cluster(
     workdir: Path,
     users: tuple[str, ...] = ("alice", "bob"),
     auth_alt_parameters: tuple[str, ...] = (),
+    *,
+    extra_jwks_keys: list[dict[str, Any]] | None = None,
 ) -> BridgeCluster:
     """``keys init`` and ``jwks export`` with the real CLI, then a cluster trusting them
-    (``auth_alt_parameters``: more AuthAltParameters, e.g. ``use_jwt_client_ids_only``)."""
+    (``auth_alt_parameters``: more AuthAltParameters, e.g. ``use_jwt_client_ids_only``;
+    ``extra_jwks_keys``: more keys in the same jwks file, e.g. an identity provider's)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     keys_dir = workdir / "keys"
     jwks_file = workdir / "jwks.json"
     bridge("keys", "init", "--keys-dir", keys_dir, check=True)
     bridge("jwks", "export", "--keys-dir", keys_dir, "--out", jwks_file, check=True)
+    jwks_text = jwks_file.read_text()
+    if extra_jwks_keys:
+        jwks = json.loads(jwks_text)
+        jwks_text = json.dumps({**jwks, "keys": [*jwks["keys"], *extra_jwks_keys]})
     cluster = start_cluster(
         version,
         workdir / "cluster",
         (keys_dir / "jwt_hs256.key").read_bytes(),
-        jwks_file.read_text(),
+        jwks_text,
         users,
         auth_alt_parameters=auth_alt_parameters,
     )

@@ -34,9 +34,9 @@ from tests.helpers.oidc import OidcProvider
 from tests.helpers.slurm import SlurmCluster, start_cluster
 from tests.helpers.slurm_rest import (
     auth_refusal_problem,
-    bridge,
     proxy_bridge_config,
     rest_url,
+    start_bridge_cluster,
     wait_rest_accepts,
     whoami_via,
 )
@@ -109,25 +109,18 @@ def setup(idp: OidcProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     if os.geteuid() != 0:
         skip_or_fail("real Slurm clusters need root (daemons, chroot, useradd)")
     work = tmp_path_factory.mktemp("idp-direct")
-    keys_dir = work / "keys"
-    bridge("keys", "init", "--keys-dir", keys_dir, check=True)
-    bridge("jwks", "export", "--keys-dir", keys_dir, "--out", work / "bridge-jwks.json", check=True)
-    bridge_keys = json.loads((work / "bridge-jwks.json").read_text())["keys"]
     issuers = TestIssuer().start()
     kc = issuers.add_issuer("/realms/hpc")
     entra = issuers.add_issuer("/tenant-0001/v2.0", jwk_alg_in_jwks=False)
-    jwks = {"keys": [*idp.jwks()["keys"], *kc.jwks()["keys"], *entra.jwks()["keys"], *bridge_keys]}
-    cluster = None
+    idp_keys = [*idp.jwks()["keys"], *kc.jwks()["keys"], *entra.jwks()["keys"]]
+    bc = None
     server = None
     try:
-        cluster = start_cluster(
-            "26.05",
-            work / "cluster",
-            (keys_dir / "jwt_hs256.key").read_bytes(),
-            json.dumps(jwks),
-            ("alice", "bob"),
-            auth_alt_parameters=USERCLAIM,
+        bc = start_bridge_cluster(
+            "26.05", work, extra_jwks_keys=idp_keys, auth_alt_parameters=USERCLAIM
         )
+        cluster, keys_dir = bc.cluster, bc.keys_dir
+        bridge_keys = json.loads((work / "jwks.json").read_text())["keys"]
         config = proxy_bridge_config(
             idp,
             keys_dir,
@@ -140,8 +133,8 @@ def setup(idp: OidcProvider, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     finally:
         if server is not None:
             server.stop()
-        if cluster is not None:
-            cluster.stop()
+        if bc is not None:
+            bc.stop()
         issuers.stop()
 
 
