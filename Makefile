@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/oidc-provider/node_modules/.installed
 
-.PHONY: demo test unit lint format venv system-deps node-deps go-deps bench clean
+.PHONY: demo test unit lint format venv system-deps node-deps go-deps bench-go-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ node-deps: $(NODE_STAMP)
 go-deps:
 	$(PYTHON) tests/helpers/gobuild.py examples/go
 
+bench-go-deps:
+	$(PYTHON) tests/helpers/gobuild.py bench/oauth2-proxy
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -53,7 +56,7 @@ unit: venv
 demo: venv node-deps
 	bash scripts/demo.sh
 
-bench: system-deps venv node-deps
+bench: system-deps venv node-deps bench-go-deps
 	$(BIN)/python -m bench
 
 clean:

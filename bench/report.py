@@ -72,6 +72,86 @@ LOAD_HEAD = (
 )
 
 
+# (label, where in the proxy results) for the one-connection comparison in section 5
+ONE_CONNECTION = (
+    ("slurmrestd direct (bridge-minted token)", ("direct-1conn",)),
+    ("slurmrestd direct (IdP token, no bridge)", ("idp-direct-1conn",)),
+    ("plain nginx", ("nginx-1conn",)),
+    ("oauth2-proxy (no bridge)", ("oauth2-proxy-1conn",)),
+    ("the bridge's proxy", ("proxied-1conn",)),
+    ("nginx + bridge auth_request, cached (as shipped)", ("auth-request", "cached-1conn")),
+    ("nginx + bridge auth_request, uncached", ("auth-request", "uncached-1conn")),
+)
+
+# (path, what it checks, what it does not) for section 5
+PATHS_CHECK = (
+    (
+        "slurmrestd direct, bridge-minted token",
+        "slurmctld: signature by a key in its jwks= file, `exp`",
+        "nothing else: the bridge checked the rest when it minted the token",
+    ),
+    (
+        "slurmrestd direct, IdP token (`userclaimfield`)",
+        "slurmctld: signature by an IdP key in the file, `exp`",
+        "`iss`, `aud`, client, groups; the name: root, the SlurmUser, digits (a uid), system "
+        "accounts and unknown names (user `nobody`) are accepted "
+        "(tests/integration/test_idp_direct.py, docs/slurm.md)",
+    ),
+    (
+        "plain nginx",
+        "nothing: it forwards the headers",
+        "everything; slurmctld still checks what it always checks",
+    ),
+    (
+        "oauth2-proxy `--skip-jwt-bearer-tokens`",
+        "the bearer JWT's signature against the IdP's JWKS, `iss`, `aud` (its client id), "
+        "`exp`, an e-mail claim (`--email-domain=*` here)",
+        "the Slurm user name (slurmctld maps `preferred_username` itself, as in the row above): "
+        "root, system accounts and unknown names pass; slurmctld gets the IdP's token with the "
+        "IdP's lifetime",
+    ),
+    (
+        "the bridge's proxy",
+        "issuer, signature, `aud`/client, `exp`, the mapping rules and `[policy]` (no root, "
+        "SlurmUser, system accounts, unknown names); slurmctld gets a short-lived Slurm token "
+        "the bridge minted",
+        "per request nothing new: the verified grant is cached per token (until its `exp`) and "
+        "the minted token per user",
+    ),
+    (
+        "nginx + bridge auth_request",
+        "the same as the bridge's proxy, asked per token; nginx forwards with the bridge's "
+        "Slurm token",
+        "as shipped, nginx reuses the bridge's answer for a token up to 60 s",
+    ),
+)
+
+
+def _paths_check() -> str:
+    rows = [
+        "What each path in front of slurmrestd checks:\n",
+        "| path | checks | does not check |",
+        "|---|---|---|",
+    ]
+    rows += [f"| {path} | {checks} | {not_checked} |" for path, checks, not_checked in PATHS_CHECK]
+    return "\n".join(rows) + "\n"
+
+
+def _added_p50_table(px: dict[str, Any]) -> str:
+    """Added p50 on one connection, for every path, against slurmrestd direct."""
+    base = _get(px, "direct-1conn", "p50_ms")
+    rows = [
+        "Added p50 on one connection, against slurmrestd direct with a bridge-minted token:\n",
+        "| path | p50 ms, 1 connection | added p50 ms |",
+        "|---|---|---|",
+    ]
+    for label, where in ONE_CONNECTION:
+        p50 = _get(px, *where, "p50_ms")
+        added = DASH if p50 is None or base is None else f"{p50 - base:+.2f}"
+        rows.append(f"| {label} | {_ms(p50)} | {added} |")
+    return "\n".join(rows) + "\n"
+
+
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of the targets table: measured ratio, target, met/missed, why."""
     rows: list[dict[str, Any]] = []
@@ -367,6 +447,13 @@ def render(res: dict[str, Any]) -> str:
         "tokens as `Authorization: Bearer`: as shipped (nginx caches the bridge's answers per "
         "token for up to 60 s) and with the example's cache lines deleted (every request asks "
         "the bridge).\n"
+        "- **Without the bridge** (Slurm 23.02+): the cluster's jwks= file also holds the "
+        "upstream issuer's keys, with `userclaimfield=preferred_username`; the upstream tokens "
+        "go straight to slurmrestd as `Authorization: Bearer`, and through **oauth2-proxy** "
+        "(github.com/oauth2-proxy/oauth2-proxy/v7, pinned by bench/oauth2-proxy/go.mod and "
+        "built with the machine's Go, cached; one process pinned with the servers, its request "
+        "log to a file) verifying them as bearer JWTs (`--skip-jwt-bearer-tokens`, "
+        "`--bearer-token-login-fallback=false`) and passing them on.\n"
     )
 
     # ------------------------------------------------------------ headline
@@ -582,6 +669,10 @@ def render(res: dict[str, Any]) -> str:
         w(_load_row("through the proxy, 1 connection", px.get("proxied-1conn")))
         w(_load_row("plain nginx (no token work)", px.get("nginx")))
         w(_load_row("plain nginx, 1 connection", px.get("nginx-1conn")))
+        w(_load_row("IdP token straight to slurmrestd (no bridge)", px.get("idp-direct")))
+        w(_load_row("IdP token straight, 1 connection", px.get("idp-direct-1conn")))
+        w(_load_row("oauth2-proxy (no bridge)", px.get("oauth2-proxy")))
+        w(_load_row("oauth2-proxy, 1 connection", px.get("oauth2-proxy-1conn")))
         ar = px.get("auth-request", {})
         w(_load_row("nginx + bridge auth_request, cached (as shipped)", ar.get("cached")))
         w(_load_row("nginx + auth_request, cached, 1 connection", ar.get("cached-1conn")))
@@ -600,9 +691,12 @@ def render(res: dict[str, Any]) -> str:
         else:
             w("")
         w(
-            "(server CPU µs/req counts slurmrestd + slurmctld, plus nginx and/or the bridge "
-            "where they are in the path)\n"
+            "(server CPU µs/req counts slurmrestd + slurmctld, plus nginx, oauth2-proxy and/or "
+            "the bridge where they are in the path)\n"
         )
+        w(_added_p50_table(px))
+
+    w(_paths_check())
 
     w("## 6. JWKS\n")
     if j:

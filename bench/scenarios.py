@@ -21,6 +21,7 @@ from .servers import (
     restd_pids,
     start_bridge,
     start_nginx,
+    start_oauth2_proxy,
     start_oidc_provider,
     start_slurm,
 )
@@ -467,7 +468,8 @@ def slurm(ctx: Ctx, upstream: Upstream, version: str) -> None:
     wd = ctx.workdir / f"slurm-{version}"
     ctx.log(f"  starting Slurm {version}")
     t0 = time.monotonic()
-    bc = start_slurm(version, wd, layout)
+    # 23.02+ can also trust the identity provider directly (the oauth2-proxy baseline)
+    bc = start_slurm(version, wd, layout, None if version == "22.05" else upstream)
     out: dict[str, Any] = {
         "version": bc.cluster.slurm_full_version or version,
         "layout": layout.name,
@@ -546,24 +548,8 @@ def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> d
     )
     restd = restd_pids(bc)
     out: dict[str, Any] = {"path": path, "auth_style": style}
-    plan = ctx.plan
-    out["direct"] = summarize(
-        _series(
-            ctx, cluster.restd_url, direct, layout, restd, f"slurmrestd {cluster.version} direct"
-        )
-    )
-    out["direct-1conn"] = summarize(
-        _series(
-            ctx,
-            cluster.restd_url,
-            direct,
-            layout,
-            restd,
-            "direct, 1 connection",
-            connections=1,
-            duration=plan.short,
-        )
-    )
+    label = f"slurmrestd {cluster.version} direct"
+    _pair(ctx, out, "direct", cluster.restd_url, direct, layout, restd, label)
     from tests.helpers.nginx import nginx_executable
 
     have_nginx = nginx_executable() is not None
@@ -572,41 +558,19 @@ def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> d
         ng = start_nginx(wd / "nginx", plain_proxy_conf(port, cluster.restd_url), port, layout)
         try:
             pids = [*restd, ng.pid]
-            out["nginx"] = summarize(_series(ctx, ng.url, direct, layout, pids, "through nginx"))
-            out["nginx-1conn"] = summarize(
-                _series(
-                    ctx,
-                    ng.url,
-                    direct,
-                    layout,
-                    pids,
-                    "nginx, 1 connection",
-                    connections=1,
-                    duration=plan.short,
-                )
-            )
+            _pair(ctx, out, "nginx", ng.url, direct, layout, pids, "through nginx")
         finally:
             ng.stop()
     else:
         ctx.log("  nginx is not installed (make bench installs it): no nginx series")
+    if cluster.version != "22.05":
+        out.update(_baseline_series(ctx, cluster, restd, upstream, proxied, tokens[0], layout, wd))
     b = start_bridge(wd, bc.keys_dir, upstream, cfg, layout, ctx.procs)
     try:
         _check_proxy(b.url + path, tokens[0])
         pids = restd + b.pids()
         out["config"] = cfg.describe()
-        out["proxied"] = summarize(_series(ctx, b.url, proxied, layout, pids, "through the proxy"))
-        out["proxied-1conn"] = summarize(
-            _series(
-                ctx,
-                b.url,
-                proxied,
-                layout,
-                pids,
-                "proxy, 1 connection",
-                connections=1,
-                duration=plan.short,
-            )
-        )
+        _pair(ctx, out, "proxied", b.url, proxied, layout, pids, "through the proxy")
         out["rss_kib"] = b.worker_rss_kib()
         if have_nginx:
             out["auth-request"] = _auth_request_series(
@@ -615,6 +579,65 @@ def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> d
     finally:
         b.stop()
     return out
+
+
+def _pair(
+    ctx: Ctx,
+    out: dict[str, Any],
+    key: str,
+    url: str,
+    reqs: Path,
+    layout: Layout,
+    pids: list[int],
+    label: str,
+) -> None:
+    """``out[key]`` under load and ``out[key + "-1conn"]`` on one connection."""
+    out[key] = summarize(_series(ctx, url, reqs, layout, pids, label))
+    out[f"{key}-1conn"] = summarize(
+        _series(
+            ctx,
+            url,
+            reqs,
+            layout,
+            pids,
+            f"{label}, 1 connection",
+            connections=1,
+            duration=ctx.plan.short,
+        )
+    )
+
+
+def _baseline_series(
+    ctx: Ctx,
+    cluster: Any,
+    restd: list[int],
+    upstream: Upstream,
+    proxied: Path,
+    check_token: str,
+    layout: Layout,
+    wd: Path,
+) -> dict[str, Any]:
+    """Without the bridge: slurmctld trusts the identity provider's keys
+    (userclaimfield=preferred_username), the upstream tokens go straight to slurmrestd, and
+    through oauth2-proxy verifying them as bearer JWTs and passing them on."""
+    res: dict[str, Any] = {}
+    _check_proxy(cluster.restd_url + f"/slurm/{cluster.api_version}/jobs", check_token)
+    _pair(ctx, res, "idp-direct", cluster.restd_url, proxied, layout, restd, "IdP token direct")
+    try:
+        op = start_oauth2_proxy(
+            wd / "oauth2-proxy", upstream.issuer, cluster.restd_url, layout, ctx.procs
+        )
+    except Exception as exc:  # no Go or no module proxy: say so, keep the other series
+        ctx.log(f"  oauth2-proxy could not be started: {exc}")
+        ctx.results.setdefault("errors", []).append(f"oauth2-proxy: {str(exc)[:300]}")
+        return res
+    try:
+        _check_proxy(op.url + f"/slurm/{cluster.api_version}/jobs", check_token)
+        pids = [*restd, op.proc.pid]
+        _pair(ctx, res, "oauth2-proxy", op.url, proxied, layout, pids, "through oauth2-proxy")
+    finally:
+        op.stop()
+    return res
 
 
 def _auth_request_series(
@@ -650,19 +673,7 @@ def _auth_request_series(
             _check_proxy(ng.url + path, check_token)
             pids = [*restd, ng.pid, *b.pids()]
             label = f"nginx + bridge auth_request, {name}"
-            res[name] = summarize(_series(ctx, ng.url, proxied, layout, pids, label))
-            res[f"{name}-1conn"] = summarize(
-                _series(
-                    ctx,
-                    ng.url,
-                    proxied,
-                    layout,
-                    pids,
-                    f"{label}, 1 connection",
-                    connections=1,
-                    duration=ctx.plan.short,
-                )
-            )
+            _pair(ctx, res, name, ng.url, proxied, layout, pids, label)
         finally:
             ng.stop()
     return res

@@ -329,15 +329,90 @@ def plain_proxy_conf(port: int, restd_url: str) -> str:
 """
 
 
+# ---------------------------------------------------------------- oauth2-proxy
+
+
+@dataclass
+class OAuth2Proxy:
+    url: str
+    proc: subprocess.Popen
+    procs: Procs
+
+    def stop(self) -> None:
+        self.procs.stop(self.proc)
+
+
+def oauth2_proxy_argv(binary: Path, port: int, issuer: str, upstream_url: str) -> list[str]:
+    """oauth2-proxy as a site would put it in front of slurmrestd for API clients: bearer JWTs
+    from ``issuer`` (audience AUDIENCE) are verified (signature, iss, aud, exp; discovery and JWKS
+    fetched from the issuer) and the request, its Authorization header included, goes on to
+    slurmrestd; anything else is refused with 403 (no login redirect). No cookies are kept for
+    such requests; the cookie secret is required by its configuration and unused here."""
+    return [
+        str(binary),
+        f"--http-address=127.0.0.1:{port}",
+        "--provider=oidc",
+        f"--oidc-issuer-url={issuer}",
+        f"--client-id={AUDIENCE}",
+        "--client-secret=unused-no-login-flow",
+        f"--cookie-secret={secrets.token_hex(16)}",
+        "--email-domain=*",
+        "--insecure-oidc-allow-unverified-email=true",
+        "--skip-jwt-bearer-tokens=true",
+        "--bearer-token-login-fallback=false",
+        "--pass-authorization-header=true",
+        f"--upstream={upstream_url.rstrip('/')}/",
+        "--request-logging=true",
+        "--auth-logging=false",
+    ]
+
+
+def start_oauth2_proxy(
+    workdir: Path, issuer: str, upstream_url: str, layout: Layout, procs: Procs
+) -> OAuth2Proxy:
+    """oauth2-proxy (bench/oauth2-proxy, built and cached by tests/helpers/gobuild.py) pinned to
+    the layout's server cores, its request log (one line per request, like the bridge's and
+    nginx's) going to a file."""
+    from tests.helpers.gobuild import build_program
+
+    binary = build_program("bench/oauth2-proxy")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = workdir / f"oauth2-proxy-{port}.log"
+    argv = [*layout.server_prefix(), *oauth2_proxy_argv(binary, port, issuer, upstream_url)]
+    proc = procs.start("oauth2-proxy", argv, log)
+    proxy = OAuth2Proxy(f"http://127.0.0.1:{port}", proc, procs)
+    try:
+        wait_http(proxy.url + "/ping", 30, proc)
+    except Exception:
+        proxy.stop()
+        raise RuntimeError(f"oauth2-proxy did not start; log:\n{log.read_text()[-3000:]}") from None
+    return proxy
+
+
 # ---------------------------------------------------------------- Slurm
 
 
-def start_slurm(version: str, workdir: Path, layout: Layout) -> Any:
+def start_slurm(
+    version: str, workdir: Path, layout: Layout, upstream: Upstream | None = None
+) -> Any:
     """A real cluster trusting a fresh bridge keys dir (tests/helpers/slurm_rest.py), its daemons
-    pinned to the layout's server cores. Returns a BridgeCluster (stop() stops it by pid)."""
+    pinned to the layout's server cores. Returns a BridgeCluster (stop() stops it by pid).
+
+    With ``upstream`` (Slurm 23.02+ only) the cluster also trusts that identity provider
+    directly, the setup sites build without the bridge: its keys in the jwks= file and
+    ``userclaimfield=preferred_username``."""
     from tests.helpers.slurm_rest import start_bridge_cluster
 
-    bc = start_bridge_cluster(version, workdir)
+    if upstream is None:
+        bc = start_bridge_cluster(version, workdir)
+    else:
+        bc = start_bridge_cluster(
+            version,
+            workdir,
+            extra_jwks_keys=upstream.handle.jwks()["keys"],
+            auth_alt_extra="userclaimfield=preferred_username",
+        )
     pin(slurm_pids(bc), layout.server_cpus)
     return bc
 
