@@ -411,7 +411,7 @@ def start_slurm(
             version,
             workdir,
             extra_jwks_keys=upstream.handle.jwks()["keys"],
-            auth_alt_extra="userclaimfield=preferred_username",
+            auth_alt_parameters=("userclaimfield=preferred_username",),
         )
     pin(slurm_pids(bc), layout.server_cpus)
     return bc
