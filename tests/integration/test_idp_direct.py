@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -176,7 +178,8 @@ def test_mixed_case_and_email_names_map_to_nobody(setup: Setup) -> None:
     is "Alice@Example.org", Entra's usual UPN shape. Direct: slurmctld resolves neither, accepts
     the token as user nobody, which reads the whole queue (alice's held job included) and is
     refused only at submission. The bridge lower-cases and strips the domain by rule: the second
-    becomes alice (her job runs as alice); eve has no account and is refused."""
+    becomes alice (her job runs as alice); a name with no local account is refused (a fresh one:
+    other suites on this host may create eve)."""
     submitted = submit_held(setup.cluster, setup.kc_token("alice"))
     assert submitted.status_code == 200, submitted.text[:500]
     held = int(submitted.json()["job_id"])
@@ -193,7 +196,11 @@ def test_mixed_case_and_email_names_map_to_nobody(setup: Setup) -> None:
             assert "Rejecting authentication of user nobody" in r.text
 
         assert setup.whoami_bridge(upn) == "alice"
-        assert_bridge_refuses(setup.get_jobs_bridge(eve), "no local account")
+        stranger = f"Stranger{secrets.token_hex(4)}"
+        with pytest.raises(KeyError):
+            pwd.getpwnam(stranger.lower())
+        refused = setup.get_jobs_bridge(setup.kc_token(f"{stranger}@Example.org"))
+        assert_bridge_refuses(refused, "no local account")
     finally:
         setup.cluster.run(["scancel", str(held)], timeout=30)
 
