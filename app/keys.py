@@ -157,7 +157,7 @@ def _read_private(path: Path) -> bytes:
             f"{path}: cannot read key file: owned by {owner}, read as {_user_name(os.geteuid())} "
             f"(create keys as the service user: runuser -u {owner} -- slurm-jwt-bridge keys ...)"
             if owner != _user_name(os.geteuid())
-            else f"{path}: cannot read key file: permission denied"
+            else f"{path}: cannot read key file: Permission denied"
         ) from None
     except OSError as exc:
         raise KeyRingError(f"{path}: cannot read key file: {exc.strerror}") from None
