@@ -128,7 +128,8 @@ class IdentityMapper:
         argv = list(rule.command)
         stdin = None
         if rule.command_input == "argv":
-            argv.append(value)
+            # "--" ends the options: a value such as "-uroot" stays an operand of the script.
+            argv += ["--", value]
         else:
             stdin = value + "\n"
         try:

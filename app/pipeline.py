@@ -232,13 +232,27 @@ class Pipeline:
     ) -> Grant:
         """RFC 8693 delegation: a listed portal acts for a user."""
         actor_verified = self.verify(actor_token, "access")
-        actor = self._actor(actor_verified)
         actor_name = f"{actor_verified.issuer.name}:{actor_verified.client_id}"
-        decision.fields["actor"] = actor_name
+        decision.fields.update(
+            actor=actor_name,
+            actor_issuer=actor_verified.issuer.name,
+            actor_client=actor_verified.client_id,
+            actor_sub=actor_verified.subject[:128],
+        )
+        actor = self._actor(actor_verified)
         if actor is None:
             raise unauthorized_client(
                 f"actor {actor_name[:96]!r} is not listed in [[delegation.actors]]",
                 metric="unknown_actor",
+            )
+        if not actor_verified.is_service:
+            # Every user who logs in through the portal holds a token of the portal's client:
+            # only the portal's own client-credentials token may act for others.
+            raise unauthorized_client(
+                f"actor_token of {actor_name[:96]!r} is a user's token (sub "
+                f"{actor_verified.subject[:64]!r}), not the client's service token (client "
+                "credentials); a user's token cannot act for someone else",
+                metric="actor_not_service",
             )
         if requested_subject:
             if subject_token:

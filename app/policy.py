@@ -53,15 +53,21 @@ def check_account(
         raise access_denied(problem, metric="invalid_username")
     if name in policy.deny_users:
         raise access_denied(f"user {name!r} is in policy.deny_users", metric="denied_user")
-    try:
-        uid: int | None = pwd.getpwnam(name).pw_uid
-    except KeyError:
-        uid = None
+    uid = _uid(name)
     if uid is None and require_local_account:
         raise access_denied(
             f"user {name!r} has no local account (mapping.require_local_account is on)",
             metric="no_local_account",
         )
+    # A second passwd entry with the same uid (an alias, a case-folded name) is the same
+    # account to the kernel and to slurmctld: deny and protect by uid as well as by name.
+    if uid is not None:
+        for denied in policy.deny_users:
+            if _uid(denied) == uid:
+                raise access_denied(
+                    f"user {name!r} has uid {uid}, the uid of {denied!r} in policy.deny_users",
+                    metric="denied_user",
+                )
     if name in policy.allow_users:
         return AccountCheck(name, uid)
     if name == "root" or uid == 0:
@@ -69,9 +75,10 @@ def check_account(
             f"user {name!r} is root (uid 0); a root token is a master key to the cluster",
             metric="denied_root",
         )
-    if name == policy.slurm_user:
+    if name == policy.slurm_user or (uid is not None and uid == _uid(policy.slurm_user)):
         raise access_denied(
-            f"user {name!r} is the SlurmUser (policy.slurm_user); its token can act as anyone",
+            f"user {name!r} is the SlurmUser (policy.slurm_user {policy.slurm_user!r}, uid "
+            f"{uid}); its token can act as anyone",
             metric="denied_slurm_user",
         )
     if name == "nobody" or uid == NOBODY_UID:
@@ -85,6 +92,14 @@ def check_account(
             metric="denied_system_account",
         )
     return AccountCheck(name, uid)
+
+
+def _uid(name: str) -> int | None:
+    """The uid ``name`` resolves to on this host, or None."""
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
+        return None
 
 
 def resolve_lifetime(requested: int | None, tokens: TokenSettings, cap: int | None = None) -> int:

@@ -17,6 +17,10 @@ CONFIG_ENV = "SLURM_JWT_BRIDGE_CONFIG"
 KEYS_DIR_ENV = "SLURM_JWT_BRIDGE_KEYS_DIR"
 
 ISSUER_KINDS = ("keycloak", "cognito", "entra", "oidc")
+TENANT_PLACEHOLDER = "{tenantid}"
+# Claims that name an Entra user without its tenant: alice@evil.onmicrosoft.com's local part
+# is anybody's, and an unverified email or display name is whatever the tenant's admin typed.
+TENANTLESS_CLAIMS = ("upn", "preferred_username", "email", "unique_name", "name")
 TOKEN_USES = ("access", "id")
 SIGNING_ALGS = ("RS256", "HS256")
 
@@ -86,6 +90,8 @@ class IssuerSettings:
     allowed_clients: tuple[str, ...] = ()
     token_use: tuple[str, ...] = ("access",)
     tenants: tuple[str, ...] = ()
+    allow_any_tenant: bool = False
+    service_tokens: str = "sub_is_client"
     leeway: int = 60
     jwks_refetch_interval: float = 60.0
     jwks_stale_window: float = 3600.0
@@ -458,6 +464,8 @@ def _issuer(t: _Table) -> IssuerSettings:
         allowed_clients=t.strs("allowed_clients"),
         token_use=token_use,
         tenants=t.strs("tenants"),
+        allow_any_tenant=t.bool("allow_any_tenant", False),
+        service_tokens=t.str("service_tokens", "sub_is_client"),
         leeway=t.int("leeway", 60, minimum=0),
         jwks_refetch_interval=t.number("jwks_refetch_interval", 60.0),
         jwks_stale_window=t.number("jwks_stale_window", 3600.0),
@@ -475,8 +483,45 @@ def _issuer(t: _Table) -> IssuerSettings:
             f"{t.key('audiences')}: set audiences or allowed_clients, "
             "or any token from this issuer would be accepted"
         )
+    _check_tenants(t, s)
+    _check_service_tokens(t, s)
     t.done()
     return s
+
+
+def _check_tenants(t: _Table, s: IssuerSettings) -> None:
+    """An Entra ``{tenantid}`` issuer trusts every tenant in the world unless ``tenants`` lists
+    the trusted ones; ``allow_any_tenant = true`` says so on purpose."""
+    multi = s.kind == "entra" and TENANT_PLACEHOLDER in s.issuer
+    if s.allow_any_tenant and not multi:
+        raise SettingsError(
+            f"{t.key('allow_any_tenant')}: only for kind entra with a {TENANT_PLACEHOLDER} issuer"
+        )
+    if s.allow_any_tenant and s.tenants:
+        raise SettingsError(
+            f"{t.key('allow_any_tenant')}: set tenants or allow_any_tenant, not both"
+        )
+    if multi and not s.tenants and not s.allow_any_tenant:
+        raise SettingsError(
+            f"{t.key('tenants')}: list the trusted tenant ids; a {TENANT_PLACEHOLDER} issuer "
+            "without them accepts tokens from every Entra tenant "
+            "(allow_any_tenant = true to mean it)"
+        )
+
+
+def _check_service_tokens(t: _Table, s: IssuerSettings) -> None:
+    rule = s.service_tokens
+    if s.kind != "oidc" and t.has("service_tokens"):
+        raise SettingsError(
+            f"{t.key('service_tokens')}: only for kind oidc ({s.kind} tokens say it themselves)"
+        )
+    name, eq, value = rule.removeprefix("claim:").partition("=")
+    if rule in ("sub_is_client", "none") or (rule.startswith("claim:") and name and eq and value):
+        return
+    raise SettingsError(
+        f'{t.key("service_tokens")}: must be "sub_is_client", "none" or "claim:NAME=VALUE", '
+        f"got {_show(rule)}"
+    )
 
 
 def _rule(t: _Table, issuer_names: set[str]) -> MappingRule:
@@ -690,6 +735,45 @@ def _check_login_clients(issuers: tuple[IssuerSettings, ...]) -> None:
             )
 
 
+def _check_actors(settings: Settings) -> None:
+    """A delegation actor must be a portal's own service client: the bridge's browser-login or
+    terminal-login client hands user tokens to everyone who logs in."""
+    cli = settings.cli_login
+    for i, actor in enumerate(settings.delegation):
+        iss = settings.issuer_named(actor.issuer)
+        if iss is not None and iss.client_id == actor.client_id:
+            door = "browser-login"
+        elif (cli.issuer, cli.client_id) == (actor.issuer, actor.client_id):
+            door = "terminal-login ([cli_login])"
+        else:
+            continue
+        raise SettingsError(
+            f"delegation.actors[{i}].client_id: {actor.client_id!r} is the bridge's {door} "
+            "client of issuer "
+            f"{actor.issuer!r}; an actor must be a portal's own service client"
+        )
+
+
+def _check_any_tenant_rules(settings: Settings) -> None:
+    """With ``allow_any_tenant``, a rule must not turn a stranger's account into a local name
+    by dropping or ignoring the tenant (only exact values of a table_only table can map)."""
+    open_issuers = {i.name for i in settings.issuers if i.allow_any_tenant}
+    for i, rule in enumerate(settings.mapping.rules):
+        hit = open_issuers if rule.issuer == "*" else open_issuers & {rule.issuer}
+        if not hit:
+            continue
+        if rule.strip_domain:
+            why = "strip_domain drops the tenant's domain"
+        elif rule.claim in TENANTLESS_CLAIMS and not (rule.table and rule.table_only):
+            why = f"{rule.claim} without a table_only table ignores the tenant"
+        else:
+            continue
+        raise SettingsError(
+            f"mapping.rules[{i}]: issuer {sorted(hit)[0]!r} has allow_any_tenant = true and {why}; "
+            "map exact values with table + table_only"
+        )
+
+
 def parse_settings(data: dict[str, Any], base: Path | None = None, source: str = "") -> Settings:
     """Validate a parsed TOML document; relative paths are taken from ``base``."""
     root = _Table(data, "")
@@ -721,6 +805,8 @@ def parse_settings(data: dict[str, Any], base: Path | None = None, source: str =
     )
     root.done()
     _check_login_clients(issuers)
+    _check_actors(settings)
+    _check_any_tenant_rules(settings)
     return settings
 
 

@@ -42,7 +42,7 @@ import httpx
 import jwt
 
 from .errors import BridgeError, invalid_grant, invalid_request
-from .settings import IssuerSettings
+from .settings import TENANT_PLACEHOLDER, IssuerSettings
 
 __all__ = [
     "ALLOWED_ALGS",
@@ -50,6 +50,7 @@ __all__ = [
     "MAX_TOKEN_BYTES",
     "UpstreamVerifier",
     "VerifiedToken",
+    "discovery_url",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,6 @@ NO_KEYS_RETRY = 5.0
 # Introspection answers "is this token still active": remember a yes only briefly.
 INTROSPECTION_CACHE_SECONDS = 60.0
 CLAIM_CLIP = 100
-TENANT_PLACEHOLDER = "{tenantid}"
 
 # alg -> (kty, allowed crv values or () for any). HS* and "none" are absent on purpose: an IdP's
 # token must be verifiable with a published public key, never with a shared secret.
@@ -239,11 +239,11 @@ def _entra_issuer_forms(configured: str, tid: str) -> set[str]:
 
 
 def _entra_allowed_tenants(s: IssuerSettings) -> tuple[str, ...] | None:
-    """Tenants whose tokens are accepted; None means any (multi-tenant without a list)."""
+    """Tenants whose tokens are accepted; None means any (``allow_any_tenant = true``)."""
     if s.tenants:
         return s.tenants
     if TENANT_PLACEHOLDER in s.issuer:
-        return None
+        return None if s.allow_any_tenant else ()
     segments = [seg for seg in urlsplit(s.issuer).path.split("/") if seg]
     if "v2.0" in segments:
         i = segments.index("v2.0")
@@ -306,13 +306,32 @@ def _generic_use(claims: dict[str, Any], header: dict[str, Any]) -> str:
     typ = header.get("typ")
     if isinstance(typ, str) and typ.lower() in ("at+jwt", "application/at+jwt"):
         return "access"
-    if "at_hash" in claims or "nonce" in claims:
+    if "at_hash" in claims or "nonce" in claims or "c_hash" in claims:
         return "id"
     return "access"
 
 
+# Claims an OpenID Connect ID token never carries and OAuth access tokens do (RFC 9068 client_id
+# and scope, Okta's cid and scp).
+_ACCESS_MARKERS = ("scope", "scp", "client_id", "cid")
+
+
+def _oidc_use(s: IssuerSettings, claims: dict[str, Any], header: dict[str, Any]) -> str:
+    """A generic issuer's token kind. An ID token need not carry nonce or at_hash (refreshed and
+    device-grant ID tokens do not): one issued to the bridge's own login client (its ``aud``)
+    that does not say it is an access token (``at+jwt`` or an access-token claim) is an ID
+    token."""
+    use = _generic_use(claims, header)
+    if use != "access" or not s.client_id or s.client_id not in _audiences(claims):
+        return use
+    typ = header.get("typ")
+    if isinstance(typ, str) and typ.lower() in ("at+jwt", "application/at+jwt"):
+        return use
+    return use if any(marker in claims for marker in _ACCESS_MARKERS) else "id"
+
+
 def _keycloak_profile(
-    s: IssuerSettings, claims: dict[str, Any], header: dict[str, Any]
+    s: IssuerSettings, claims: dict[str, Any], header: dict[str, Any], introspected: bool = False
 ) -> _Profile:
     typ = claims.get("typ")
     if isinstance(typ, str):
@@ -328,6 +347,8 @@ def _keycloak_profile(
             f"issuer {s.name!r}: expected azp in allowed_clients {_clip_list(s.allowed_clients)} "
             f"or aud in audiences {_clip_list(s.audiences)}"
         )
+    # Bare names are realm roles; a client role is only ever "<client>:<role>", so a role of the
+    # same name defined on any client cannot stand in for a realm role.
     roles: list[str] = []
     realm = claims.get("realm_access")
     if isinstance(realm, dict):
@@ -336,16 +357,30 @@ def _keycloak_profile(
     if isinstance(resources, dict):
         for client, access in resources.items():
             if isinstance(access, dict):
-                for role in _strs(access.get("roles")):
-                    roles += [f"{client}:{role}", role]
-    username = claims.get("preferred_username")
-    is_service = (
-        isinstance(username, str)
-        and azp is not None
-        # Keycloak stores user names in lower case.
-        and username.lower() == f"service-account-{azp}".lower()
+                roles += [f"{client}:{role}" for role in _strs(access.get("roles"))]
+    return _Profile(
+        azp,
+        use,
+        _dedupe(_strs(claims.get("groups"))),
+        _dedupe(roles),
+        use == "access" and _keycloak_service(claims, azp, introspected),
     )
-    return _Profile(azp, use, _dedupe(_strs(claims.get("groups"))), _dedupe(roles), is_service)
+
+
+def _keycloak_service(claims: dict[str, Any], azp: str | None, introspected: bool) -> bool:
+    """A service-account token: the service account's user name AND the client id claim that
+    Keycloak writes from the client-credentials session only (``clientId`` before Keycloak 24,
+    ``client_id`` since). A person whose user name happens to be "service-account-<client>"
+    logging in through that client has the name but not the claim. An introspection answer
+    (RFC 7662) names every token's client in ``client_id``, so there only ``clientId`` counts."""
+    username = claims.get("preferred_username")
+    if not isinstance(username, str) or azp is None:
+        return False
+    # Keycloak stores user names in lower case.
+    if username.lower() != f"service-account-{azp}".lower():
+        return False
+    marks = ("clientId",) if introspected else ("clientId", "client_id")
+    return any(claims.get(mark) == azp for mark in marks)
 
 
 def _cognito_profile(s: IssuerSettings, claims: dict[str, Any], header: dict[str, Any]) -> _Profile:
@@ -363,8 +398,9 @@ def _cognito_profile(s: IssuerSettings, claims: dict[str, Any], header: dict[str
                 f"by issuer {s.name!r}: expected one of allowed_clients "
                 f"{_clip_list(s.allowed_clients)}"
             )
-        # client_credentials tokens have no user, hence no username.
-        is_service = "username" not in claims
+        # client_credentials tokens have no user, hence no username, and name the app client
+        # as their subject.
+        is_service = "username" not in claims and claims.get("sub") == client
     else:
         aud = _audiences(claims)
         accepted = set(s.audiences) | set(s.allowed_clients)
@@ -402,13 +438,17 @@ def _entra_profile(s: IssuerSettings, claims: dict[str, Any], header: dict[str, 
         )
     idtyp = claims.get("idtyp")
     sub = claims.get("sub")
-    # Without the idtyp optional claim Microsoft documents app-only tokens as oid == sub, no scp.
-    is_service = idtyp == "app" or (
-        idtyp is None and "scp" not in claims and sub is not None and sub == claims.get("oid")
+    use = _generic_use(claims, header)
+    # App-only: idtyp "app" (optional claim), or without it oid == sub; never a delegated scope
+    # (scp), never an ID token.
+    is_service = (
+        use == "access"
+        and "scp" not in claims
+        and (idtyp == "app" or (idtyp is None and sub is not None and sub == claims.get("oid")))
     )
     return _Profile(
         client,
-        _generic_use(claims, header),
+        use,
         _dedupe(_strs(claims.get("groups"))),
         _dedupe(_strs(claims.get("roles"))),
         is_service,
@@ -428,13 +468,27 @@ def _oidc_profile(s: IssuerSettings, claims: dict[str, Any], header: dict[str, A
             f"token of client {_clip(client)} (aud={_clip_list(aud)}) is not accepted by issuer "
             f"{s.name!r}: expected a client in {_clip_list(s.allowed_clients)}"
         )
+    use = _oidc_use(s, claims, header)
     return _Profile(
         client,
-        _generic_use(claims, header),
+        use,
         _dedupe(_strs(claims.get("groups"))),
         _dedupe(_strs(claims.get("roles"))),
-        client is not None and claims.get("sub") == client,
+        use == "access" and _oidc_service(s, claims, client),
     )
+
+
+def _oidc_service(s: IssuerSettings, claims: dict[str, Any], client: str | None) -> bool:
+    """``[[issuers]] service_tokens`` of a generic issuer: "sub_is_client" (RFC 9068 2.2: a
+    client-credentials token names its client as subject), "claim:NAME=VALUE" (a claim only
+    the IdP's client-credentials grant sets, e.g. Auth0's gty=client-credentials) or "none"."""
+    rule = s.service_tokens
+    if client is None or rule == "none":
+        return False
+    if rule.startswith("claim:"):
+        name, _, value = rule[len("claim:") :].partition("=")
+        return claims.get(name) == value
+    return claims.get("sub") == client
 
 
 _PROFILES: dict[str, Callable[[IssuerSettings, dict[str, Any], dict[str, Any]], _Profile]] = {
@@ -446,6 +500,15 @@ _PROFILES: dict[str, Callable[[IssuerSettings, dict[str, Any], dict[str, Any]], 
 
 
 # ---------------------------------------------------------------- JWKS state
+
+
+def discovery_url(s: IssuerSettings) -> str:
+    """Where issuer ``s`` publishes its discovery document, for the verifier and the login
+    doors alike: Entra's ``{tenantid}`` issuers publish theirs under ``organizations``."""
+    if s.discovery_url:
+        return s.discovery_url
+    base = s.issuer.replace(TENANT_PLACEHOLDER, "organizations").rstrip("/")
+    return base + "/.well-known/openid-configuration"
 
 
 class _FetchError(Exception):
@@ -541,11 +604,7 @@ class _IssuerState:
 
     @property
     def discovery_url(self) -> str:
-        s = self.settings
-        if s.discovery_url:
-            return s.discovery_url
-        base = s.issuer.replace(TENANT_PLACEHOLDER, "organizations").rstrip("/")
-        return base + "/.well-known/openid-configuration"
+        return discovery_url(self.settings)
 
     def matches(self, iss: str, payload: dict[str, Any]) -> bool:
         s = self.settings
@@ -1045,7 +1104,7 @@ class UpstreamVerifier:
                 )
             now = self._clock()
             exp = _time_checks(s, claims, now)
-            profile = _keycloak_profile(s, claims, {})
+            profile = _keycloak_profile(s, claims, {}, introspected=True)
             verified = _build(s, claims, {}, profile, exp, token_hash)
             return verified, min(exp + s.leeway, now + INTROSPECTION_CACHE_SECONDS)
         if failures:

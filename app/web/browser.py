@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import secrets
 import time
 from pathlib import Path
@@ -35,7 +36,8 @@ from flask.typing import ResponseReturnValue
 from ..errors import BridgeError
 from ..keys import SESSION_KEY_FILE
 from ..pipeline import Grant, Request
-from ..settings import IssuerSettings, Settings
+from ..settings import TENANT_PLACEHOLDER, IssuerSettings, Settings
+from ..upstream import discovery_url
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +86,7 @@ def init_browser(app: Flask, settings: Settings) -> None:
             name=iss.name,
             client_id=iss.client_id,
             client_secret=iss.client_secret or None,
-            server_metadata_url=iss.discovery_url
-            or iss.issuer.rstrip("/") + "/.well-known/openid-configuration",
+            server_metadata_url=discovery_url(iss),
             client_kwargs=kwargs,
         )
     app.extensions["slurm_jwt_bridge_oauth"] = oauth
@@ -227,6 +228,14 @@ def callback() -> ResponseReturnValue:
     client = _oauth().create_client(name)
     if client is None:
         return error_page("Unknown identity provider", "The login issuer is no longer configured.")
+    mixup = _mixup_reason(client, name)
+    if mixup:
+        session.pop("login_issuer", None)
+        origin = _origin()
+        _bridge().pipeline.audit.record(
+            "login", "refused", reason=mixup, door=origin.door, remote_addr=origin.remote_addr
+        )
+        return error_page("Login refused", mixup)
     try:
         tokens = client.authorize_access_token()
     except OAuthError as exc:
@@ -250,6 +259,43 @@ def callback() -> ResponseReturnValue:
     session["end_session"] = (client.load_server_metadata() or {}).get("end_session_endpoint")
     session["issuer"] = name
     return redirect(url_for("browser.index"))
+
+
+def _mixup_reason(client: Any, name: str) -> str | None:
+    """RFC 9207: the authorization response names the issuer that answered. Login issuers share
+    one callback, so an answer from another issuer than the one this browser was sent to (a
+    mix-up: that issuer's code would go to this one's token endpoint) is refused."""
+    try:
+        meta = client.load_server_metadata() or {}
+    except Exception:  # the IdP is unreachable: the code exchange reports it
+        return None
+    expected = meta.get("issuer")
+    sent = request.args.get("iss")
+    if sent is None:
+        if meta.get("authorization_response_iss_parameter_supported") is True:
+            return (
+                f"the answer carries no iss although issuer {name!r} always sends it "
+                "(RFC 9207); start the login again"
+            )
+        return None
+    if sent != expected and not _tenant_form(str(expected), sent):
+        return (
+            f"the answer comes from issuer {sent[:100]!r}, but this login was sent to "
+            f"{name!r} ({str(expected)[:100]!r}); start the login again"
+        )
+    return None
+
+
+def _tenant_form(template: str, sent: str) -> bool:
+    """Entra's ``{tenantid}`` metadata issuer stands for each tenant's own issuer."""
+    if TENANT_PLACEHOLDER not in template:
+        return False
+    head, _, tail = template.partition(TENANT_PLACEHOLDER)
+    tenant = sent[len(head) : len(sent) - len(tail)] if sent.endswith(tail) else ""
+    return (
+        sent.startswith(head)
+        and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,99}", tenant) is not None
+    )
 
 
 @bp.post("/token")

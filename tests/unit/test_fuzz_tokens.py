@@ -673,10 +673,13 @@ def resigned_violation(draw: st.DrawFn, env: Env) -> tuple[str, str]:
         # A service token: no [[service_accounts]] entry admits any client here.
         if b.issuer == "kc":
             claims["preferred_username"] = f"service-account-{claims['azp']}"
+            claims["clientId"] = claims["azp"]
         elif b.issuer == "cognito":
             claims.pop("username")
+            claims["sub"] = claims["client_id"]
         elif b.issuer == "entra":
             claims["idtyp"] = "app"
+            claims.pop("scp", None)
         else:
             claims["azp"] = claims["sub"]
             claims["aud"] = ["bridge", claims["sub"]]

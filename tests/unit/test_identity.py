@@ -109,7 +109,8 @@ def test_lookup_command_argv_stdin_and_cache(tmp_path: Path) -> None:
         f"""
 import sys
 open({str(log)!r}, "a").write("x")
-value = sys.argv[1] if len(sys.argv) > 1 else sys.stdin.read().strip()
+# argv mode: "--" ends the options, the value follows it
+value = sys.argv[2] if sys.argv[1:2] == ["--"] else sys.stdin.read().strip()
 table = {{"Ada@LAB": "ada"}}
 if value not in table:
     sys.exit(1)
