@@ -407,16 +407,32 @@ def doctor(
 @click.option("--lifetime", type=int, help="Requested token lifetime in seconds.")
 @click.option("--interval", type=float, help="Polling interval (default: the IdP's, or 5 s).")
 @click.option("--ca-file", type=click.Path(dir_okay=False), help="CA bundle for https.")
+@click.option(
+    "--exec",
+    "run_command",
+    is_flag=True,
+    help="Run COMMAND with SLURM_JWT set instead of printing the token.",
+)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def login(
-    url: str, as_export: bool, lifetime: int | None, interval: float | None, ca_file: str | None
+    url: str,
+    as_export: bool,
+    lifetime: int | None,
+    interval: float | None,
+    ca_file: str | None,
+    run_command: bool,
+    command: tuple[str, ...],
 ) -> None:
-    """Log in from a terminal (device grant) and print a Slurm token.
+    """Log in from a terminal (device grant) and print a Slurm token, or with
+    `--exec -- COMMAND...` run COMMAND with SLURM_JWT set to it (nothing printed, nothing left
+    in the calling shell).
 
     Do not leave SLURM_JWT set in an interactive shell that runs Slurm's command-line tools:
     they then authenticate with the token instead of munge.
     """
     from .device_login import LoginError, device_login
 
+    executable = _exec_target(run_command, as_export, command)
     try:
         answer = device_login(
             url,
@@ -428,11 +444,46 @@ def login(
     except LoginError as exc:
         _fail(str(exc))
         return
+    if executable is not None:
+        _exec_with_answer(executable, command, answer)
+        return
     prefix = "export SLURM_JWT=" if as_export else "SLURM_JWT="
     sys.stdout.write(f"{prefix}{answer['access_token']}\n")
     click.echo(
         f"token for {answer.get('slurm_user')}, valid {answer.get('expires_in')} s", err=True
     )
+
+
+def _exec_target(run_command: bool, as_export: bool, command: tuple[str, ...]) -> str | None:
+    """For ``login --exec``: the checked executable of COMMAND (None without --exec)."""
+    from .login_exec import ExecError, resolve_command
+
+    if not run_command:
+        if command:
+            _fail(f"unexpected argument {command[0]!r} (run a command with --exec -- COMMAND...)")
+        return None
+    if as_export:
+        _fail("--exec and --export exclude each other")
+    try:
+        return resolve_command(command)
+    except ExecError as exc:
+        _fail(str(exc), exc.exit_code)
+    return None
+
+
+def _exec_with_answer(executable: str, command: tuple[str, ...], answer: dict[str, Any]) -> None:
+    """Replace this process with COMMAND, SLURM_JWT set to the bridge's checked token."""
+    from .login_exec import ExecError, check_token, exec_with_token, printable
+
+    try:
+        token = check_token(answer.get("access_token"))
+        user, valid = printable(answer.get("slurm_user")), printable(answer.get("expires_in"))
+        click.echo(f"token for {user}, valid {valid} s: running {printable(command[0])}", err=True)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        exec_with_token(executable, command, token)
+    except ExecError as exc:
+        _fail(str(exc), exc.exit_code)
 
 
 # ---------------------------------------------------------------- serve
