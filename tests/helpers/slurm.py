@@ -683,6 +683,66 @@ class SlurmCluster:
         kw.setdefault("timeout", 60)
         return subprocess.run([*prefix, *argv], env=env, **kw)
 
+    # ---- a client outside the munge perimeter ----
+
+    def client_conf(self) -> str:
+        """A client-side slurm.conf (path as the commands see it): the cluster's file without
+        the AuthAltParameters line, so no key path reaches the client, made the way
+        docs/slurm.md tells a site to (``grep -v '^AuthAltParameters='``)."""
+        conf = (self.run_dir / "slurm.conf").read_text()
+        lines = [ln for ln in conf.splitlines() if not ln.startswith("AuthAltParameters=")]
+        _atomic_write(self.run_dir / "client.conf", "\n".join(lines) + "\n", 0o644)
+        return f"{self.run_dir_in_cluster}/client.conf"
+
+    def without_munge_argv(self, user: str) -> list[str]:
+        """argv prefix running a Slurm client command as ``user`` where munge is unreachable.
+
+        A new mount namespace (unshare -m) gets an empty tmpfs over this cluster's munge
+        directory and over the default socket directories, so no munge socket exists for the
+        command, while the daemons outside keep theirs. The command reads client_conf().
+        SLURM_JWT, when set, passes through from the caller's environment; the prefix itself
+        holds no secret.
+        """
+        masks = [str(self.run_dir / "munge")]
+        for default in ("/run/munge", "/var/run/munge"):
+            for where in {Path(default), self.host_path(default)}:
+                if where.is_dir() and not where.is_symlink():
+                    masks.append(str(where))
+        script = (
+            'while [ "$1" != -- ]; do mount -t tmpfs -o size=64k,mode=0755 sjb-no-munge "$1"; '
+            'shift; done; shift; exec "$@"'
+        )
+        wrap = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-ec", script]
+        return [
+            *wrap,
+            "sh",
+            *masks,
+            "--",
+            *self._prefix(self._user_ids(user), init_groups=True),
+            "/usr/bin/env",
+            f"SLURM_CONF={self.client_conf()}",
+            f"USER={user}",
+            f"LOGNAME={user}",
+            f"HOME=/home/{user}",
+        ]
+
+    def run_without_munge(
+        self, argv: list[str], *, user: str, token: str | None, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        """Run a Slurm client command as ``user`` with munge unreachable (without_munge_argv),
+        with ``SLURM_JWT=token`` in its environment (none when ``token`` is None)."""
+        env = {"PATH": _DAEMON_PATH, "LANG": "C.UTF-8"}
+        if token is not None:
+            env["SLURM_JWT"] = token
+        return subprocess.run(
+            [*self.without_munge_argv(user), *argv],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
     def _user_ids(self, name: str) -> tuple[int, int]:
         ids = _chroot_user(self.chroot, name) if self.chroot else _host_user(name)
         if ids is None:

@@ -205,6 +205,9 @@ def test_login_token_page_and_slurm_accepts_token(site: Site, context: BrowserCo
     claims = jwt_claims(token)
     assert claims["sun"] == "alice"
     assert page.input_value("#export") == f"export SLURM_JWT={token}"
+    help_text = page.inner_text("#without-munge")
+    assert "Slurm commands without munge" in help_text and "--exec -- squeue" in help_text
+    assert token not in help_text
 
     # The countdown is rewritten by token.js every second: JavaScript runs on the page.
     first = page.inner_text("#countdown")

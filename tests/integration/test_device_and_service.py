@@ -337,3 +337,65 @@ def test_requested_subject_root_is_refused_alice_allowed(site: Site) -> None:
     assert r.status_code == 200, r.text[:500]
     assert r.json()["slurm_user"] == "alice"
     _assert_accepted(site, r.json()["access_token"], "alice")
+
+
+# ------------------------------------------------------------------ login --exec
+
+# Run inside the command as `sh -c ARGV_SCAN sh FILE`: fails (exit 9) if the token is in any
+# process's argv, else keeps the token in FILE (printf is a shell builtin) and exits 7.
+ARGV_SCAN = (
+    'for f in /proc/[0-9]*/cmdline; do { c=$(tr "\\000" " " < "$f"); } 2>/dev/null || continue; '
+    'case "$c" in *"$SLURM_JWT"*) echo "token in $f" >&2; exit 9;; esac; done; '
+    'umask 077; printf %s "$SLURM_JWT" > "$1"; exit 7'
+)
+
+
+def _login_exec(site: Site, *command: str) -> tuple[int, str, str]:
+    """``slurm-jwt-bridge login --exec -- COMMAND...`` with alice confirming the code (HTTP);
+    returns (exit status, stdout, stderr)."""
+    with _login_command(site.url, "--exec", "--", *command) as cmd:
+        _where, code = cmd.prompt()
+        site.prov.device_login(code, "alice")
+        try:
+            cmd.proc.wait(timeout=LOGIN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"login --exec still running: {cmd.stderr}") from None
+        cmd._pump.join(5)
+        assert cmd.proc.stdout is not None
+        return cmd.proc.returncode, cmd.proc.stdout.read(), "".join(cmd.stderr)
+
+
+def test_login_exec_runs_squeue_without_munge(site: Site) -> None:
+    cluster = site.slurm.cluster
+    nomunge = cluster.without_munge_argv("alice")
+    status, out, err = _login_exec(site, *nomunge, "squeue", "-o", "%i %u")
+    assert status == 0, f"exit {status}: {err}"
+    assert out.splitlines()[0].split() == ["JOBID", "USER"], out
+    assert "token for alice" in err
+    # The same command, same namespace, without the bridge: munge is out of reach.
+    proc = cluster.run_without_munge(["squeue"], user="alice", token=None)
+    assert proc.returncode != 0 and "Munge encode failed" in proc.stderr, proc.stderr
+
+
+def test_login_exec_sbatch_job_runs_as_alice_without_munge(site: Site, tmp_path: Path) -> None:
+    cluster = site.slurm.cluster
+    out = f"/tmp/sjb-login-exec-{tmp_path.name}.out"
+    argv = ["sbatch", "--parsable", "-o", out, "--wrap", "id -un"]
+    status, stdout, err = _login_exec(site, *cluster.without_munge_argv("alice"), *argv)
+    assert status == 0, f"exit {status}: {err}"
+    job_id = int(stdout.strip())
+    try:
+        assert cluster.wait_job(job_id) == "COMPLETED"
+        assert cluster.host_path(out).read_text().strip() == "alice"
+    finally:
+        cluster.host_path(out).unlink(missing_ok=True)
+
+
+def test_login_exec_passes_exit_status_and_keeps_token_off_argv(site: Site, tmp_path: Path) -> None:
+    kept = tmp_path / "token"
+    status, out, err = _login_exec(site, "/bin/sh", "-c", ARGV_SCAN, "sh", str(kept))
+    assert status == 7, f"exit {status}: {err}"  # 9 would mean the token was in some argv
+    token = kept.read_text()
+    assert re.fullmatch(JWT_RE, token), token[:20]
+    assert out == "" and token not in err  # the token is printed nowhere
+    _assert_accepted(site, token, "alice")
