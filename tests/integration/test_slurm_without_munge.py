@@ -1,5 +1,5 @@
 """Slurm's own commands outside the munge perimeter, with a bridge token (docs/slurm.md,
-"Slurm commands without munge"), against real Slurm 22.05 and 26.05.
+"Slurm commands without munge"), against real Slurm 22.05, 24.11 and 26.05.
 
 Every client command here runs as the token's local user in its own mount namespace, where an
 empty tmpfs hides every munge socket (SlurmCluster.without_munge_argv), and reads a client-side
@@ -8,13 +8,13 @@ What is proven, each time by the real daemons:
 - without SLURM_JWT, squeue, sinfo, sbatch, scancel and srun fail ("Munge encode failed"): munge
   really is out of reach;
 - with a bridge token (RS256 or HS256), squeue, sinfo and scontrol show answer; sbatch --wrap
-  'id -un' runs a job as the token's user (the job's environment holds SLURM_JWT on 22.05,
-  and on 26.05 only with an explicit --export=ALL); scancel cancels it; bob's job cannot be
+  'id -un' runs a job as the token's user (the job's environment holds SLURM_JWT on 22.05 and
+  24.11, on 26.05 only with an explicit --export=ALL); scancel cancels it; bob's job cannot be
   cancelled with alice's token;
 - an expired token and a token signed by a key Slurm never loaded (a foreign bridge) are
   refused with each version's message;
-- srun fails as Slurm documents: 26.05 refuses auth/jwt outright; 22.05 gets an allocation from
-  slurmctld but slurmd refuses the step launch.
+- srun fails as Slurm documents: 26.05 refuses auth/jwt outright; 22.05 and 24.11 get an
+  allocation from slurmctld but slurmd refuses the step launch.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ MUNGE_UNREACHABLE = "Munge encode failed"
 # What the client prints when slurmctld refuses the token (and why, in slurmctld's log).
 TOKEN_REFUSED = {
     "22.05": "slurm_load_jobs error: Zero Bytes were transmitted or received",
+    "24.11": "slurm_load_jobs error: Protocol authentication error",
     "26.05": "slurm_load_jobs error: Protocol authentication error",
 }
 REFUSAL_REASON = {
@@ -51,15 +52,20 @@ REFUSAL_REASON = {
 JOB_ENV_HAS_TOKEN = {
     ("22.05", ""): "1",
     ("22.05", "--export=ALL"): "1",
+    ("24.11", ""): "1",
+    ("24.11", "--export=ALL"): "1",
     ("26.05", ""): "0",
     ("26.05", "--export=ALL"): "1",
 }
+SRUN_STEP_REFUSED = (
+    r"Task launch for StepId=\d+\.0 failed on node \S+: Zero Bytes were transmitted or received"
+)
 SRUN_REFUSED = {
     # src/srun/srun.c (26.05): auth/jwt is refused before anything is sent.
     "26.05": r"srun: fatal: auth/jwt is not supported for use with srun\.",
-    # 22.05: slurmctld grants the allocation, slurmd cannot authenticate the step launch.
-    "22.05": r"Task launch for StepId=\d+\.0 failed on node \S+: "
-    r"Zero Bytes were transmitted or received",
+    # 22.05, 24.11: slurmctld grants the allocation, slurmd cannot authenticate the step launch.
+    "22.05": SRUN_STEP_REFUSED,
+    "24.11": SRUN_STEP_REFUSED,
 }
 
 
