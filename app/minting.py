@@ -1,8 +1,9 @@
 """The Slurm claim set and signing, byte-compatible with ``scontrol token``.
 
 Header ``{"alg":"RS256","kid":"...","typ":"JWT"}`` (HS256: no kid) and payload
-``{"exp":..,"iat":..,"sun":"alice"}`` in that order, integers for times; an optional ``jti``
-after them for audit correlation (Slurm ignores it).
+``{"exp":..,"iat":..,"sun":"alice"}`` in that order, integers for times; with identity claims
+(Slurm 26.05 ``use_jwt_client_ids``) ``uid``, ``gid`` and ``id`` follow ``sun``; an optional
+``jti`` comes last, for audit correlation (Slurm ignores it).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from .accounts import PosixIdentity
 from .errors import BridgeError
 from .keys import KeyRing
 
@@ -32,9 +34,15 @@ class SlurmToken:
         return self.exp - self.iat
 
 
-def slurm_claims(user: str, iat: int, exp: int, jti: str | None) -> dict[str, object]:
-    """The claims slurmctld reads, in scontrol's order: exp, iat, sun (then jti)."""
+def slurm_claims(
+    user: str, iat: int, exp: int, jti: str | None, identity: PosixIdentity | None = None
+) -> dict[str, object]:
+    """The claims slurmctld reads, in scontrol's order: exp, iat, sun (then uid, gid, id; jti)."""
     claims: dict[str, object] = {"exp": exp, "iat": iat, "sun": user}
+    if identity is not None:
+        if identity.name != user:
+            raise ValueError(f"identity for {identity.name!r} in a token for {user!r}")
+        claims.update(identity.slurm_claims())
     if jti:
         claims["jti"] = jti
     return claims
@@ -49,6 +57,7 @@ def mint_slurm_token(
     include_jti: bool = True,
     not_after: int | None = None,
     now: int | None = None,
+    identity: PosixIdentity | None = None,
 ) -> SlurmToken:
     """Sign a Slurm token for ``user``; ``not_after`` caps exp (e.g. the upstream token's exp).
 
@@ -59,7 +68,7 @@ def mint_slurm_token(
     if not_after is not None:
         exp = min(exp, int(not_after))
     jti = secrets.token_urlsafe(16) if include_jti else None
-    claims = slurm_claims(user, iat, exp, jti)
+    claims = slurm_claims(user, iat, exp, jti, identity)
     if alg == "RS256":
         key = ring.active
         if key is None:

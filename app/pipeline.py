@@ -15,12 +15,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from .accounts import PosixIdentity, identity_from_claims, identity_from_nss
 from .audit import AuditLog
 from .errors import BridgeError, access_denied, invalid_request, unauthorized_client
 from .identity import IdentityMapper
 from .keys import KeyRingSource
 from .minting import SlurmToken, mint_slurm_token
-from .policy import check_account, resolve_lifetime, username_problem
+from .policy import check_account, check_identity, resolve_lifetime, username_problem
 from .settings import DelegationActor, ServiceAccount, Settings
 
 if TYPE_CHECKING:
@@ -55,6 +56,10 @@ class Grant:
     max_lifetime: int | None = None
     algs: tuple[str, ...] = SIGNING_ALGS
     not_after: int | None = None
+    # identity claims: None follows [tokens] identity_claims (a service account may override);
+    # ``identity`` is what the upstream token stated (identity_source = "claims").
+    identity_claims: bool | None = None
+    identity: PosixIdentity | None = None
 
     def audit_fields(self) -> dict[str, Any]:
         return {
@@ -209,6 +214,8 @@ class Pipeline:
                 kind="service",
                 max_lifetime=service.max_lifetime,
                 algs=service.algs,
+                identity_claims=service.identity_claims,
+                identity=self._claimed_identity(service.account, verified, service.identity_claims),
                 **base,
             )
         if verified.is_service:
@@ -220,7 +227,9 @@ class Pipeline:
         mapped = self.mapper.map(
             verified.issuer.name, verified.claims, verified.groups, verified.roles
         )
-        return Grant(user=mapped.name, **base)
+        return Grant(
+            user=mapped.name, identity=self._claimed_identity(mapped.name, verified), **base
+        )
 
     def delegated_grant(
         self,
@@ -286,6 +295,7 @@ class Pipeline:
             actor=actor_name,
             max_lifetime=actor.max_lifetime,
             not_after=grant.not_after,
+            identity=grant.identity,
         )
 
     def issue(
@@ -309,7 +319,16 @@ class Pipeline:
                 f"{', '.join(grant.algs)})",
                 metric="alg_not_allowed_for_account",
             )
-        check_account(grant.user, self.settings.policy, self.settings.mapping.require_local_account)
+        account = check_account(
+            grant.user, self.settings.policy, self.settings.mapping.require_local_account
+        )
+        identity = None
+        if self._wants_identity(grant.identity_claims):
+            # Without an upstream token of the user (admin mint, a portal's requested_subject)
+            # there are no claims to read: the identity comes from NSS.
+            identity = grant.identity or identity_from_nss(grant.user)
+            decision.fields["uid"] = identity.uid
+            check_identity(identity, account, self.settings.policy)
         seconds = resolve_lifetime(lifetime, self.settings.tokens, grant.max_lifetime)
         token = mint_slurm_token(
             self.keys.current(),
@@ -318,11 +337,26 @@ class Pipeline:
             chosen,
             include_jti=self.settings.tokens.include_jti,
             not_after=grant.not_after,
+            identity=identity,
         )
         decision.fields.update(kid=token.kid, jti=token.jti, exp=token.exp)
         return Exchange(token, grant)
 
     # ------------------------------------------------------------ helpers
+
+    def _wants_identity(self, override: bool | None = None) -> bool:
+        """Identity claims in this token: a service account's setting, else [tokens]."""
+        return self.settings.tokens.identity_claims if override is None else override
+
+    def _claimed_identity(
+        self, user: str, verified: VerifiedToken, override: bool | None = None
+    ) -> PosixIdentity | None:
+        """The identity the upstream token states, when tokens carry identity claims read from
+        upstream claims (identity_source = "claims"); None otherwise."""
+        tokens = self.settings.tokens
+        if tokens.identity_source != "claims" or not self._wants_identity(override):
+            return None
+        return identity_from_claims(user, verified.claims, tokens.identity_claim_names)
 
     @contextlib.contextmanager
     def _audited(

@@ -10,9 +10,13 @@ from __future__ import annotations
 import pwd
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import BridgeError, access_denied, invalid_request
 from .settings import PolicySettings, TokenSettings
+
+if TYPE_CHECKING:
+    from .accounts import PosixIdentity
 
 # POSIX portable user names: the portable filename characters, not starting with '-'.
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,31}$")
@@ -59,39 +63,93 @@ def check_account(
             f"user {name!r} has no local account (mapping.require_local_account is on)",
             metric="no_local_account",
         )
-    # A second passwd entry with the same uid (an alias, a case-folded name) is the same
-    # account to the kernel and to slurmctld: deny and protect by uid as well as by name.
+    if name not in policy.allow_users:
+        if name == "root":
+            raise _denied_root(name)
+        if name == policy.slurm_user:
+            raise _denied_slurm_user(name)
+        if name == "nobody":
+            raise _denied_nobody(name)
     if uid is not None:
-        for denied in policy.deny_users:
-            if _uid(denied) == uid:
-                raise access_denied(
-                    f"user {name!r} has uid {uid}, the uid of {denied!r} in policy.deny_users",
-                    metric="denied_user",
-                )
+        check_uid(name, uid, policy)
+    return AccountCheck(name, uid)
+
+
+def check_uid(name: str, uid: int, policy: PolicySettings, source: str = "") -> None:
+    """Raise BridgeError unless a token for ``name`` may carry (or resolve to) ``uid``.
+
+    The one place the policy looks at uids, whichever authority stated them: this host's
+    passwd, or an identity provider's claims (``source`` names it in the reason). A second
+    passwd entry with the same uid (an alias, a case-folded name) is the same account to the
+    kernel and to slurmctld: deny and protect by uid as well as by name.
+    """
+    said = f" ({source})" if source else ""
+    for denied in policy.deny_users:
+        if denied != name and uid == _uid(denied):
+            raise access_denied(
+                f"user {name!r} has uid {uid}{said}, the uid of {denied!r} in policy.deny_users",
+                metric="denied_user",
+            )
     if name in policy.allow_users:
-        return AccountCheck(name, uid)
-    if name == "root" or uid == 0:
+        return
+    if uid == 0:
+        raise _denied_root(name, f" has uid 0{said}")
+    if uid == _uid(policy.slurm_user):
+        raise _denied_slurm_user(
+            name,
+            f" has uid {uid}{said}, the uid of the SlurmUser (policy.slurm_user "
+            f"{policy.slurm_user!r})",
+        )
+    if uid == NOBODY_UID:
+        raise _denied_nobody(name, f" has uid {uid}{said}")
+    if uid < policy.min_uid:
         raise access_denied(
-            f"user {name!r} is root (uid 0); a root token is a master key to the cluster",
+            f"user {name!r} is a system account (uid {uid}{said} < policy.min_uid "
+            f"{policy.min_uid})",
+            metric="denied_system_account",
+        )
+
+
+def check_identity(identity: PosixIdentity, account: AccountCheck, policy: PolicySettings) -> None:
+    """Raise BridgeError unless these identity claims may go into a token for ``account``.
+
+    ``account`` is check_account's answer: its uid, when the name resolves on this host, was
+    checked there and must equal the claimed one; otherwise the claimed uid is checked here.
+    """
+    if account.uid is not None and identity.uid != account.uid:
+        raise access_denied(
+            f"the identity provider says user {account.name!r} has uid {identity.uid}, "
+            f"the bridge's host says {account.uid}",
+            metric="identity_mismatch",
+        )
+    if account.uid is None:
+        check_uid(account.name, identity.uid, policy, "identity claim")
+    if 0 in identity.all_gids and account.name not in policy.allow_users:
+        raise access_denied(
+            f"user {account.name!r} would carry gid 0 (root's group) in the identity claims",
             metric="denied_root",
         )
-    if name == policy.slurm_user or (uid is not None and uid == _uid(policy.slurm_user)):
-        raise access_denied(
-            f"user {name!r} is the SlurmUser (policy.slurm_user {policy.slurm_user!r}, uid "
-            f"{uid}); its token can act as anyone",
-            metric="denied_slurm_user",
-        )
-    if name == "nobody" or uid == NOBODY_UID:
-        raise access_denied(
-            f"user {name!r} is the shared unprivileged account (nobody)",
-            metric="denied_system_account",
-        )
-    if uid is not None and uid < policy.min_uid:
-        raise access_denied(
-            f"user {name!r} is a system account (uid {uid} < policy.min_uid {policy.min_uid})",
-            metric="denied_system_account",
-        )
-    return AccountCheck(name, uid)
+
+
+def _denied_root(name: str, how: str = " is root (uid 0)") -> BridgeError:
+    return access_denied(
+        f"user {name!r}{how}; a root token is a master key to the cluster", metric="denied_root"
+    )
+
+
+def _denied_slurm_user(
+    name: str, how: str = " is the SlurmUser (policy.slurm_user)"
+) -> BridgeError:
+    return access_denied(
+        f"user {name!r}{how}; its token can act as anyone", metric="denied_slurm_user"
+    )
+
+
+def _denied_nobody(name: str, how: str = "") -> BridgeError:
+    return access_denied(
+        f"user {name!r}{how}: the shared unprivileged account (nobody)",
+        metric="denied_system_account",
+    )
 
 
 def _uid(name: str) -> int | None:

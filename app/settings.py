@@ -23,6 +23,7 @@ TENANT_PLACEHOLDER = "{tenantid}"
 TENANTLESS_CLAIMS = ("upn", "preferred_username", "email", "unique_name", "name")
 TOKEN_USES = ("access", "id")
 SIGNING_ALGS = ("RS256", "HS256")
+IDENTITY_SOURCES = ("nss", "claims")
 
 
 class SettingsError(ValueError):
@@ -50,11 +51,32 @@ class KeySettings:
 
 
 @dataclass(frozen=True)
+class IdentityClaimNames:
+    """Which upstream claims hold the POSIX identity (``identity_source = "claims"``).
+
+    An empty name means "not read": ``gecos`` is then "", and without ``groups`` and ``gids``
+    the group list is the primary gid alone.
+    """
+
+    uid: str = "uidNumber"
+    gid: str = "gidNumber"
+    home: str = "homeDirectory"
+    shell: str = "loginShell"
+    gecos: str = ""
+    groups: str = ""
+    gids: str = ""
+
+
+@dataclass(frozen=True)
 class TokenSettings:
     default_lifetime: int = 1800
     max_lifetime: int = 3600
     include_jti: bool = True
     cap_to_upstream_exp: bool = True
+    # Slurm 26.05 use_jwt_client_ids: uid, gid and id in every token.
+    identity_claims: bool = False
+    identity_source: str = "nss"
+    identity_claim_names: IdentityClaimNames = field(default_factory=IdentityClaimNames)
 
 
 @dataclass(frozen=True)
@@ -140,6 +162,7 @@ class ServiceAccount:
     account: str
     max_lifetime: int | None = None
     algs: tuple[str, ...] = SIGNING_ALGS
+    identity_claims: bool | None = None  # None: tokens.identity_claims
 
 
 @dataclass(frozen=True)
@@ -374,12 +397,37 @@ def _keys(t: _Table, base: Path) -> KeySettings:
     return s
 
 
+def _identity_claim_names(t: _Table) -> IdentityClaimNames:
+    d = IdentityClaimNames()
+    s = IdentityClaimNames(
+        **{name: t.str(name, getattr(d, name)) for name in IdentityClaimNames.__dataclass_fields__}
+    )
+    for name in ("uid", "gid", "home", "shell"):
+        if not getattr(s, name):
+            raise SettingsError(f"{t.key(name)}: is required (the claim holding the {name})")
+    if s.groups and s.gids:
+        raise SettingsError(
+            f"{t.key('gids')}: set groups (an object name -> gid) or gids (a list), not both; "
+            "Slurm takes one of them"
+        )
+    t.done()
+    return s
+
+
 def _tokens(t: _Table) -> TokenSettings:
+    source = t.str("identity_source", "nss", choices=IDENTITY_SOURCES)
+    if t.has("identity_claim_names") and source != "claims":
+        raise SettingsError(
+            f'{t.key("identity_claim_names")}: only read with identity_source = "claims"'
+        )
     s = TokenSettings(
         default_lifetime=t.int("default_lifetime", 1800, minimum=60),
         max_lifetime=t.int("max_lifetime", 3600, minimum=60),
         include_jti=t.bool("include_jti", True),
         cap_to_upstream_exp=t.bool("cap_to_upstream_exp", True),
+        identity_claims=t.bool("identity_claims", False),
+        identity_source=source,
+        identity_claim_names=_identity_claim_names(t.table("identity_claim_names")),
     )
     if s.default_lifetime > s.max_lifetime:
         raise SettingsError(
@@ -601,6 +649,7 @@ def _service_account(t: _Table, names: set[str]) -> ServiceAccount:
         account=t.str("account"),
         max_lifetime=t.int("max_lifetime", 0, minimum=60) or None,
         algs=_algs(t),
+        identity_claims=t.bool("identity_claims", False) if t.has("identity_claims") else None,
     )
     if not _USERNAME_RE.fullmatch(s.account):
         raise SettingsError(f"{t.key('account')}: {s.account!r} is not a valid user name")

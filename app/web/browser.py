@@ -33,6 +33,7 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 
+from ..accounts import PosixIdentity
 from ..errors import BridgeError
 from ..keys import SESSION_KEY_FILE
 from ..pipeline import Grant, Request
@@ -140,6 +141,8 @@ def _store(result: Any) -> None:
         "max_lifetime": grant.max_lifetime,
         "algs": list(grant.algs),
         "not_after": grant.not_after,
+        "identity_claims": grant.identity_claims,
+        "identity": grant.identity.to_dict() if grant.identity else None,
     }
     session["token"] = result.token.token
     session["exp"] = result.token.exp
@@ -151,6 +154,8 @@ def session_grant() -> Grant | None:
         return None
     raw = dict(raw)
     raw["algs"] = tuple(raw.get("algs") or ())
+    if raw.get("identity") is not None:
+        raw["identity"] = PosixIdentity.from_dict(raw["identity"])
     return Grant(**raw)
 
 

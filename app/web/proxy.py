@@ -154,6 +154,11 @@ def _pool(cfg: ProxySettings) -> HTTPConnectionPool:
     return HTTPConnectionPool(url.host, url.port or 80, **common)
 
 
+def _token_key(grant: Grant) -> tuple[str, str, Any]:
+    """Tokens are shared per user, never across differing identity claims from the IdP."""
+    return (grant.issuer or "", grant.user, grant.identity)
+
+
 class SlurmRestProxy:
     """Connection pool, caches and header rules; one per process."""
 
@@ -169,8 +174,8 @@ class SlurmRestProxy:
         self._grants: TLRUCache[str, tuple[Grant, float]] = TLRUCache(
             cfg.cache_size, ttu=lambda _k, v, _now: v[1], timer=time.time
         )
-        # user -> Slurm token, reused until 80 % of its lifetime
-        self._tokens: TLRUCache[tuple[str, str], _Cached] = TLRUCache(
+        # (issuer, user, identity claims) -> Slurm token, reused until 80 % of its lifetime
+        self._tokens: TLRUCache[tuple[str, str, Any], _Cached] = TLRUCache(
             cfg.cache_size, ttu=lambda _k, v, _now: v.reuse_until, timer=time.time
         )
 
@@ -194,7 +199,7 @@ class SlurmRestProxy:
 
     def reusable_token(self, grant: Grant, origin: Request) -> _Cached:
         """The user's Slurm token and until when it is reused (80 % of its lifetime)."""
-        cache_key = (grant.issuer or "", grant.user)
+        cache_key = _token_key(grant)
         now = time.time()
         with self._lock:
             hit = self._tokens.get(cache_key)
@@ -209,7 +214,7 @@ class SlurmRestProxy:
 
     def forget(self, grant: Grant) -> None:
         with self._lock:
-            self._tokens.pop((grant.issuer or "", grant.user), None)
+            self._tokens.pop(_token_key(grant), None)
 
     # ------------------------------------------------------------ forwarding
 

@@ -80,7 +80,7 @@ const mountPath = new URL(issuer).pathname.replace(/\/$/, ''); // "" or "/realms
 const RESOURCE = cfg.resource || 'https://bridge.test';
 const accounts = cfg.accounts || {};
 const ttlCfg = cfg.ttl || {};
-const RS_SCOPE = 'openid profile email groups';
+const RS_SCOPE = 'openid profile email groups posix';
 
 const ttl = {
   AccessToken: Number(ttlCfg.AccessToken ?? 3600),
@@ -108,6 +108,9 @@ const SCOPE_CLAIMS = {
   profile: ['preferred_username', 'name', 'given_name', 'family_name'],
   email: ['email', 'email_verified'],
   groups: ['groups'],
+  // POSIX attributes as Keycloak's LDAP user federation maps them (attribute mappers with
+  // claim JSON type int/long for the numbers).
+  posix: ['uidNumber', 'gidNumber', 'homeDirectory', 'loginShell', 'gids'],
 };
 
 function accountClaims(sub) {
@@ -202,8 +205,9 @@ const configuration = {
     profile: SCOPE_CLAIMS.profile,
     email: SCOPE_CLAIMS.email,
     groups: SCOPE_CLAIMS.groups,
+    posix: SCOPE_CLAIMS.posix,
   },
-  scopes: ['openid', 'offline_access', 'profile', 'email', 'groups'],
+  scopes: ['openid', 'offline_access', 'profile', 'email', 'groups', 'posix'],
   // put the scope-requested claims into the ID token too, not only in userinfo
   conformIdTokenClaims: false,
   features: {
