@@ -639,7 +639,10 @@ def _identity_complete(claims: dict[str, Any]) -> bool:
 
     if not (is_int(claims.get("uid")) and is_int(claims.get("gid")) and isinstance(ident, dict)):
         return False
-    if not all(isinstance(ident.get(k), str) for k in ("name", "gecos", "dir", "shell")):
+    # 26.05.5 refuses an empty one too ("identity validation failed"), gecos included.
+    if not all(
+        isinstance(ident.get(k), str) and ident[k] for k in ("name", "gecos", "dir", "shell")
+    ):
         return False
     return ("groups" in ident) != ("gids" in ident)
 
@@ -666,8 +669,8 @@ def _explain_identity(
         report.add(
             level,
             subject,
-            "identity claims incomplete (integer uid and gid, id with name, gecos, dir, shell "
-            "and groups xor gids): Slurm discards them",
+            "identity claims incomplete (integer uid and gid, id with non-empty name, gecos, "
+            "dir, shell and groups xor gids): Slurm discards them",
         )
         return
     ident = claims["id"]

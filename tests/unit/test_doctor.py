@@ -138,7 +138,7 @@ def test_identity_claims_against_client_ids_only(controller: Path, keys_dir: Pat
     plain = signed(keys_dir, {"exp": now + 600, "iat": now, "sun": "nosuch-sjb"})
     report = run_doctor(controller, version=V2605, token=plain)
     assert any("use_jwt_client_ids_only: refused" in ln for ln in lines(report))
-    ident = {"name": "nosuch-sjb", "gecos": "", "dir": "/home/x", "shell": "/bin/sh", "gids": [7]}
+    ident = {"name": "nosuch-sjb", "gecos": "X", "dir": "/home/x", "shell": "/bin/sh", "gids": [7]}
     full = signed(
         keys_dir,
         {"exp": now + 600, "iat": now, "sun": "nosuch-sjb", "uid": 2345, "gid": 2345, "id": ident},
@@ -151,6 +151,20 @@ def test_identity_claims_against_client_ids_only(controller: Path, keys_dir: Pat
         {"exp": now + 600, "iat": now, "sun": "nosuch-sjb", "uid": 2345, "gid": 2345, "id": both},
     )
     report = run_doctor(controller, version=V2605, token=broken)
+    assert any("incomplete" in ln and ln.startswith("FAIL") for ln in lines(report))
+    # 26.05.5 refuses an identity with an empty gecos ("identity validation failed").
+    no_gecos = signed(
+        keys_dir,
+        {
+            "exp": now + 600,
+            "iat": now,
+            "sun": "nosuch-sjb",
+            "uid": 2345,
+            "gid": 2345,
+            "id": dict(ident, gecos=""),
+        },
+    )
+    report = run_doctor(controller, version=V2605, token=no_gecos)
     assert any("incomplete" in ln and ln.startswith("FAIL") for ln in lines(report))
 
 
