@@ -36,6 +36,7 @@ from jwt.algorithms import RSAAlgorithm
 
 HS256_FILE = "jwt_hs256.key"
 SESSION_KEY_FILE = "session.key"
+SESSION_KEY_BYTES = 32
 RING_FILE = "ring.json"
 LOCK_FILE = ".lock"
 HS256_MIN_BYTES = 32
@@ -161,6 +162,27 @@ def _read_private(path: Path) -> bytes:
         ) from None
     except OSError as exc:
         raise KeyRingError(f"{path}: cannot read key file: {exc.strerror}") from None
+
+
+def load_session_key(path: Path) -> bytes:
+    """The browser session key: created (0600, 32 random bytes) when missing; refused when
+    group/other can read it or when it is shorter than 32 bytes."""
+    path = Path(path)
+    if not path.exists():
+        try:
+            atomic_write(path, secrets.token_bytes(SESSION_KEY_BYTES), 0o600)
+        except OSError as exc:
+            raise KeyRingError(
+                f"{path}: session key missing and cannot be created ({exc.strerror}); "
+                "run: slurm-jwt-bridge keys init"
+            ) from None
+    data = _read_private(path)
+    if len(data) < SESSION_KEY_BYTES:
+        raise KeyRingError(
+            f"{path}: session key has {len(data)} bytes, at least {SESSION_KEY_BYTES} are needed; "
+            "remove it and run: slurm-jwt-bridge keys init"
+        )
+    return data
 
 
 class KeyRing:
@@ -340,7 +362,7 @@ def init_keys(directory: str | os.PathLike[str], bits: int = 2048) -> list[str]:
             created.append(f"created HS256 key {hs}")
         session = d / SESSION_KEY_FILE
         if not session.exists():
-            atomic_write(session, secrets.token_bytes(32), 0o600)
+            atomic_write(session, secrets.token_bytes(SESSION_KEY_BYTES), 0o600)
             created.append(f"created browser session key {session}")
     return created
 

@@ -157,14 +157,20 @@ class Pipeline:
             return self.issue(grant, lifetime=lifetime, alg=alg, decision=decision).token
 
     def login(
-        self, id_token: str, not_after: int, request: Request, lifetime: int | None = None
+        self,
+        id_token: str,
+        not_after: int,
+        request: Request,
+        lifetime: int | None = None,
+        event: str = "login",
     ) -> Exchange:
-        """The browser door: an ID token from the login; tokens live at most as the session."""
-        with self._audited("login", request) as decision:
+        """The browser door: an ID token from the login (or from a refresh at the IdP, event
+        "remint"); tokens live at most as the session and never past the ID token's exp."""
+        with self._audited(event, request) as decision:
             verified = self.verify(id_token, "id")
             decision.fields.update(_verified_fields(verified))
             grant = self.grant_for(verified)
-            grant = replace(grant, not_after=not_after)
+            grant = replace(grant, not_after=min(not_after, verified.exp))
             return self.issue(grant, lifetime=lifetime, decision=decision)
 
     def grant_from_token(self, token: str, request: Request) -> tuple[Grant, int]:
@@ -318,6 +324,13 @@ class Pipeline:
                 f"{chosen} is not allowed for account {grant.user!r} (allowed: "
                 f"{', '.join(grant.algs)})",
                 metric="alg_not_allowed_for_account",
+            )
+        if grant.not_after is not None and grant.not_after <= time.time():
+            raise BridgeError(
+                "invalid_grant",
+                "the login this token would come from has expired; log in again",
+                401,
+                metric="grant_expired",
             )
         account = check_account(
             grant.user, self.settings.policy, self.settings.mapping.require_local_account

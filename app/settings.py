@@ -183,6 +183,9 @@ class BrowserSettings:
     session_lifetime: int = 28800
     secure_cookies: bool = True
     proxy_url: str = ""
+    # Where sessions live: "" = the local directory session_dir; redis://... = shared by replicas
+    session_storage_uri: str = ""
+    session_dir: Path = Path("sessions")
 
 
 @dataclass(frozen=True)
@@ -689,13 +692,26 @@ def _delegation(t: _Table, names: set[str]) -> tuple[DelegationActor, ...]:
     return actors
 
 
-def _browser(t: _Table) -> BrowserSettings:
+def _browser(t: _Table, base: Path) -> BrowserSettings:
+    raw_dir = t.str("session_dir", "")
+    if not raw_dir:  # systemd's StateDirectory= when there is one, else beside the config file
+        state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        raw_dir = str(Path(state) / "sessions") if state else "sessions"
     s = BrowserSettings(
         enabled=t.bool("enabled", True),
         session_lifetime=t.int("session_lifetime", 28800, minimum=60),
         secure_cookies=t.bool("secure_cookies", True),
         proxy_url=t.str("proxy_url", "").rstrip("/"),
+        session_storage_uri=t.str("session_storage_uri", ""),
+        session_dir=(base / raw_dir) if not os.path.isabs(raw_dir) else Path(raw_dir),
     )
+    if s.session_storage_uri and not re.match(
+        r"^(redis|rediss|redis\+unix)://", s.session_storage_uri
+    ):
+        raise SettingsError(
+            f"{t.key('session_storage_uri')}: must be empty (the local session_dir) or "
+            f"redis://host:port, got {_show(s.session_storage_uri)}"
+        )
     t.done()
     return s
 
@@ -846,7 +862,7 @@ def parse_settings(data: dict[str, Any], base: Path | None = None, source: str =
             _service_account(t, set(names)) for t in root.tables("service_accounts")
         ),
         delegation=_delegation(root.table("delegation"), set(names)),
-        browser=_browser(root.table("browser")),
+        browser=_browser(root.table("browser"), base),
         cli_login=_cli_login(root.table("cli_login"), set(names)),
         proxy=_proxy(root.table("proxy"), tokens),
         rate_limit=_rate_limit(root.table("rate_limit")),

@@ -1,22 +1,29 @@
 """The browser door: log in at the identity provider (code + PKCE), see and copy a Slurm token.
 
 authlib's Flask client does the OAuth part (state, nonce, PKCE S256, code exchange, ID token
-checks); the ID token then goes through the same pipeline as the API. The session cookie holds
-only the grant (user, issuer, subject), the current Slurm token and a CSRF token: never an
-upstream token, never the user's groups, so it stays far under 4 KB.
+checks); the ID token then goes through the same pipeline as the API.
+
+Sessions are server-side (Flask-Session): the cookie carries only a random id; the grant, the
+IdP's refresh token and the current Slurm token live in a local directory (0700, files 0600) or
+in Redis for several replicas. A session ends at ``session_lifetime`` after the login, at logout
+(deleted from the store, refresh token revoked at the IdP) or when the IdP refuses the refresh
+that precedes every new token. Without a refresh token, new tokens stop at the ID token's exp.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import os
 import re
 import secrets
+import stat
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
+import httpx
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.flask_client import OAuth
 from flask import (
@@ -35,7 +42,7 @@ from flask.typing import ResponseReturnValue
 
 from ..accounts import PosixIdentity
 from ..errors import BridgeError
-from ..keys import SESSION_KEY_FILE
+from ..keys import SESSION_KEY_FILE, KeyRingError, load_session_key
 from ..pipeline import Grant, Request
 from ..settings import TENANT_PLACEHOLDER, IssuerSettings, Settings
 from ..upstream import discovery_url
@@ -44,37 +51,82 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("browser", __name__)
 
-SESSION_KEYS = ("grant", "token", "exp", "user", "issuer", "csrf")
+SESSION_COOKIE = "sjb_session"
+# The local store prunes expired sessions first, then others, beyond this many files.
+SESSION_FILE_LIMIT = 20000
+REVOKE_TIMEOUT = 5.0
 
 
-def session_secret(settings: Settings) -> bytes:
-    """The cookie signing key, shared by every worker: the configured file or keys/session.key."""
-    path = Path(settings.server.secret_key_file or settings.keys.dir / SESSION_KEY_FILE)
-    try:
-        return path.read_bytes()
-    except OSError:
-        log.warning(
-            "%s missing: browser sessions use a per-process key and will not survive a "
-            "restart or span several workers (run: slurm-jwt-bridge keys init)",
-            path,
-        )
-        return secrets.token_bytes(32)
+def session_key_path(settings: Settings) -> Path:
+    return Path(settings.server.secret_key_file or settings.keys.dir / SESSION_KEY_FILE)
 
 
 def login_issuers(settings: Settings) -> list[IssuerSettings]:
     return [i for i in settings.issuers if i.client_id]
 
 
-def init_browser(app: Flask, settings: Settings) -> None:
-    """Register the IdP clients and the session settings on ``app``."""
-    app.secret_key = session_secret(settings)
+def _private_dir(path: Path) -> Path:
+    """The local session store: created 0700; refused when group/other may enter it."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError as exc:
+        raise KeyRingError(
+            f"{path}: cannot create the session directory ({exc.strerror})"
+        ) from None
+    if mode & 0o077:
+        raise KeyRingError(
+            f"{path}: mode {mode:04o} lets group/other access browser sessions; "
+            f"run: chmod 700 {path}"
+        )
+    return path
+
+
+def init_sessions(app: Flask, settings: Settings) -> None:
+    """Server-side sessions (Flask-Session) in the configured store."""
+    from flask_session import Session
+
+    cfg = settings.browser
+    app.secret_key = load_session_key(session_key_path(settings))
     app.config.update(
-        SESSION_COOKIE_NAME="sjb_session",
-        SESSION_COOKIE_SECURE=settings.browser.secure_cookies,
+        SESSION_COOKIE_NAME=("__Host-" if cfg.secure_cookies else "") + SESSION_COOKIE,
+        SESSION_COOKIE_SECURE=cfg.secure_cookies,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        PERMANENT_SESSION_LIFETIME=settings.browser.session_lifetime,
+        SESSION_COOKIE_PATH="/",
+        SESSION_COOKIE_DOMAIN=None,
+        PERMANENT_SESSION_LIFETIME=cfg.session_lifetime,
+        SESSION_PERMANENT=True,
+        SESSION_REFRESH_EACH_REQUEST=False,
+        SESSION_KEY_PREFIX="sjb-session:",
     )
+    if cfg.session_storage_uri:
+        try:
+            import redis
+        except ImportError:
+            raise KeyRingError(
+                "[browser] session_storage_uri: redis:// needs the redis extra "
+                "(pip install 'slurm-jwt-bridge[redis]')"
+            ) from None
+        app.config.update(
+            SESSION_TYPE="redis", SESSION_REDIS=redis.Redis.from_url(cfg.session_storage_uri)
+        )
+    else:
+        from cachelib.file import FileSystemCache
+
+        store = _private_dir(cfg.session_dir)
+        app.config.update(
+            SESSION_TYPE="cachelib",
+            SESSION_CACHELIB=FileSystemCache(str(store), threshold=SESSION_FILE_LIMIT, mode=0o600),
+        )
+    Session(app)
+    app.extensions["slurm_jwt_bridge_sessions"] = True
+
+
+def init_browser(app: Flask, settings: Settings) -> None:
+    """Register the IdP clients and, when there is a login issuer, the session store."""
+    if login_issuers(settings):
+        init_sessions(app, settings)
     oauth = OAuth(app)
     for iss in login_issuers(settings):
         kwargs: dict[str, Any] = {
@@ -108,8 +160,14 @@ def _page(template: str, status: int = 200, **context: Any) -> Response:
     return resp
 
 
-def error_page(title: str, reason: str, status: int = 400) -> Response:
-    return _page("error.html", status, title=title, reason=reason)
+def error_page(title: str, reason: str, status: int = 400, login: bool = False) -> Response:
+    return _page("error.html", status, title=title, reason=reason, login=login)
+
+
+def _ended(title: str, reason: str) -> Response:
+    """The session is over: delete it from the store and ask for a new login."""
+    session.clear()
+    return error_page(title, reason, 401, login=True)
 
 
 def _csrf() -> str:
@@ -148,15 +206,53 @@ def _store(result: Any) -> None:
     session["exp"] = result.token.exp
 
 
-def session_grant() -> Grant | None:
+def _keep_refresh_token(tokens: dict[str, Any]) -> None:
+    if tokens.get("refresh_token"):
+        session["refresh_token"] = tokens["refresh_token"]
+
+
+def session_grant(usable: bool = False) -> Grant | None:
+    """The session's grant while the session lasts; with ``usable``, only while it can still
+    mint (before the upstream token's exp: a refresh at the IdP is needed after that)."""
     raw = session.get("grant")
     if not isinstance(raw, dict):
+        return None
+    now = time.time()
+    if int(session.get("ends", 0)) <= now:
         return None
     raw = dict(raw)
     raw["algs"] = tuple(raw.get("algs") or ())
     if raw.get("identity") is not None:
         raw["identity"] = PosixIdentity.from_dict(raw["identity"])
-    return Grant(**raw)
+    grant = Grant(**raw)
+    if usable and (grant.not_after is None or grant.not_after <= now):
+        return None
+    return grant
+
+
+def _revoke(name: str | None, refresh_token: str | None) -> None:
+    """RFC 7009: revoke the refresh token where the IdP advertises revocation_endpoint."""
+    if not name or not refresh_token:
+        return
+    iss = _bridge().settings.issuer_named(name)
+    client = _oauth().create_client(name)
+    if iss is None or client is None:
+        return
+    try:
+        endpoint = (client.load_server_metadata() or {}).get("revocation_endpoint")
+        if not endpoint:
+            return
+        data = {"token": refresh_token, "token_type_hint": "refresh_token"}
+        auth = None
+        if iss.client_secret:
+            auth = (quote(iss.client_id, safe=""), quote(iss.client_secret, safe=""))
+        else:
+            data["client_id"] = iss.client_id
+        r = httpx.post(endpoint, data=data, auth=auth, timeout=REVOKE_TIMEOUT)
+        if r.status_code != 200:
+            log.warning("refresh token revocation at %s answered %s", name, r.status_code)
+    except Exception as exc:  # the logout goes on; the token expires at the IdP
+        log.warning("refresh token revocation at %s failed: %s", name, type(exc).__name__)
 
 
 # ---------------------------------------------------------------- routes
@@ -167,6 +263,8 @@ def index() -> ResponseReturnValue:
     settings: Settings = _bridge().settings
     grant = session_grant()
     if grant is None:
+        if "grant" in session:  # past session_lifetime: the login is over
+            session.clear()
         return _page("index.html", issuers=login_issuers(settings))
     token = session.get("token", "")
     exp = int(session.get("exp", 0))
@@ -252,15 +350,17 @@ def callback() -> ResponseReturnValue:
     if not id_token:
         return error_page("Login failed", "The identity provider returned no ID token.")
     settings: Settings = _bridge().settings
-    for key in (*SESSION_KEYS, "login_issuer"):
-        session.pop(key, None)
-    session.permanent = True
-    not_after = int(time.time()) + settings.browser.session_lifetime
+    # A new session id for the logged-in session; nothing from before the login is kept.
+    current_app.session_interface.regenerate(session)  # type: ignore[attr-defined]
+    session.clear()
+    ends = int(time.time()) + settings.browser.session_lifetime
     try:
-        result = _bridge().pipeline.login(id_token, not_after, _origin())
+        result = _bridge().pipeline.login(id_token, ends, _origin())
     except BridgeError as exc:
         return error_page("No Slurm token for this account", exc.reason, exc.status)
     _store(result)
+    _keep_refresh_token(tokens)
+    session["ends"] = ends
     session["end_session"] = (client.load_server_metadata() or {}).get("end_session_endpoint")
     session["issuer"] = name
     return redirect(url_for("browser.index"))
@@ -307,12 +407,23 @@ def _tenant_form(template: str, sent: str) -> bool:
 def new_token() -> ResponseReturnValue:
     grant = session_grant()
     if grant is None:
+        if "grant" in session:
+            session.clear()
         return redirect(url_for("browser.index"))
     _check_csrf()
     raw = request.form.get("lifetime", "")
     lifetime = int(raw) if raw.isdigit() and len(raw) < 10 else None
     if raw and lifetime is None:
         return error_page("Bad lifetime", "The lifetime must be a whole number of seconds.")
+    if session.get("refresh_token"):
+        return _refreshed_token(grant, lifetime)
+    if grant.not_after is None or grant.not_after <= time.time():
+        _refused(grant, "the ID token expired and the identity provider gave no refresh token")
+        return _ended(
+            "Login expired",
+            "Your login at the identity provider has expired (it gave this service no refresh "
+            "token): log in again to get a new token.",
+        )
     try:
         result = _bridge().pipeline.remint(grant, lifetime, None, _origin())
     except BridgeError as exc:
@@ -321,15 +432,76 @@ def new_token() -> ResponseReturnValue:
     return redirect(url_for("browser.index"))
 
 
+def _refused(grant: Grant, reason: str) -> None:
+    _bridge().audit.record(
+        "remint",
+        "refused",
+        reason=reason,
+        door="browser",
+        remote_addr=request.remote_addr,
+        **{k: v for k, v in grant.audit_fields().items() if v is not None},
+    )
+
+
+def _refreshed_token(grant: Grant, lifetime: int | None) -> ResponseReturnValue:
+    """Refresh at the IdP, then verify -> map -> authorize -> mint on the fresh ID token."""
+    name = session.get("issuer")
+    client = _oauth().create_client(name) if name else None
+    if client is None:
+        return _ended("Login ended", "The login issuer is no longer configured; log in again.")
+    try:
+        tokens = client.fetch_access_token(
+            grant_type="refresh_token", refresh_token=session["refresh_token"]
+        )
+    except OAuthError as exc:
+        _refused(grant, f"refresh refused by the identity provider: {exc.error}")
+        return _ended(
+            "Login ended",
+            "Your identity provider no longer accepts this login "
+            f"({(exc.error or 'refused')[:64]}): log in again.",
+        )
+    except Exception as exc:
+        log.warning("refresh at %s failed: %s", name, type(exc).__name__)
+        return error_page(
+            "Identity provider unreachable",
+            "Could not renew the login at the identity provider; try again later.",
+            503,
+        )
+    id_token = tokens.get("id_token")
+    if not id_token:
+        _refused(grant, "the identity provider's refresh answer has no ID token")
+        return _ended(
+            "Login ended",
+            "The identity provider renewed the login without an ID token: log in again.",
+        )
+    try:
+        result = _bridge().pipeline.login(
+            id_token, int(session["ends"]), _origin(), lifetime, event="remint"
+        )
+    except BridgeError as exc:
+        session.clear()
+        return error_page("No new token", exc.reason, exc.status, login=True)
+    fresh = result.grant
+    if (fresh.user, fresh.issuer, fresh.subject) != (grant.user, grant.issuer, grant.subject):
+        return _ended(
+            "Login changed", "The identity provider renewed another account: log in again."
+        )
+    _store(result)
+    _keep_refresh_token(tokens)
+    return redirect(url_for("browser.index"))
+
+
 @bp.post("/logout")
 def logout() -> ResponseReturnValue:
-    if session_grant() is None:  # already logged out (expired session, another tab)
+    if not isinstance(session.get("grant"), dict):  # already logged out (another tab)
         session.clear()
         return redirect(url_for("browser.index"))
     _check_csrf()
     end_session = session.get("end_session")
     name = session.get("issuer")
-    session.clear()
+    refresh_token = session.get("refresh_token")
+    session.clear()  # deleted from the store: a replayed cookie finds nothing
+    _revoke(name, refresh_token)
     if end_session and name:
         iss = _bridge().settings.issuer_named(name)
         params = {

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import urllib3
 from cachetools import TLRUCache
@@ -363,13 +364,47 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
         return _Caller(grant, upstream_exp=upstream_exp)
     if auth:
         raise BridgeError("invalid_request", "use 'Authorization: Bearer <token>'", 401)
-    if current_app.secret_key and isinstance(session.get("grant"), dict):
+    if current_app.extensions.get("slurm_jwt_bridge_sessions") and "grant" in session:
         from .browser import session_grant
 
-        grant = session_grant()
-        if grant is not None:
-            return _Caller(grant)
+        grant = session_grant(usable=True)
+        if grant is None:
+            raise BridgeError(
+                "invalid_token",
+                "the browser login has expired: get a new token on the start page",
+                401,
+            )
+        _check_same_origin()
+        return _Caller(grant)
     return None
+
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _check_same_origin() -> None:
+    """CSRF defence for cookie-authenticated calls: a state-changing method needs an Origin
+    (or, without one, a Referer) equal to public_url and a custom header (X-Requested-With),
+    which a cross-site form or simple fetch cannot send."""
+    if request.method in SAFE_METHODS:
+        return
+    public = current_app.extensions["slurm_jwt_bridge"].settings.server.public_url
+    expected = _origin_of(public or request.host_url)
+    sent = (request.headers.get("Origin") or _origin_of(request.headers.get("Referer", ""))).lower()
+    if sent != expected or not request.headers.get("X-Requested-With"):
+        raise BridgeError(
+            "access_denied",
+            f"cross-site request refused: a {request.method} with the browser session needs "
+            f"Origin {expected} and an X-Requested-With header",
+            403,
+        )
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return ""
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def handle(prefix: str, rest: str) -> Response:

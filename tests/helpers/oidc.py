@@ -239,6 +239,11 @@ class OidcProvider:
     def log_tail(self, n: int = 40) -> str:
         return "\n".join(self._log_lines[-n:])
 
+    @property
+    def lines(self) -> list[str]:
+        """The provider's log so far, one "METHOD PATH STATUS MS" line per request."""
+        return list(self._log_lines)
+
     def discovery(self) -> dict:
         r = requests.get(self.issuer + "/.well-known/openid-configuration", timeout=10)
         if r.status_code != 200:

@@ -18,7 +18,10 @@ One provider and one bridge serve the whole module; every test gets a fresh brow
 from __future__ import annotations
 
 import contextlib
+import json
 import re
+import shutil
+import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +31,7 @@ from typing import TYPE_CHECKING
 import pytest
 import requests
 
+from tests.conftest import skip_or_fail
 from tests.helpers.bridge import BridgeServer
 from tests.helpers.browser import (
     TIMEOUT_MS,
@@ -42,7 +46,7 @@ from tests.helpers.browser import (
     web_client,
 )
 from tests.helpers.oidc import OidcProvider, start_oidc_provider
-from tests.helpers.slurm_rest import BridgeCluster, get_jobs, run_whoami_job
+from tests.helpers.slurm_rest import BridgeCluster, get_jobs, run_whoami_job, submit_body
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page
@@ -91,11 +95,12 @@ display_name = {toml_str(display_name)}
 """
 
 
-def _bridge_toml(port: int, keys_dir: Path, issuers: str) -> str:
+def _bridge_toml(port: int, keys_dir: Path, issuers: str, extra: str = "") -> str:
     return f"""
 [server]
 host = "127.0.0.1"
 port = {port}
+public_url = "http://127.0.0.1:{port}"
 
 [keys]
 dir = {toml_str(str(keys_dir))}
@@ -111,6 +116,7 @@ session_lifetime = 3600
 [[mapping.rules]]
 claim = "preferred_username"
 require_groups = ["hpc-users"]
+{extra}
 """
 
 
@@ -132,8 +138,9 @@ def site(slurm_2605: BridgeCluster, tmp_path_factory: pytest.TempPathFactory) ->
         )
         stack.callback(prov.stop)
         one = _issuer_toml("op", prov, CLIENT_ID, CLIENT_SECRET, "Test IdP")
+        proxy = f"[proxy]\nupstream = {toml_str(slurm_2605.cluster.restd_url)}\n"
         bridge = start_bridge_at(
-            work / "bridge", port, _bridge_toml(port, slurm_2605.keys_dir, one)
+            work / "bridge", port, _bridge_toml(port, slurm_2605.keys_dir, one, proxy)
         )
         stack.callback(bridge.stop)
         two = _issuer_toml("campus", prov, CAMPUS_ID, "campus-secret", "Campus login")
@@ -170,6 +177,15 @@ def _login(page: Page, site: Site, user: str = "alice") -> str:
     _wait_for(page, "#token", site.bridge)
     assert page.url == site.url + "/", page.url
     return page.input_value("#token")
+
+
+def _logout(page: Page, site: Site) -> None:
+    """The page's logout button, then the provider's confirmation (RP-initiated logout)."""
+    page.click("#logout")
+    page.wait_for_load_state()
+    if page.url.startswith(site.prov.base_url):
+        page.click("button[name=logout][value=yes]")
+    page.wait_for_url(site.url + "/")
 
 
 def _wait_for(page: Page, selector: str, server: BridgeServer) -> None:
@@ -402,12 +418,7 @@ def test_unmapped_and_root_users_are_refused(
 def test_logout_clears_session(site: Site, context: BrowserContext) -> None:
     page = context.new_page()
     _login(page, site, "alice")
-    page.click("#logout")
-    # oidc-provider's end-session page asks for confirmation (RP-initiated logout).
-    page.wait_for_load_state()
-    if page.url.startswith(site.prov.base_url):
-        page.click("button[name=logout][value=yes]")
-    page.wait_for_url(site.url + "/")
+    _logout(page, site)
     assert page.locator("#login").count() == 1
     assert page.locator("#token").count() == 0
 
@@ -443,3 +454,288 @@ def test_two_login_issuers_show_chooser(site: Site, context: BrowserContext) -> 
     assert page.inner_text("#user") == "bob"
     audit = _last_audit(site.chooser, "login")
     assert audit["outcome"] == "minted" and audit["issuer"] == "partner"
+
+
+# ------------------------------------------------------------------ 9. sessions end for real
+
+
+def _cookie(context: BrowserContext, url: str) -> str:
+    return next(c for c in context.cookies(url) if c["name"] == COOKIE)["value"]
+
+
+def _proxied_jobs(site: Site, cookie: str) -> requests.Response:
+    return requests.get(
+        f"{site.url}/slurm/{site.slurm.cluster.api_version}/jobs",
+        cookies={COOKIE: cookie},
+        timeout=30,
+    )
+
+
+def _remint_refused(page: Page, url: str, reason: str) -> None:
+    """The new-token button ends on a readable 401 page offering a new login; the session ends."""
+    with page.expect_response(lambda r: r.url == url + "/token") as info:
+        page.click("#mint")
+    assert info.value.status == 401, info.value.status
+    page.wait_for_selector("#reason")
+    assert reason in page.inner_text("#reason")
+    assert page.locator("#token").count() == 0
+    assert page.locator("#login").count() == 1
+    _no_stack_trace(page.content())
+    page.goto(url + "/")
+    assert page.locator("#token").count() == 0
+
+
+def _revocations(prov: OidcProvider) -> int:
+    return sum(1 for line in prov.lines if line.startswith("POST /token/revocation 200"))
+
+
+def test_logout_ends_the_session_and_a_replayed_cookie_gets_nothing(
+    site: Site, context: BrowserContext
+) -> None:
+    page = context.new_page()
+    first = _login(page, site, "alice")
+    with page.expect_navigation():
+        page.click("#mint")
+    assert page.input_value("#token") != first
+    saved = _cookie(context, site.url)
+    csrf = page.get_attribute("form input[name=csrf]", "value") or ""
+    # Control: the cookie works on the proxy (real slurmrestd answers for alice).
+    r = _proxied_jobs(site, saved)
+    assert r.status_code == 200, r.text[:500]
+
+    revoked = _revocations(site.prov)
+    _logout(page, site)
+    assert page.locator("#login").count() == 1
+
+    # Replaying the saved cookie (and the page's CSRF value) gets no token and no proxying.
+    r = requests.get(site.url + "/", cookies={COOKIE: saved}, timeout=10)
+    assert 'id="token"' not in r.text
+    r = requests.post(
+        site.url + "/token",
+        data={"lifetime": "300", "csrf": csrf},
+        cookies={COOKIE: saved},
+        timeout=10,
+    )
+    assert 'id="token"' not in r.text, r.text[:500]
+    r = _proxied_jobs(site, saved)
+    assert r.status_code == 401, r.text[:500]
+    remints = [a for a in site.bridge.audit_lines() if a.get("event") == "remint"]
+    assert remints[-1]["outcome"] == "minted"  # the one before logout, none after
+    # The refresh token was revoked at the provider (it advertises revocation_endpoint).
+    assert _revocations(site.prov) == revoked + 1, "\n".join(site.prov.lines[-20:])
+
+
+def test_session_ended_at_the_provider_stops_the_next_remint(
+    site: Site, context: BrowserContext
+) -> None:
+    page = context.new_page()
+    _login(page, site, "alice")
+    # alice logs out at the provider itself (not through the bridge): the provider ends her
+    # session and revokes the grant the bridge's refresh token belongs to.
+    idp = context.new_page()
+    idp.goto(site.prov.endpoint("end_session_endpoint"))
+    idp.click("button[name=logout][value=yes]")
+    idp.wait_for_load_state()
+
+    _remint_refused(page, site.url, "identity provider")
+    audit = _last_audit(site.bridge, "remint")
+    assert audit["outcome"] == "refused"
+
+
+def test_cross_site_writes_through_the_proxy_need_origin_and_header(
+    site: Site, context: BrowserContext
+) -> None:
+    page = context.new_page()
+    _login(page, site, "alice")
+    cookie = _cookie(context, site.url)
+    version = site.slurm.cluster.api_version
+    base = f"{site.url}/slurm/{version}"
+    body = submit_body(version, "#!/bin/bash\ntrue\n", "/dev/null", "sjb-csrf")
+    seen_before = len(site.bridge.audit_lines())
+
+    # From another origin of the same site (another port of 127.0.0.1): a plain fetch, which
+    # SameSite=Lax lets carry the cookie, is refused before anything reaches slurmrestd.
+    sibling = context.new_page()
+    sibling.goto(site.prov.base_url + "/.well-known/openid-configuration")
+    status = sibling.evaluate(
+        """async ([url, body]) => {
+             try {
+               const r = await fetch(url, {method: "POST", credentials: "include",
+                 headers: {"Content-Type": "text/plain"}, body: body});
+               return r.status;
+             } catch (e) { return "blocked:" + e; }
+           }""",
+        [f"{base}/job/submit", json.dumps(body)],
+    )
+    for method in ("POST", "PUT", "DELETE"):
+        for headers in (
+            {"Origin": site.prov.base_url},
+            {"Origin": site.prov.base_url, "X-Requested-With": "fetch"},
+            {"Origin": site.url},  # same origin, but a plain form could send it: no header
+        ):
+            r = requests.request(
+                method,
+                f"{base}/job/submit" if method == "POST" else f"{base}/job/999999",
+                data=json.dumps(body),
+                headers={"Content-Type": "text/plain", **headers},
+                cookies={COOKIE: cookie},
+                timeout=30,
+            )
+            assert r.status_code == 403, (method, headers, r.status_code, r.text[:300])
+    # Nothing was minted for the proxy by those refused calls (the fetch included).
+    proxy_mints = [
+        a
+        for a in site.bridge.audit_lines()[seen_before:]
+        if a.get("door") == "proxy" and a.get("outcome") == "minted"
+    ]
+    assert proxy_mints == [], (status, proxy_mints)
+
+    # The bridge's own origin with the custom header: forwarded, slurmrestd takes the job.
+    same = {"Origin": site.url, "X-Requested-With": "fetch"}
+    r = requests.post(
+        f"{base}/job/submit", json=body, headers=same, cookies={COOKIE: cookie}, timeout=30
+    )
+    assert r.status_code == 200, r.text[:500]
+    job_id = int(r.json()["job_id"])
+    r = requests.delete(f"{base}/job/{job_id}", headers=same, cookies={COOKIE: cookie}, timeout=30)
+    assert r.status_code == 200, r.text[:500]
+    r = requests.put(f"{base}/job/{job_id}", headers=same, cookies={COOKIE: cookie}, timeout=30)
+    assert r.status_code != 403 and "cross-site" not in r.text, r.text[:500]
+
+
+# ------------------------------------------------------------------ 10. short-lived ID tokens
+
+SHORT_TTL = 4  # seconds: the provider's ID and access token lifetime in these tests
+RT_ID, NORT_ID = "bridge-web-refresh", "bridge-web-norefresh"
+
+
+@dataclass
+class ShortSite:
+    prov: OidcProvider
+    bridge: BridgeServer
+
+
+@pytest.fixture(scope="module")
+def short_site(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ShortSite]:
+    """A provider issuing ID tokens for SHORT_TTL seconds, one client with refresh tokens and
+    one without, both login issuers of one bridge."""
+    work = tmp_path_factory.mktemp("browser-short")
+    with contextlib.ExitStack() as stack:
+        port = stack.enter_context(reserved_port())
+        url = f"http://127.0.0.1:{port}"
+        norefresh = web_client(NORT_ID, "nort-secret", url)
+        norefresh["grant_types"] = ["authorization_code"]
+        prov = start_oidc_provider(
+            work / "op",
+            clients=[web_client(RT_ID, "rt-secret", url), norefresh],
+            ttl={"IdToken": SHORT_TTL, "AccessToken": SHORT_TTL},
+        )
+        stack.callback(prov.stop)
+        issuers = _issuer_toml("rt", prov, RT_ID, "rt-secret", "With refresh")
+        issuers += _issuer_toml("nort", prov, NORT_ID, "nort-secret", "Without refresh")
+        bridge = start_bridge_at(
+            work / "bridge", port, _bridge_toml(port, site.slurm.keys_dir, issuers)
+        )
+        stack.callback(bridge.stop)
+        yield ShortSite(prov, bridge)
+
+
+def _short_login(page: Page, short: ShortSite, issuer: str) -> dict:
+    page.goto(f"{short.bridge.url}/login?issuer={issuer}")
+    idp_sign_in(page, "alice")
+    _wait_for(page, "#token", short.bridge)
+    return jwt_claims(page.input_value("#token"))
+
+
+def _wait_past(exp: int) -> None:
+    while time.time() <= exp + 1:
+        time.sleep(0.2)
+
+
+def test_short_id_token_with_refresh_token_remints_through_a_refresh(
+    short_site: ShortSite, context: BrowserContext, site: Site
+) -> None:
+    page = context.new_page()
+    first = _short_login(page, short_site, "rt")
+    # The Slurm token never outlives the ID token it came from (issued just before it).
+    assert first["exp"] - first["iat"] <= SHORT_TTL, first
+    refreshes = sum(1 for line in short_site.prov.lines if line.startswith("POST /token 200"))
+    _wait_past(first["exp"])
+
+    page.fill("#lifetime", "300")
+    before = int(time.time())
+    with page.expect_navigation():
+        page.click("#mint")
+    _wait_for(page, "#token", short_site.bridge)
+    new = jwt_claims(page.input_value("#token"))
+    assert new["sun"] == "alice"
+    assert before <= new["iat"] and new["exp"] - new["iat"] <= SHORT_TTL, new
+    after = sum(1 for line in short_site.prov.lines if line.startswith("POST /token 200"))
+    assert after == refreshes + 1, "\n".join(short_site.prov.lines[-20:])
+    assert get_jobs(site.slurm.cluster, page.input_value("#token"), "alice").status_code == 200
+    audit = _last_audit(short_site.bridge, "remint")
+    assert audit["outcome"] == "minted" and audit["user"] == "alice"
+
+
+def test_short_id_token_without_refresh_token_asks_for_a_new_login(
+    short_site: ShortSite, context: BrowserContext
+) -> None:
+    page = context.new_page()
+    first = _short_login(page, short_site, "nort")
+    assert first["exp"] - first["iat"] <= SHORT_TTL, first
+    _wait_past(first["exp"])
+    _remint_refused(page, short_site.bridge.url, "log in again")
+
+
+# ------------------------------------------------------------------ 11. replicas over Redis
+
+
+def test_two_gunicorn_instances_share_sessions_through_redis(tmp_path: Path, site: Site) -> None:
+    """Log in at one instance, use and end the session at the other (a real redis-server)."""
+    from tests.helpers.redis import RedisServer
+
+    if shutil.which("redis-server") is None:
+        skip_or_fail("redis-server is not installed")
+    redis = RedisServer(tmp_path / "redis")
+    with contextlib.ExitStack() as stack:
+        stack.callback(redis.stop)
+        port_a = stack.enter_context(reserved_port())
+        port_b = stack.enter_context(reserved_port())
+        url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+        client = web_client("bridge-web-replicas", "replicas-secret", url_a)
+        prov = start_oidc_provider(tmp_path / "op", clients=[client])
+        stack.callback(prov.stop)
+        one = _issuer_toml("op", prov, client["client_id"], "replicas-secret", "IdP")
+        extra = f"[browser]\nsession_storage_uri = {toml_str(redis.url)}\n"
+        servers = []
+        for port in (port_a, port_b):
+            cfg = _bridge_toml(port, site.slurm.keys_dir, one).replace("[browser]\n", extra, 1)
+            path = tmp_path / f"bridge-{port}.toml"
+            path.write_text(cfg)
+            server = BridgeServer(
+                path, port, tmp_path / f"bridge-{port}.log", {}, ("--prod", "--workers", "2")
+            )
+            stack.callback(server.stop)
+            servers.append(server)
+        for server in servers:
+            server.wait_ready(timeout=90)  # two gunicorn masters, four workers booting
+
+        s = requests.Session()
+        r = s.get(url_a + "/login", allow_redirects=False, timeout=10)
+        callback = prov._drive_interactions(s, r, "alice", stop_prefix=url_a + "/auth/callback")
+        r = s.get(callback, allow_redirects=False, timeout=10)
+        assert r.status_code == 302, r.text[:500]
+        page_b = s.get(url_b + "/", timeout=10).text
+        assert 'id="user">alice<' in page_b, page_b[:1000]
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page_b)
+        assert csrf
+        r = s.post(url_b + "/token", data={"lifetime": "300", "csrf": csrf.group(1)}, timeout=10)
+        token_b = re.search(r'id="token"[^>]*>([^<]+)<', r.text)
+        assert token_b, r.text[:1000]
+        token_a = re.search(r'id="token"[^>]*>([^<]+)<', s.get(url_a + "/", timeout=10).text)
+        assert token_a and token_a.group(1) == token_b.group(1)
+        saved = s.cookies.get(COOKIE)
+        r = s.post(url_b + "/logout", data={"csrf": csrf.group(1)}, allow_redirects=False)
+        assert r.status_code in (302, 303)
+        r = requests.get(url_a + "/", cookies={COOKIE: saved}, timeout=10)
+        assert 'id="token"' not in r.text
