@@ -315,6 +315,9 @@ def config_check(config_path: Path | None, keys_dir: Path | None) -> None:
     try:
         s = _settings(config_path, keys_dir)
         keyring.KeyRing.load(s.keys.dir)
+        session_key = keyring.session_key_path(s.server.secret_key_file, s.keys.dir)
+        if s.browser.enabled and any(i.client_id for i in s.issuers) and session_key.exists():
+            keyring.check_session_key(session_key)  # the service creates it when missing
     except (SettingsError, keyring.KeyRingError) as exc:
         _fail(str(exc))
         return

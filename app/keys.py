@@ -164,9 +164,25 @@ def _read_private(path: Path) -> bytes:
         raise KeyRingError(f"{path}: cannot read key file: {exc.strerror}") from None
 
 
+def session_key_path(secret_key_file: str, keys_dir: Path) -> Path:
+    """``[server] secret_key_file`` when set, else ``<keys dir>/session.key``."""
+    return Path(secret_key_file or Path(keys_dir) / SESSION_KEY_FILE)
+
+
+def check_session_key(path: Path) -> bytes:
+    """The browser session key's bytes; refused when group/other can read it or when it is
+    shorter than 32 bytes."""
+    data = _read_private(Path(path))
+    if len(data) < SESSION_KEY_BYTES:
+        raise KeyRingError(
+            f"{path}: session key has {len(data)} bytes, at least {SESSION_KEY_BYTES} are needed; "
+            "remove it and run: slurm-jwt-bridge keys init"
+        )
+    return data
+
+
 def load_session_key(path: Path) -> bytes:
-    """The browser session key: created (0600, 32 random bytes) when missing; refused when
-    group/other can read it or when it is shorter than 32 bytes."""
+    """The browser session key, created (0600, 32 random bytes) when missing, then checked."""
     path = Path(path)
     if not path.exists():
         try:
@@ -176,13 +192,7 @@ def load_session_key(path: Path) -> bytes:
                 f"{path}: session key missing and cannot be created ({exc.strerror}); "
                 "run: slurm-jwt-bridge keys init"
             ) from None
-    data = _read_private(path)
-    if len(data) < SESSION_KEY_BYTES:
-        raise KeyRingError(
-            f"{path}: session key has {len(data)} bytes, at least {SESSION_KEY_BYTES} are needed; "
-            "remove it and run: slurm-jwt-bridge keys init"
-        )
-    return data
+    return check_session_key(path)
 
 
 class KeyRing:

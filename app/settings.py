@@ -703,7 +703,7 @@ def _browser(t: _Table, base: Path) -> BrowserSettings:
         secure_cookies=t.bool("secure_cookies", True),
         proxy_url=t.str("proxy_url", "").rstrip("/"),
         session_storage_uri=t.str("session_storage_uri", ""),
-        session_dir=(base / raw_dir) if not os.path.isabs(raw_dir) else Path(raw_dir),
+        session_dir=Path(_path(base, raw_dir)),
     )
     if s.session_storage_uri and not re.match(
         r"^(redis|rediss|redis\+unix)://", s.session_storage_uri

@@ -42,7 +42,7 @@ from flask.typing import ResponseReturnValue
 
 from ..accounts import PosixIdentity
 from ..errors import BridgeError
-from ..keys import SESSION_KEY_FILE, KeyRingError, load_session_key
+from ..keys import KeyRingError, load_session_key, session_key_path
 from ..pipeline import Grant, Request
 from ..settings import TENANT_PLACEHOLDER, IssuerSettings, Settings
 from ..upstream import discovery_url
@@ -55,10 +55,6 @@ SESSION_COOKIE = "sjb_session"
 # The local store prunes expired sessions first, then others, beyond this many files.
 SESSION_FILE_LIMIT = 20000
 REVOKE_TIMEOUT = 5.0
-
-
-def session_key_path(settings: Settings) -> Path:
-    return Path(settings.server.secret_key_file or settings.keys.dir / SESSION_KEY_FILE)
 
 
 def login_issuers(settings: Settings) -> list[IssuerSettings]:
@@ -87,7 +83,9 @@ def init_sessions(app: Flask, settings: Settings) -> None:
     from flask_session import Session
 
     cfg = settings.browser
-    app.secret_key = load_session_key(session_key_path(settings))
+    app.secret_key = load_session_key(
+        session_key_path(settings.server.secret_key_file, settings.keys.dir)
+    )
     app.config.update(
         SESSION_COOKIE_NAME=("__Host-" if cfg.secure_cookies else "") + SESSION_COOKIE,
         SESSION_COOKIE_SECURE=cfg.secure_cookies,

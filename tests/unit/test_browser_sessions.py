@@ -77,7 +77,9 @@ def _logged_in(app: Any, user: str = "alice") -> Any:
 # ------------------------------------------------------------------ session key hygiene
 
 
-def _serve(tmp_path: Path, keys_dir: Path) -> subprocess.CompletedProcess[str]:
+def _serve(
+    tmp_path: Path, keys_dir: Path, command: tuple[str, ...] = ("serve",)
+) -> subprocess.CompletedProcess[str]:
     """``slurm-jwt-bridge serve``: it must stop by itself; still running after 20 s = started."""
     cfg = tmp_path / "bridge.toml"
     cfg.write_text(
@@ -90,7 +92,7 @@ def _serve(tmp_path: Path, keys_dir: Path) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).parent / "slurm-jwt-bridge"
     try:
         return subprocess.run(
-            [str(exe), "serve", "--config", str(cfg)],
+            [str(exe), *command, "--config", str(cfg)],
             capture_output=True,
             text=True,
             timeout=20,
@@ -107,6 +109,17 @@ def test_readable_session_key_stops_the_service(tmp_path: Path, keys_dir: Path) 
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     assert str(key) in lines[0] and "0644" in lines[0], lines[0]
+
+
+def test_config_check_refuses_a_readable_session_key(tmp_path: Path, keys_dir: Path) -> None:
+    key = keys_dir / SESSION_KEY_FILE
+    key.chmod(0o640)
+    r = _serve(tmp_path, keys_dir, ("config", "check"))
+    assert r.returncode == 1 and r.stdout == "", (r.stdout, r.stderr)
+    assert str(key) in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    key.chmod(0o600)
+    r = _serve(tmp_path, keys_dir, ("config", "check"))
+    assert (r.returncode, r.stdout.strip()) == (0, "ok"), r.stderr
 
 
 def test_short_session_key_stops_the_service(tmp_path: Path, keys_dir: Path) -> None:
