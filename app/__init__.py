@@ -116,6 +116,19 @@ def create_app(settings: Settings | None = None) -> Flask:
         resp.headers["Cache-Control"] = "no-store"
         return resp
 
+    from werkzeug.exceptions import ClientDisconnected
+
+    @app.errorhandler(ClientDisconnected)
+    def body_not_received(_exc: Exception) -> Response:
+        # The body stopped arriving (the worker's read timeout, app/gunicorn_worker.py) or the
+        # client went away.
+        resp = jsonify(
+            error="invalid_request", error_description="the request body did not arrive in time"
+        )
+        resp.status_code = 408
+        resp.headers["Connection"] = "close"
+        return resp
+
     @app.errorhandler(500)
     def server_error(_exc: Exception) -> tuple[Response, int]:
         return jsonify(error="server_error", error_description="internal error; see the log"), 500

@@ -54,6 +54,23 @@ def _errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class Seconds(click.ParamType):
+    """A number of seconds on the command line: 1-9 ASCII digits (what the service takes)."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        from .policy import parse_seconds
+
+        try:
+            seconds = parse_seconds(value, "the value")
+        except BridgeError as exc:
+            self.fail(f"{value!r}: {exc.reason}", param, ctx)
+        if seconds is None:
+            self.fail("a number of seconds is required", param, ctx)
+        return seconds
+
+
 def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--config`` (or $SLURM_JWT_BRIDGE_CONFIG) and ``--keys-dir`` on every command."""
     func = click.option(
@@ -89,6 +106,14 @@ def keys() -> None:
     """Manage the key ring (RS256 keys next/active/retired, the HS256 key)."""
 
 
+def _key_audit(s: Settings) -> Any:
+    """The audit log of a key command: stdout carries the command's own lines, so an audit
+    destination of stdout becomes stderr."""
+    from .audit import AuditLog
+
+    return AuditLog(s.audit.destination if s.audit.destination != "stdout" else "stderr")
+
+
 @keys.command("init")
 @config_options
 @click.option("--bits", type=click.Choice(["2048", "3072", "4096"]), help="RSA key size.")
@@ -122,8 +147,6 @@ def keys_rotate(
     ca_file: str | None,
 ) -> None:
     """Promote next to active, retire the active key, create a new next key."""
-    from .audit import AuditLog
-
     s = _settings(config_path, keys_dir)
     published = None
     if jwks_url:
@@ -131,7 +154,7 @@ def keys_rotate(
 
         doc = fetch_jwks(jwks_url, verify=ca_file or True)
         published = {k.get("kid") for k in doc.get("keys", []) if isinstance(k, dict)}
-    audit = AuditLog(s.audit.destination if s.audit.destination != "stdout" else "stderr")
+    audit = _key_audit(s)
     try:
         lines = keyring.rotate_keys(
             s.keys.dir,
@@ -158,6 +181,32 @@ def keys_prune(config_path: Path | None, keys_dir: Path | None) -> None:
     s = _settings(config_path, keys_dir)
     for line in keyring.prune_keys(s.keys.dir) or ["nothing to prune"]:
         click.echo(line)
+
+
+@keys.command("revoke")
+@click.argument("kid")
+@config_options
+@_errors
+def keys_revoke(kid: str, config_path: Path | None, keys_dir: Path | None) -> None:
+    """Remove key KID at once (key theft): out of the JWKS, its file deleted; an active key is
+    replaced by the next key. Then run `jwks sync --reconfigure` on every controller."""
+    import os
+
+    s = _settings(config_path, keys_dir)
+    audit = _key_audit(s)
+    fields = {"kid": kid[:64], "keys_dir": str(s.keys.dir), "uid": os.getuid()}
+    try:
+        lines = keyring.revoke_key(s.keys.dir, kid, s.keys.rsa_bits)
+    except keyring.KeyRingError as exc:
+        audit.record("keys.revoke", "refused", reason=str(exc), **fields)
+        raise
+    audit.record("keys.revoke", "revoked", changes=lines, **fields)
+    for line in lines:
+        click.echo(line)
+    click.echo(
+        "now run `slurm-jwt-bridge jwks sync --reconfigure` on every slurmctld host "
+        "(Slurm 22.05: then restart slurmctld)"
+    )
 
 
 @keys.command("list")
@@ -232,6 +281,11 @@ def jwks_export(config_path: Path | None, keys_dir: Path | None, out: Path) -> N
 )
 @click.option("--timeout", type=float, default=10.0, show_default=True)
 @click.option("--ca-file", type=click.Path(dir_okay=False), help="CA bundle for https.")
+@click.option(
+    "--allow-http",
+    is_flag=True,
+    help="Accept a plain http:// URL (only for a bridge on this host, e.g. http://127.0.0.1).",
+)
 def jwks_sync(
     config_path: Path | None,
     keys_dir: Path | None,
@@ -241,6 +295,7 @@ def jwks_sync(
     reconfigure_command: str,
     timeout: float,
     ca_file: str | None,
+    allow_http: bool,
 ) -> None:
     """Fetch the bridge's JWKS and replace OUT only when it changed.
 
@@ -258,6 +313,7 @@ def jwks_sync(
             reconfigure_command=reconfigure_command if reconfigure else None,
             timeout=timeout,
             verify=ca_file or True,
+            allow_http=allow_http,
         )
     except (JwksError, OSError) as exc:
         _fail(str(exc), EXIT_ERROR)
@@ -272,7 +328,7 @@ def jwks_sync(
 @main.command("mint")
 @click.argument("user")
 @config_options
-@click.option("--lifespan", type=int, help="Seconds (default [tokens] default_lifetime).")
+@click.option("--lifespan", type=Seconds(), help="Seconds (default [tokens] default_lifetime).")
 @click.option("--alg", type=click.Choice(["RS256", "HS256"]), help="Default [keys] default_alg.")
 @_errors
 def mint(
@@ -407,7 +463,7 @@ def doctor(
 @main.command("login")
 @click.option("--url", required=True, envvar="SLURM_JWT_BRIDGE_URL", help="The bridge's URL.")
 @click.option("--export", "as_export", is_flag=True, help="Print `export SLURM_JWT=...`.")
-@click.option("--lifetime", type=int, help="Requested token lifetime in seconds.")
+@click.option("--lifetime", type=Seconds(), help="Requested token lifetime in seconds.")
 @click.option("--interval", type=float, help="Polling interval (default: the IdP's, or 5 s).")
 @click.option("--ca-file", type=click.Path(dir_okay=False), help="CA bundle for https.")
 @click.option(

@@ -4,7 +4,9 @@
 
 Environment: GUNICORN_BIND (default: [server] host:port of $SLURM_JWT_BRIDGE_CONFIG, else
 127.0.0.1:8000), GUNICORN_WORKERS (default 2 x CPUs + 1),
-GUNICORN_THREADS (4), GUNICORN_TIMEOUT (30), SLURM_JWT_BRIDGE_CONFIG (the TOML file).
+GUNICORN_THREADS (4), GUNICORN_TIMEOUT (30), GUNICORN_CLIENT_TIMEOUT (10: the longest wait for
+the next bytes of a request's headers or body, app/gunicorn_worker.py), SLURM_JWT_BRIDGE_CONFIG
+(the TOML file).
 SIGHUP starts new workers that re-read the configuration and keys, then stops the old ones
 gracefully; the key ring also reloads by itself when the keys directory changes.
 """
@@ -32,7 +34,7 @@ def _configured_bind() -> str:
 bind = os.environ.get("GUNICORN_BIND") or _configured_bind()
 workers = int(os.environ.get("GUNICORN_WORKERS", str(2 * (os.cpu_count() or 1) + 1)))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-worker_class = "gthread"
+worker_class = "app.gunicorn_worker.BoundedReadWorker"  # gthread + a client read timeout
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
@@ -58,6 +60,10 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 
 
 def on_starting(server: Any) -> None:
+    # The workers' in-memory rate limits each take 1/N of a limit (app/ratelimit.py).
+    from app.ratelimit import WORKERS_ENV
+
+    os.environ[WORKERS_ENV] = str(server.cfg.workers)
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
     os.makedirs(path, exist_ok=True)
     for name in os.listdir(path):

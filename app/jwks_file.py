@@ -89,6 +89,20 @@ class SyncResult:
     message: str
 
 
+def check_jwks_url(url: str, allow_http: bool = False) -> None:
+    """Only https (certificate verified) unless ``allow_http``: whoever can change what the sync
+    receives adds a key that slurmctld then trusts, a master key to the cluster."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme == "https" or (scheme == "http" and allow_http):
+        return
+    if scheme == "http":
+        raise JwksError(
+            f"{url[:200]}: plain http lets anyone on the path add a key slurmctld trusts; use "
+            "https (--ca-file for a private CA), or --allow-http for a bridge on this host"
+        )
+    raise JwksError(f"{url[:200]}: the JWKS URL must be https://")
+
+
 def fetch_jwks(url: str, timeout: float = 10.0, verify: bool | str = True) -> dict[str, Any]:
     try:
         with httpx.Client(timeout=timeout, verify=verify) as client:
@@ -115,12 +129,14 @@ def sync_jwks(
     reconfigure_command: str | None = None,
     timeout: float = 10.0,
     verify: bool | str = True,
+    allow_http: bool = False,
 ) -> SyncResult:
     """Fetch, check, and replace ``out`` only when its keys changed; then reconfigure.
 
     When the reconfigure command fails the previous file is put back, so the next run sees
     the change again and retries instead of leaving slurmctld on old keys silently.
     """
+    check_jwks_url(url, allow_http)
     doc = fetch_jwks(url, timeout, verify)
     problems = slurm_jwks_problems(doc)
     if problems:

@@ -122,23 +122,6 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def check_private_file(path: Path) -> None:
-    """Refuse a key file that is not a regular file or that group/other can read."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise KeyRingError(f"{path}: key file is missing") from None
-    except PermissionError:
-        raise KeyRingError(f"{path}: key file is not readable by this user") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyRingError(f"{path}: not a regular file")
-    if st.st_mode & 0o077:
-        raise KeyRingError(
-            f"{path}: mode {stat.S_IMODE(st.st_mode):04o} lets group/other access a private key; "
-            f"run: chmod 600 {path}"
-        )
-
-
 def _user_name(uid: int) -> str:
     import pwd
 
@@ -148,20 +131,90 @@ def _user_name(uid: int) -> str:
         return f"uid {uid}"
 
 
-def _read_private(path: Path) -> bytes:
-    check_private_file(path)
+def _owner_problem(path: Path, uid: int) -> str | None:
+    """Files and the directory of a key ring belong to the service user (or root): anyone else
+    who owns them can change what the bridge signs with and publishes."""
+    me = os.geteuid()
+    if uid in (me, 0):
+        return None
+    allowed = "root" if me == 0 else f"{_user_name(me)} (this service's user) or root"
+    return (
+        f"{path}: owned by {_user_name(uid)}, not by {allowed}; run: chown {_user_name(me)} {path}"
+    )
+
+
+def check_keys_dir(d: Path) -> None:
+    """Refuse a keys directory that group/other can write or that another user owns: whoever
+    can write it can add a key (and a ring.json naming it) that the JWKS then publishes."""
     try:
-        return path.read_bytes()
-    except PermissionError:
-        owner = _user_name(path.stat().st_uid)
-        raise KeyRingError(
-            f"{path}: cannot read key file: owned by {owner}, read as {_user_name(os.geteuid())} "
-            f"(create keys as the service user: runuser -u {owner} -- slurm-jwt-bridge keys ...)"
-            if owner != _user_name(os.geteuid())
-            else f"{path}: cannot read key file: Permission denied"
-        ) from None
+        st = os.stat(d)
     except OSError as exc:
-        raise KeyRingError(f"{path}: cannot read key file: {exc.strerror}") from None
+        raise KeyRingError(f"{d}: cannot read the keys directory: {exc.strerror}") from None
+    if st.st_mode & 0o022:
+        raise KeyRingError(
+            f"{d}: mode {stat.S_IMODE(st.st_mode):04o} leaves the keys directory writable by "
+            f"group/other (anyone who can write it can add a signing key); run: chmod 700 {d}"
+        )
+    problem = _owner_problem(d, st.st_uid)
+    if problem:
+        raise KeyRingError(problem)
+
+
+def _read_checked(path: Path, forbidden: int, what: str) -> bytes:
+    """Read ``path`` without following a symlink and refuse it when it is not a regular file of
+    this user (or root) or when its mode has bits of ``forbidden``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise KeyRingError(f"{path}: {what} is missing") from None
+    except OSError as exc:
+        if os.path.islink(path):
+            raise KeyRingError(
+                f"{path}: is a symlink; {what} must be a regular file in the keys directory"
+            ) from None
+        try:
+            owner = _user_name(os.lstat(path).st_uid)
+        except OSError:
+            owner = "?"
+        me = _user_name(os.geteuid())
+        if isinstance(exc, PermissionError) and owner not in (me, "?"):
+            raise KeyRingError(
+                f"{path}: cannot read {what}: owned by {owner}, read as {me} (create keys as "
+                f"the service user: runuser -u {owner} -- slurm-jwt-bridge keys ...)"
+            ) from None
+        raise KeyRingError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise KeyRingError(f"{path}: not a regular file")
+        if st.st_mode & forbidden:
+            mode = stat.S_IMODE(st.st_mode)
+            if forbidden & 0o044:
+                raise KeyRingError(
+                    f"{path}: mode {mode:04o} lets group/other access a private key; "
+                    f"run: chmod 600 {path}"
+                )
+            raise KeyRingError(
+                f"{path}: mode {mode:04o} leaves {what} writable by group/other; "
+                f"run: chmod 644 {path}"
+            )
+        problem = _owner_problem(path, st.st_uid)
+        if problem:
+            raise KeyRingError(problem)
+        try:
+            return fh.read()
+        except OSError as exc:
+            raise KeyRingError(f"{path}: cannot read {what}: {exc.strerror}") from None
+
+
+def check_private_file(path: Path) -> None:
+    """Refuse a key file that is a symlink, not a regular file, group/other-accessible or owned
+    by another user."""
+    _read_private(path)
+
+
+def _read_private(path: Path) -> bytes:
+    return _read_checked(path, 0o077, "key file")
 
 
 def session_key_path(secret_key_file: str, keys_dir: Path) -> Path:
@@ -214,6 +267,7 @@ class KeyRing:
             raise KeyRingError(
                 f"{d}: keys directory does not exist (run: slurm-jwt-bridge keys init)"
             )
+        check_keys_dir(d)
         meta = _read_ring(d)
         keys = []
         for entry in meta["keys"]:
@@ -241,7 +295,7 @@ class KeyRing:
             )
         hs_path = d / HS256_FILE
         hs256 = None
-        if hs_path.exists():
+        if hs_path.exists() or hs_path.is_symlink():
             hs256 = _read_private(hs_path)
             if len(hs256) < HS256_MIN_BYTES:
                 raise KeyRingError(
@@ -289,11 +343,12 @@ class KeyRing:
 
 def _read_ring(d: Path) -> dict[str, Any]:
     path = d / RING_FILE
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return {"version": 1, "keys": []}
+    raw = _read_checked(path, 0o022, "the key ring metadata")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        data = json.loads(raw)
+    except ValueError as exc:
         raise KeyRingError(f"{path}: unreadable key ring metadata ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise KeyRingError(f"{path}: unexpected content (no 'keys' list)")
@@ -318,6 +373,7 @@ def _write_ring(d: Path, data: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def _locked(d: Path) -> Iterator[None]:
     """Serialize changes to one keys directory between processes."""
+    check_keys_dir(d)
     with open(d / LOCK_FILE, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -477,6 +533,42 @@ def prune_keys(directory: str | os.PathLike[str], now: float | None = None) -> l
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(d / f"rs256-{e['kid']}.pem")
     return [f"pruned {e['kid']}" for e in gone]
+
+
+def revoke_key(directory: str | os.PathLike[str], kid: str, bits: int = 2048) -> list[str]:
+    """Remove an RS256 key at once (after a theft): out of ring.json and the JWKS, pem deleted.
+
+    A revoked active key is replaced by the next key (published already, so slurmctld knows it)
+    and a new next key is made; a revoked next key is replaced by a new one. Tokens the key
+    signed die when the controller's JWKS drops it (``jwks sync --reconfigure``)."""
+    d = Path(directory)
+    check_owner(d)
+    with _locked(d):
+        ring = _read_ring(d)
+        entry = next((e for e in ring["keys"] if e["kid"] == kid), None)
+        if entry is None:
+            known = ", ".join(e["kid"] for e in ring["keys"]) or "none"
+            raise KeyRingError(f"{d / RING_FILE}: no key {kid[:64]!r} (keys: {known})")
+        now = int(time.time())
+        lines = [f"revoked {kid} (was {entry['state']})"]
+        ring["keys"].remove(entry)
+        if entry["state"] == "active":
+            nxt = next((e for e in ring["keys"] if e["state"] == "next"), None)
+            if nxt is None:
+                nxt = _new_rsa(d, bits, "active", now)
+                ring["keys"].append(nxt)
+                lines.append(f"created active {nxt['kid']} (not yet in any JWKS: sync now)")
+            else:
+                nxt["state"], nxt["activated"] = "active", now
+                lines.append(f"activated {nxt['kid']}")
+        if entry["state"] in ("active", "next"):
+            new = _new_rsa(d, bits, "next", now)
+            ring["keys"].append(new)
+            lines.append(f"created next {new['kid']}")
+        _write_ring(d, ring)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(d / f"rs256-{kid}.pem")
+    return lines
 
 
 def import_hs256(source: str | os.PathLike[str], directory: str | os.PathLike[str]) -> str:

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .accounts import PosixIdentity, identity_from_claims, identity_from_nss
 from .audit import AuditLog
@@ -21,7 +21,13 @@ from .errors import BridgeError, access_denied, invalid_request, unauthorized_cl
 from .identity import IdentityMapper
 from .keys import KeyRingSource
 from .minting import SlurmToken, mint_slurm_token
-from .policy import check_account, check_identity, resolve_lifetime, username_problem
+from .policy import (
+    check_account,
+    check_identity,
+    check_time_left,
+    resolve_lifetime,
+    username_problem,
+)
 from .settings import DelegationActor, ServiceAccount, Settings
 
 if TYPE_CHECKING:
@@ -189,6 +195,11 @@ class Pipeline:
         with self._audited("remint", request) as decision:
             return self.issue(grant, lifetime=lifetime, alg=alg, decision=decision)
 
+    def refuse_input(self, event: str, request: Request, exc: BridgeError) -> NoReturn:
+        """A door refused its input before the pipeline ran: audit the refusal, raise ``exc``."""
+        with self._audited(event, request):
+            raise exc
+
     # ------------------------------------------------------------ steps
 
     def verify(self, token: str, expected_use: str | None = None) -> VerifiedToken:
@@ -343,6 +354,7 @@ class Pipeline:
             decision.fields["uid"] = identity.uid
             check_identity(identity, account, self.settings.policy)
         seconds = resolve_lifetime(lifetime, self.settings.tokens, grant.max_lifetime)
+        check_time_left(grant.not_after)
         token = mint_slurm_token(
             self.keys.current(),
             grant.user,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import pwd
 import re
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import BridgeError, access_denied, invalid_request
+from .errors import BridgeError, access_denied, invalid_grant, invalid_request
 from .settings import PolicySettings, TokenSettings
 
 if TYPE_CHECKING:
@@ -20,7 +21,11 @@ if TYPE_CHECKING:
 
 # POSIX portable user names: the portable filename characters, not starting with '-'.
 USERNAME_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,31}$")
+# The shortest Slurm token worth minting, requested or left before the upstream token expires.
 MIN_LIFETIME = 60
+# A number of seconds in a request: ASCII digits only (str.isdigit() also takes "²" and "٣"),
+# at most 9 of them.
+SECONDS_RE = re.compile(r"[0-9]{1,9}")
 NOBODY_UID = 65534
 
 
@@ -158,6 +163,34 @@ def _uid(name: str) -> int | None:
         return pwd.getpwnam(name).pw_uid
     except (KeyError, ValueError):  # ValueError: a NUL in the name
         return None
+
+
+def parse_seconds(value: object, name: str) -> int | None:
+    """A number of seconds as a request carries it: None or "" (absent), an integer (JSON), or
+    1-9 ASCII digits; anything else is refused naming ``name``. The range is resolve_lifetime's."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and SECONDS_RE.fullmatch(value):
+        return int(value)
+    raise invalid_request(
+        f"{name} must be a whole number of seconds: 1 to 9 ASCII digits", metric="bad_number"
+    )
+
+
+def check_time_left(not_after: int | None, now: float | None = None) -> None:
+    """Refuse when the grant ends (the upstream token's exp, the browser session's end) less than
+    MIN_LIFETIME seconds from now: such a token would be useless, or already expired."""
+    if not_after is None:
+        return
+    left = int(not_after) - int(time.time() if now is None else now)
+    if left < MIN_LIFETIME:
+        raise invalid_grant(
+            f"the upstream token (or browser session) expires too soon: {left} s left, and a "
+            f"Slurm token must live at least {MIN_LIFETIME} s; get a fresh one",
+            metric="upstream_expires_too_soon",
+        )
 
 
 def resolve_lifetime(requested: int | None, tokens: TokenSettings, cap: int | None = None) -> int:

@@ -1,29 +1,50 @@
 """Rate limits: per client address (Flask-Limiter on the doors) and per verified subject.
 
-In memory by default; a Redis ``storage_uri`` shares the counters between replicas.
+In memory by default; a Redis ``storage_uri`` shares the counters between workers and replicas.
+In memory, each gunicorn worker counts alone: so that a configured limit holds for the whole
+host, each of the N workers (``serve --prod``, app/gunicorn_conf.py) allows 1/N of it.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 
 from flask import Flask, Response, jsonify
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from limits import parse
+from limits import parse, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from .errors import BridgeError
 from .settings import RateLimitSettings
 
+# Set by app/gunicorn_conf.py to the number of workers sharing the host's limits.
+WORKERS_ENV = "SLURM_JWT_BRIDGE_WORKERS"
+
+
+def process_limit(limit: str, storage_uri: str) -> str:
+    """``limit`` for this process: whole with shared storage (Redis) or a single process, else
+    1/N for each of N workers (at least 1 request), so that N workers never allow more."""
+    try:
+        workers = int(os.environ.get(WORKERS_ENV, "1"))
+    except ValueError:
+        workers = 1
+    if workers <= 1 or not storage_uri.startswith("memory://"):
+        return limit
+    return ";".join(
+        f"{max(1, item.amount // workers)} per {item.multiples} {item.GRANULARITY.name}"
+        for item in parse_many(limit)
+    )
+
 
 class SubjectLimiter:
     """Counts token requests per (issuer, subject) once the token is verified."""
 
     def __init__(self, cfg: RateLimitSettings) -> None:
-        self.item = parse(cfg.per_subject)
+        self.item = parse(process_limit(cfg.per_subject, cfg.storage_uri))
         self.limiter = MovingWindowRateLimiter(storage_from_string(cfg.storage_uri))
 
     def __call__(self, issuer: str, subject: str) -> None:
@@ -50,10 +71,11 @@ def init_rate_limits(app: Flask, cfg: RateLimitSettings, endpoints: list[str]) -
         headers_enabled=True,
         strategy="moving-window",
     )
+    per_address = process_limit(cfg.per_address, cfg.storage_uri)
     for endpoint in endpoints:
         view = app.view_functions.get(endpoint)
         if view is not None:
-            app.view_functions[endpoint] = limiter.limit(cfg.per_address)(view)
+            app.view_functions[endpoint] = limiter.limit(per_address)(view)
 
     @app.errorhandler(429)
     def too_many(exc: Exception) -> tuple[Response, int]:

@@ -206,6 +206,9 @@ class RateLimitSettings:
     storage_uri: str = "memory://"
 
 
+AUTH_REQUEST_ALLOW_FROM = ("127.0.0.0/8", "::1/128")
+
+
 @dataclass(frozen=True)
 class ProxySettings:
     """The reverse proxy to slurmrestd (``/slurm``, ``/slurmdb``, ``/openapi``)."""
@@ -221,6 +224,8 @@ class ProxySettings:
     cache_size: int = 10000
     auth_request: bool = False
     auth_request_max_age: int = 60
+    # Who may ask GET /proxy/auth (the nginx hosts): the TCP peer address, never a forwarded one.
+    auth_request_allow_from: tuple[str, ...] = AUTH_REQUEST_ALLOW_FROM
 
     @property
     def enabled(self) -> bool:
@@ -749,6 +754,7 @@ def _proxy(t: _Table, tokens: TokenSettings) -> ProxySettings:
         cache_size=t.int("cache_size", 10000, minimum=1),
         auth_request=t.bool("auth_request", False),
         auth_request_max_age=t.int("auth_request_max_age", 60, minimum=0, maximum=3600),
+        auth_request_allow_from=_networks(t, "auth_request_allow_from", AUTH_REQUEST_ALLOW_FROM),
     )
     if s.token_lifetime and not 60 <= s.token_lifetime <= tokens.max_lifetime:
         raise SettingsError(
@@ -757,6 +763,21 @@ def _proxy(t: _Table, tokens: TokenSettings) -> ProxySettings:
         )
     t.done()
     return s
+
+
+def _networks(t: _Table, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A list of IP addresses or networks (``10.0.0.5``, ``10.0.0.0/24``, ``::1``), normalised."""
+    import ipaddress
+
+    out = []
+    for value in t.strs(name, default):
+        try:
+            out.append(str(ipaddress.ip_network(value, strict=False)))
+        except ValueError:
+            raise SettingsError(
+                f"{t.key(name)}: {_show(value)} is not an IP address or network"
+            ) from None
+    return tuple(out)
 
 
 def _rate_limit(t: _Table) -> RateLimitSettings:

@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from ..errors import BridgeError, invalid_request
 from ..pipeline import Exchange, Request
+from ..policy import parse_seconds
 
 bp = Blueprint("api", __name__)
 
@@ -48,16 +49,6 @@ def _bridge() -> Any:
     return current_app.extensions["slurm_jwt_bridge"]
 
 
-def _int(value: Any, name: str) -> int | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.isdigit() and len(value) < 10:
-        return int(value)
-    raise invalid_request(f"{name} must be a whole number of seconds")
-
-
 def _json_options() -> tuple[int | None, str | None]:
     """``{"lifetime": int, "alg": "RS256"|"HS256"}``, both optional, typed strictly."""
     if not request.content_length:
@@ -70,7 +61,7 @@ def _json_options() -> tuple[int | None, str | None]:
         raise invalid_request(f"unknown field {sorted(unknown)[0][:32]!r}")
     lifetime = data.get("lifetime")
     if "lifetime" in data and (isinstance(lifetime, bool) or not isinstance(lifetime, int)):
-        raise invalid_request("lifetime must be an integer number of seconds")
+        raise invalid_request("lifetime must be an integer number of seconds", "bad_number")
     alg = data.get("alg")
     if "alg" in data and alg not in ("RS256", "HS256"):
         raise invalid_request("alg must be RS256 or HS256")
@@ -112,12 +103,17 @@ def oauth_token() -> Response:
         actor_token = form.get("actor_token") or None
         if actor_token and form.get("actor_token_type") not in (TT_ACCESS, TT_JWT):
             raise invalid_request(f"actor_token_type must be {TT_ACCESS} or {TT_JWT}")
+        origin = _origin("token-exchange")
+        try:
+            lifetime = parse_seconds(form.get("requested_lifetime"), "requested_lifetime")
+        except BridgeError as exc:
+            _bridge().pipeline.refuse_input("exchange", origin, exc)
         result = _bridge().pipeline.exchange(
             subject_token or None,
             expected_use=SUBJECT_TOKEN_TYPES[stt] if stt else None,
-            lifetime=_int(form.get("requested_lifetime"), "requested_lifetime"),
+            lifetime=lifetime,
             alg=form.get("alg") or None,
-            request=_origin("token-exchange"),
+            request=origin,
             actor_token=actor_token,
             requested_subject=form.get("requested_subject") or None,
         )
@@ -137,12 +133,16 @@ def api_token() -> Response:
                 "send the identity provider's token as 'Authorization: Bearer <token>'",
                 401,
             )
-        lifetime, alg = _json_options()
+        origin = _origin("api")
+        try:
+            lifetime, alg = _json_options()
+        except BridgeError as exc:
+            _bridge().pipeline.refuse_input("exchange", origin, exc)
         result = _bridge().pipeline.exchange(
             credentials.strip(),
             lifetime=lifetime,
             alg=alg,
-            request=_origin("api"),
+            request=origin,
         )
     except BridgeError as exc:
         return oauth_error(exc)

@@ -12,6 +12,7 @@ that precedes every new token. Without a refresh token, new tokens stop at the I
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import os
@@ -44,6 +45,7 @@ from ..accounts import PosixIdentity
 from ..errors import BridgeError
 from ..keys import KeyRingError, load_session_key, session_key_path
 from ..pipeline import Grant, Request
+from ..policy import parse_seconds
 from ..settings import TENANT_PLACEHOLDER, IssuerSettings, Settings
 from ..upstream import discovery_url
 
@@ -409,10 +411,12 @@ def new_token() -> ResponseReturnValue:
             session.clear()
         return redirect(url_for("browser.index"))
     _check_csrf()
-    raw = request.form.get("lifetime", "")
-    lifetime = int(raw) if raw.isdigit() and len(raw) < 10 else None
-    if raw and lifetime is None:
-        return error_page("Bad lifetime", "The lifetime must be a whole number of seconds.")
+    try:
+        lifetime = parse_seconds(request.form.get("lifetime"), "lifetime")
+    except BridgeError as exc:
+        with contextlib.suppress(BridgeError):
+            _bridge().pipeline.refuse_input("remint", _origin(), exc)
+        return error_page("Bad lifetime", exc.reason, exc.status)
     if session.get("refresh_token"):
         return _refreshed_token(grant, lifetime)
     if grant.not_after is None or grant.not_after <= time.time():

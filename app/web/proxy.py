@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import logging
+import re
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import urllib3
 from cachetools import TLRUCache
@@ -92,6 +94,81 @@ def _quotable(text: str, limit: int = 300) -> str:
         c if " " <= c <= "~" and c not in '"\\' else "'" if c == '"' else "?" for c in text
     )
     return out[:limit]
+
+
+# Percent-encodings that would change where a path goes once slurmrestd (or anything on the way)
+# decodes it: "/", "?", "#", "\\", "%" itself (double encoding), and control characters.
+_ENCODED_SEPARATOR = re.compile(r"%(2f|3f|23|5c|25|[01][0-9a-f]|7f)", re.IGNORECASE)
+_PATH_CHARS = re.compile(r"[!$&'()*+,;=:@A-Za-z0-9._~%/-]*")
+
+
+def _path_problem(path: str) -> str | None:
+    """Why the raw (still percent-encoded) ``path`` must not be forwarded, or None."""
+    if not path.startswith("/"):
+        return "the request target must be an absolute path"
+    if not _PATH_CHARS.fullmatch(path):
+        return "it contains characters that must be percent-encoded"
+    found = _ENCODED_SEPARATOR.search(path)
+    if found:
+        return f"it contains the encoded separator {found.group(0)!r}"
+    try:
+        decoded = unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return "its percent-encoded bytes are not UTF-8"
+    segments = decoded.split("/")
+    if any(seg in (".", "..") for seg in segments):
+        return "it contains a '.' or '..' segment"
+    if path.split("/")[1] not in PREFIXES:
+        return "it is outside /" + ", /".join(PREFIXES)
+    return None
+
+
+def forwardable_target(target: str) -> tuple[str, str]:
+    """(path, query) of a raw request target, or BridgeError(400) naming why it is refused.
+
+    The path goes to slurmrestd byte for byte as the client wrote it; what decoding could turn
+    into another path (dot segments in any encoding, encoded separators) is refused instead of
+    normalised, and a path outside the proxied prefixes never gets a token."""
+    path, _, query = target.partition("?")
+    problem = "it contains '#'" if "#" in target else _path_problem(path)
+    if problem:
+        raise BridgeError(
+            "invalid_request", f"refused path {_shown(path)}: {problem}", 400, metric="bad_path"
+        )
+    return path, query
+
+
+def _shown(path: str, limit: int = 120) -> str:
+    return repr(path.encode("latin-1", "replace").decode("ascii", "replace")[:limit])
+
+
+def _raw_target() -> str:
+    """The request target as the client sent it (gunicorn and werkzeug keep it in RAW_URI)."""
+    env = request.environ
+    raw = env.get("RAW_URI") or env.get("REQUEST_URI")
+    if raw is None:  # another WSGI server: rebuild it from the decoded path
+        from urllib.parse import quote
+
+        raw = quote(request.path, safe="/!$&'()*+,;=:@~")
+        if request.query_string:
+            raw += "?" + request.query_string.decode("latin-1")
+    script = env.get("SCRIPT_NAME", "")
+    if script and raw.startswith(script):
+        raw = raw[len(script) :]
+    return raw
+
+
+def _peer_allowed(networks: tuple[str, ...]) -> bool:
+    """Is the TCP peer (not an X-Forwarded-For address) inside one of ``networks``?"""
+    env = request.environ
+    peer = env.get("werkzeug.proxy_fix.orig", {}).get("REMOTE_ADDR") or env.get("REMOTE_ADDR")
+    try:
+        addr = ipaddress.ip_address((peer or "").split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in ipaddress.ip_network(net) for net in networks)
 
 
 def _b64json(part: str) -> Any:
@@ -204,7 +281,7 @@ class SlurmRestProxy:
         now = time.time()
         with self._lock:
             hit = self._tokens.get(cache_key)
-        if hit is not None and hit.reuse_until > now:
+        if hit is not None and hit.reuse_until > now and self._key_still_listed(hit.token):
             return hit
         result = self.pipeline.remint(grant, self.lifetime, None, origin)
         token = result.token
@@ -212,6 +289,12 @@ class SlurmRestProxy:
         with self._lock:
             self._tokens[cache_key] = entry
         return entry
+
+    def _key_still_listed(self, token: SlurmToken) -> bool:
+        """False once the key that signed ``token`` left the ring (``keys revoke``)."""
+        if token.kid is None:
+            return True
+        return any(k.kid == token.kid for k in self.pipeline.keys.current().rsa_keys)
 
     def forget(self, grant: Grant) -> None:
         with self._lock:
@@ -239,8 +322,9 @@ class SlurmRestProxy:
         out["X-Forwarded-For"] = f"{prior}, {forwarded}" if prior else forwarded
         return out
 
-    def send(self, path: str, user: str, token: str) -> urllib3.BaseHTTPResponse:
-        """Forward the current request; the answer's body is left unread (streamed)."""
+    def send(self, path: str, query: str, user: str, token: str) -> urllib3.BaseHTTPResponse:
+        """Forward the current request to ``path?query`` (raw, as the client sent them); the
+        answer's body is left unread (streamed)."""
         length = request.content_length
         body: Any = None
         chunked = False
@@ -251,7 +335,6 @@ class SlurmRestProxy:
         headers = self.forward_headers(user, token)
         if length is not None:
             headers["Content-Length"] = str(length)
-        query = request.query_string.decode("latin-1")
         if self.pool is None:
             raise BridgeError("server_error", "no [proxy] upstream is configured", 500)
         return self.pool.urlopen(
@@ -410,6 +493,10 @@ def _origin_of(url: str) -> str:
 def handle(prefix: str, rest: str) -> Response:
     proxy = _proxy()
     origin = Request(door="proxy", remote_addr=request.remote_addr)
+    try:
+        path, query = forwardable_target(_raw_target())
+    except BridgeError as exc:
+        return _json_error(exc.status, exc.error, exc.reason)
     request.max_content_length = proxy.cfg.max_body
     if request.content_length and request.content_length > proxy.cfg.max_body:
         return _json_error(
@@ -426,10 +513,9 @@ def handle(prefix: str, rest: str) -> Response:
             raw = token.token
     except BridgeError as exc:
         return _json_error(exc.status if exc.status != 400 else 401, exc.error, exc.reason)
-    path = f"/{prefix}/{rest}" if rest else f"/{prefix}"
     started = time.perf_counter()
     try:
-        upstream = proxy.send(path, grant.user, raw)
+        upstream = proxy.send(path, query, grant.user, raw)
     except BridgeError as exc:
         return _json_error(exc.status, exc.error, exc.reason)
     except (NewConnectionError, ProtocolError) as exc:  # NewConnectionError is a timeout too
@@ -568,10 +654,23 @@ def proxy_auth() -> Response:
     return resp
 
 
+# The client's original request target, as nginx passes it (proxy_set_header ... $request_uri).
+ORIGINAL_URI_HEADER = "X-Original-URI"
+
+
 def _auth_answer() -> Response:
     proxy = _proxy()
     origin = Request(door="proxy", remote_addr=request.remote_addr)
+    if not _peer_allowed(proxy.cfg.auth_request_allow_from):
+        return _json_error(
+            403,
+            "access_denied",
+            "this address may not use /proxy/auth ([proxy] auth_request_allow_from)",
+        )
+    original = request.headers.get(ORIGINAL_URI_HEADER)
     try:
+        if original is not None:
+            forwardable_target(original)
         caller = _authenticate(proxy, origin)
         if caller is None:
             return _no_credentials()
@@ -584,6 +683,8 @@ def _auth_answer() -> Response:
             if limit and caller.upstream_exp is not None:
                 max_age = int(min(limit, cached.reuse_until - now, caller.upstream_exp - now))
     except BridgeError as exc:
+        if exc.metric == "bad_path":  # nginx passes 401 and 403 on, anything else is its 500
+            return _json_error(403, exc.error, exc.reason)
         return _json_error(exc.status if exc.status != 400 else 401, exc.error, exc.reason)
     resp = Response(status=200)
     resp.headers[AUTH_USER_HEADER] = grant.user

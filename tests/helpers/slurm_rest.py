@@ -189,6 +189,7 @@ def jwks_sync(bc: BridgeCluster, server_url: str) -> subprocess.CompletedProcess
         "sync",
         "--url",
         jwks_url(server_url),
+        "--allow-http",  # the bridge runs on this host
         "--out",
         bc.cluster.jwks_path,
         "--reconfigure",

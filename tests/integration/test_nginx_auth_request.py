@@ -218,3 +218,34 @@ def jobs_named(cluster: Any, name: str) -> list[str]:
     out = cluster.run(["squeue", "-h", "-t", "all", "--name", name, "-o", "%A"], timeout=10)
     assert out.returncode == 0, out
     return out.stdout.split()
+
+
+def _raw_status(nginx: Nginx, target: str, token: str) -> tuple[int, bytes]:
+    """GET ``target`` byte for byte (an HTTP library would normalise dot segments)."""
+    import socket
+
+    host, port = nginx.url.split("://", 1)[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as s:
+        s.sendall(
+            f"GET {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1]), data.partition(b"\r\n\r\n")[2]
+
+
+def test_encoded_separators_and_dot_segments_never_reach_slurmrestd(
+    fronts: dict[str, Site], idp: OidcProvider
+) -> None:
+    """nginx forwards the raw request target: the example refuses encoded separators and dot
+    segments itself (400), and the bridge refuses what it sees in X-Original-URI (403)."""
+    bc, _server, nginx = fronts["26.05"]
+    v = bc.cluster.api_version
+    token = idp.login_tokens("alice")["access_token"]  # a fresh one: not in nginx's cache
+    for target in (f"/slurm/{v}/jobs%3Fuser=root", f"/slurm/{v}/..%2f..%2fdiag"):
+        status, _ = _raw_status(nginx, target, token)
+        assert status == 400, target
+    status, body = _raw_status(nginx, f"/slurm/{v}/job/%c0%ae%c0%ae", token)
+    assert status == 403, body[:300]

@@ -1,5 +1,7 @@
 """Production serving: gunicorn for real, key rotation under a steady stream, metrics,
-readiness, and rate limits shared through a real redis-server by two gunicorn instances."""
+readiness, rate limits shared through a real redis-server by two gunicorn instances, and the
+served configuration (``serve --prod``) against slow clients and against a client counting on
+each worker keeping its own in-memory rate-limit counters."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -308,3 +311,59 @@ def test_subject_rate_limit(tmp_path: Path, idp: Any) -> None:
     # another subject is not affected
     r = client.post("/oauth/token", data={**form, "subject_token": user_token(idp, "bob")})
     assert r.status_code == 200
+
+
+# ---------------------------------------------------------------- slow clients, per-host limits
+
+
+def slow_client(port: int) -> socket.socket:
+    """Announces a 1000-byte body, sends none of it, and keeps the connection open."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=60)
+    s.sendall(
+        b"POST /oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 1000\r\n\r\n"
+    )
+    return s
+
+
+def test_healthz_answers_while_slow_clients_hang(tmp_path: Path, idp: Any) -> None:
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    server = start_bridge(
+        tmp_path / "b",
+        config(keys, idp, "[rate_limit]\nenabled = false\n"),
+        {"GUNICORN_THREADS": "2", "GUNICORN_CLIENT_TIMEOUT": "2"},
+        workers=1,
+    )
+    slow = []
+    try:
+        slow = [slow_client(server.port) for _ in range(2)]
+        time.sleep(0.5)  # both are inside the worker's two threads, waiting for the body
+        # A bound on how long this test waits for an answer at all, not a speed check: the
+        # old configuration never answers while the two slow clients keep their connections.
+        r = requests.get(f"{server.url}/healthz", timeout=45)
+        assert r.status_code == 200
+        for s in slow:
+            answer = s.recv(4096)
+            # the slow client is told why (408) or dropped; it never gets a token
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 408"), answer[:100]
+    finally:
+        for s in slow:
+            s.close()
+        server.stop()
+
+
+def test_per_address_limit_holds_across_gunicorn_workers(tmp_path: Path, idp: Any) -> None:
+    keys = tmp_path / "keys"
+    init_keys(keys)
+    limits = '[rate_limit]\nper_address = "6/minute"\nper_subject = "1000/minute"\n'
+    server = start_bridge(tmp_path / "b", config(keys, idp, limits), workers=3)
+    try:
+        token = user_token(idp)
+        # new connections from several threads, so the kernel spreads them over the workers
+        with ThreadPoolExecutor(6) as pool:
+            statuses = list(pool.map(lambda _: exchange(server.url, token).status_code, range(30)))
+        assert set(statuses) <= {200, 429}, statuses
+        assert 1 <= statuses.count(200) <= 6, statuses
+    finally:
+        server.stop()

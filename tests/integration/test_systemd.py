@@ -426,7 +426,7 @@ def test_jwks_sync_service_exec_line(jwks_server: tuple[str, Path], tmp_path: Pa
         "JWKS_OUT": str(out),
         # a command with an argument: must arrive as one --reconfigure-command value
         "RECONFIGURE_COMMAND": f"touch {marker}",
-        "SYNC_EXTRA_ARGS": "--timeout 5",
+        "SYNC_EXTRA_ARGS": "--timeout 5 --allow-http",  # a plain-http test server
     }
     argv = expand(value(unit, "Service", "ExecStart"), env)
     success = {0, *map(int, value(unit, "Service", "SuccessExitStatus").split())}

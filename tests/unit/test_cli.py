@@ -119,7 +119,7 @@ def test_jwks_sync_exit_codes_and_reconfigure(keys_dir: Path, tmp_path: Path) ->
     marker = tmp_path / "reconfigured"
     cmd = f"touch {marker}"
     try:
-        base = ["jwks", "sync", "--url", srv.url + "/jwks.json", "--out", str(out)]
+        base = ["jwks", "sync", "--url", srv.url + "/jwks.json", "--out", str(out), "--allow-http"]
         r = run(*base, "--reconfigure", "--reconfigure-command", cmd)
         assert r.returncode == 3, r.stderr
         assert marker.exists() and json.loads(out.read_text()) == doc
@@ -170,7 +170,7 @@ def test_jwks_sync_refuses_bad_documents(
     out = tmp_path / "jwks.json"
     out.write_text("old")
     try:
-        r = run("jwks", "sync", "--url", srv.url + "/jwks.json", "--out", str(out))
+        r = run("jwks", "sync", "--url", srv.url + "/jwks.json", "--out", str(out), "--allow-http")
     finally:
         srv.close()
     assert r.returncode == 1
@@ -188,5 +188,6 @@ def test_jwks_sync_unreachable(tmp_path: Path) -> None:
         str(tmp_path / "j"),
         "--timeout",
         "2",
+        "--allow-http",
     )
     assert r.returncode == 1 and "ConnectError" in r.stderr

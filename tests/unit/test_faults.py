@@ -306,7 +306,7 @@ def test_jwks_sync_refuses_a_deeply_nested_document_with_one_line(tmp_path: Path
     out.write_text('{"keys": []}\n')
     try:
         proc = subprocess.run(
-            [CLI, "jwks", "sync", "--url", doc.url + "/jwks", "--out", str(out)],
+            [CLI, "jwks", "sync", "--url", doc.url + "/jwks", "--out", str(out), "--allow-http"],
             capture_output=True,
             text=True,
             timeout=120,

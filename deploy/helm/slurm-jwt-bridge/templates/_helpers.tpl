@@ -50,7 +50,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
 {{/* Fixed paths inside the pods. */}}
-{{- define "slurm-jwt-bridge.keysDir" -}}/etc/slurm-jwt-bridge/keys{{- end -}}
+{{- /* The keys emptyDir is mounted at keysVolumeDir; its root is writable by everyone (kubelet
+makes it 0777), which the bridge refuses for a keys directory, so the keys live in a 0700
+subdirectory the copy creates as the pod's user. */ -}}
+{{- define "slurm-jwt-bridge.keysVolumeDir" -}}/etc/slurm-jwt-bridge/keys{{- end -}}
+{{- define "slurm-jwt-bridge.keysDir" -}}/etc/slurm-jwt-bridge/keys/ring{{- end -}}
 {{- define "slurm-jwt-bridge.configDir" -}}/etc/slurm-jwt-bridge/config{{- end -}}
 {{- define "slurm-jwt-bridge.configFile" -}}/etc/slurm-jwt-bridge/config/bridge.toml{{- end -}}
 {{- define "slurm-jwt-bridge.secretDir" -}}/var/run/slurm-jwt-bridge/keys-secret{{- end -}}
