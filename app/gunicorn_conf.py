@@ -61,7 +61,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 
 def on_starting(server: Any) -> None:
     # The workers' in-memory rate limits each take 1/N of a limit (app/ratelimit.py).
-    from app.ratelimit import WORKERS_ENV
+    from app.settings import WORKERS_ENV
 
     os.environ[WORKERS_ENV] = str(server.cfg.workers)
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]

@@ -19,10 +19,7 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from .errors import BridgeError
-from .settings import RateLimitSettings
-
-# Set by app/gunicorn_conf.py to the number of workers sharing the host's limits.
-WORKERS_ENV = "SLURM_JWT_BRIDGE_WORKERS"
+from .settings import WORKERS_ENV, RateLimitSettings
 
 
 def process_limit(limit: str, storage_uri: str) -> str:

@@ -15,6 +15,8 @@ from typing import Any
 
 CONFIG_ENV = "SLURM_JWT_BRIDGE_CONFIG"
 KEYS_DIR_ENV = "SLURM_JWT_BRIDGE_KEYS_DIR"
+# Set by app/gunicorn_conf.py to its worker count: in-memory rate limits take 1/N each.
+WORKERS_ENV = "SLURM_JWT_BRIDGE_WORKERS"
 
 ISSUER_KINDS = ("keycloak", "cognito", "entra", "oidc")
 TENANT_PLACEHOLDER = "{tenantid}"

@@ -1,9 +1,9 @@
 """Emergency revocation against real slurmctld/slurmrestd: ``keys revoke KID``, then
 ``jwks sync --reconfigure`` on the controller.
 
-26.05 re-reads the JWKS at reconfigure: every token of the revoked key is refused at once, new
-tokens (signed by the promoted key) are accepted. 22.05 reads the JWKS only at start: the revoked
-key keeps working until slurmctld restarts, as docs/keys.md and SECURITY.md say.
+24.11 and 26.05 re-read the JWKS at reconfigure: every token of the revoked key is refused at
+once, new tokens (signed by the promoted key) are accepted. 22.05 reads the JWKS only at start:
+the revoked key keeps working until slurmctld restarts, as docs/keys.md and SECURITY.md say.
 """
 
 from __future__ import annotations

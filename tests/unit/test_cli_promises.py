@@ -41,7 +41,8 @@ def test_jwks_sync_keeps_the_file_for_every_reconfigure_failure(
     marker = tmp_path / "reconfigured"
     srv = StubServer(json.dumps(doc).encode())
     try:
-        base = ["jwks", "sync", "--url", srv.url + "/jwks.json", "--out", str(out), "--reconfigure"]
+        base = ["jwks", "sync", "--url", srv.url + "/jwks.json", "--allow-http"]
+        base += ["--out", str(out), "--reconfigure"]
         line = one_line_error(run(*base, "--reconfigure-command", command))
         assert message in line
         assert json.loads(out.read_text()) == old
