@@ -198,7 +198,7 @@ def test_keys_revoke_removes_the_key_at_once_and_is_audited(keys_dir: Path, stat
 
 def test_keys_revoke_a_retired_key_and_an_unknown_one(keys_dir: Path) -> None:
     old = KeyRing.load(keys_dir).active.kid
-    assert run("keys", "rotate", "--keys-dir", str(keys_dir)).returncode == 0
+    assert run("keys", "rotate", "--force", "--keys-dir", str(keys_dir)).returncode == 0
     before = KeyRing.load(keys_dir)
     r = run("keys", "revoke", old, "--keys-dir", str(keys_dir))
     assert r.returncode == 0, r.stderr
