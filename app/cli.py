@@ -506,11 +506,16 @@ def login(
     if executable is not None:
         _exec_with_answer(executable, command, answer)
         return
+    import shlex
+
+    from .untrusted import printable
+
+    # device_login returned only a token matching COMPACT_JWT; quoted all the same, as this
+    # line is meant for eval.
     prefix = "export SLURM_JWT=" if as_export else "SLURM_JWT="
-    sys.stdout.write(f"{prefix}{answer['access_token']}\n")
-    click.echo(
-        f"token for {answer.get('slurm_user')}, valid {answer.get('expires_in')} s", err=True
-    )
+    sys.stdout.write(f"{prefix}{shlex.quote(answer['access_token'])}\n")
+    user, lifetime = printable(answer.get("slurm_user"), 64), printable(answer.get("expires_in"))
+    click.echo(f"token for {user}, valid {lifetime} s", err=True)
 
 
 def _exec_target(run_command: bool, as_export: bool, command: tuple[str, ...]) -> str | None:

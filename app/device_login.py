@@ -7,8 +7,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
+
+from .login_exec import COMPACT_JWT
+from .untrusted import insecure_url, origin, printable
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -17,6 +21,22 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 
 class LoginError(Exception):
     """Terminal login failed; one line saying why."""
+
+
+def _secure(url: Any, what: str) -> str:
+    """``url`` if it is https (or http to this machine); the user's tokens travel there."""
+    if not isinstance(url, str) or not url.lower().startswith(("https://", "http://")):
+        raise LoginError(f"{what} must be an https:// URL, got {printable(url, 100)}")
+    if insecure_url(url):
+        raise LoginError(
+            f"{what} must be https:// (plain http only to this machine), got {printable(url, 100)}"
+        )
+    return url
+
+
+def _refusal(what: str, answer: dict[str, Any]) -> str:
+    error = printable(answer.get("error"), 64)
+    return f"{what}: {error}: {printable(answer.get('error_description', ''))}"
 
 
 def _json(resp: httpx.Response, what: str) -> dict[str, Any]:
@@ -39,7 +59,7 @@ def device_login(
     verify: bool | str = True,
 ) -> dict[str, Any]:
     """Run the device grant and return the bridge's token answer (``access_token`` etc.)."""
-    base = bridge_url.rstrip("/")
+    base = _secure(bridge_url, "--url").rstrip("/")
     with httpx.Client(timeout=timeout, verify=verify) as http:
         try:
             cfg_resp = http.get(f"{base}/api/v1/cli-login")
@@ -47,21 +67,38 @@ def device_login(
             raise LoginError(f"cannot reach {base}: {type(exc).__name__}") from None
         cfg = _json(cfg_resp, "bridge login configuration")
         if cfg_resp.status_code != 200:
-            raise LoginError(cfg.get("error_description") or f"HTTP {cfg_resp.status_code}")
+            raise LoginError(
+                printable(cfg.get("error_description") or f"HTTP {cfg_resp.status_code}")
+            )
+        try:
+            device_endpoint = _secure(
+                cfg["device_authorization_endpoint"], "device_authorization_endpoint"
+            )
+            token_endpoint = _secure(cfg["token_endpoint"], "token_endpoint")
+            # The identity provider's token goes to the bridge named by --url and nowhere else.
+            exchange_endpoint = urljoin(base + "/", cfg["token_exchange_endpoint"])
+            if origin(exchange_endpoint) != origin(base):
+                raise LoginError(
+                    "the bridge names a token_exchange_endpoint on another origin "
+                    f"({printable(exchange_endpoint, 100)}); refusing to send it your token"
+                )
+        except (KeyError, TypeError, ValueError):
+            raise LoginError("bridge login configuration: unexpected answer") from None
         form = {"client_id": cfg["client_id"], "scope": cfg["scope"]}
         if cfg.get("resource"):
             form["resource"] = cfg["resource"]
         try:
-            dev_resp = http.post(cfg["device_authorization_endpoint"], data=form)
+            dev_resp = http.post(device_endpoint, data=form)
         except httpx.HTTPError as exc:
             raise LoginError(f"identity provider unreachable: {type(exc).__name__}") from None
         dev = _json(dev_resp, "device authorization")
         if dev_resp.status_code != 200:
-            reason = f"{dev.get('error')}: {dev.get('error_description', '')}"
-            raise LoginError(f"device authorization refused: {reason}")
-        where = dev.get("verification_uri_complete") or dev["verification_uri"]
-        prompt(f"To log in, open {where}")
-        prompt(f"and check that the code shown is: {dev['user_code']}")
+            raise LoginError(_refusal("device authorization refused", dev))
+        where = dev.get("verification_uri_complete") or dev.get("verification_uri")
+        if not where or not dev.get("user_code") or not dev.get("device_code"):
+            raise LoginError("device authorization: unexpected answer")
+        prompt(f"To log in, open {printable(where, 300)}")
+        prompt(f"and check that the code shown is: {printable(dev['user_code'], 64)}")
         wait = float(interval or dev.get("interval") or 5)
         deadline = time.monotonic() + float(dev.get("expires_in") or 600)
         upstream = None
@@ -69,9 +106,9 @@ def device_login(
             time.sleep(wait)
             poll = {"grant_type": DEVICE_GRANT, "device_code": dev["device_code"]}
             poll["client_id"] = cfg["client_id"]
-            tok_resp = http.post(cfg["token_endpoint"], data=poll)
+            tok_resp = http.post(token_endpoint, data=poll)
             tok = _json(tok_resp, "token endpoint")
-            if tok_resp.status_code == 200:
+            if tok_resp.status_code == 200 and isinstance(tok.get("access_token"), str):
                 upstream = tok
                 break
             error = tok.get("error")
@@ -80,7 +117,7 @@ def device_login(
             if error == "slow_down":
                 wait += 5
                 continue
-            raise LoginError(f"login not completed: {error}: {tok.get('error_description', '')}")
+            raise LoginError(_refusal("login not completed", tok))
         if upstream is None:
             raise LoginError("login not completed before the code expired")
         exchange = {
@@ -90,10 +127,13 @@ def device_login(
         }
         if lifetime:
             exchange["requested_lifetime"] = str(lifetime)
-        ex_resp = http.post(cfg["token_exchange_endpoint"], data=exchange)
+        ex_resp = http.post(exchange_endpoint, data=exchange)
         answer = _json(ex_resp, "token exchange")
         if ex_resp.status_code != 200:
+            raise LoginError(_refusal("the bridge refused", answer))
+        token = answer.get("access_token")
+        if not isinstance(token, str) or not COMPACT_JWT.fullmatch(token):
             raise LoginError(
-                f"the bridge refused: {answer.get('error')}: {answer.get('error_description', '')}"
+                "the bridge answered with something that is not a Slurm token (a compact JWT)"
             )
         return answer

@@ -172,12 +172,19 @@ def cli_login() -> Response:
                 404,
             )
         )
-    return jsonify(
+    # Never from the request's Host header: the client sends the user's identity-provider
+    # token there. Without [server] public_url the path alone (the client resolves it against
+    # the URL it asked).
+    exchange = url_for("api.oauth_token")
+    public = bridge.settings.server.public_url
+    resp = jsonify(
         issuer=iss.issuer,
         client_id=cfg.client_id,
         scope=" ".join(cfg.scopes),
         resource=cfg.resource or None,
         device_authorization_endpoint=device,
         token_endpoint=meta["token_endpoint"],
-        token_exchange_endpoint=url_for("api.oauth_token", _external=True),
+        token_exchange_endpoint=public + exchange if public else exchange,
     )
+    resp.headers.update(NO_STORE)
+    return resp

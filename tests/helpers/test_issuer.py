@@ -132,6 +132,7 @@ class IssuerHandle:
         self.introspection: dict[str, dict[str, Any]] = {}
         self.introspection_client: tuple[str, str] = ("bridge", "bridge-secret")
         self.discovery_issuer: str | None = None  # what discovery names; default: issuer
+        self.extra_discovery: dict[str, Any] = {}  # more (or overriding) discovery fields
         self._lock = threading.Lock()
         self._counts = {"discovery": 0, "jwks": 0, "introspection": 0}
 
@@ -197,6 +198,7 @@ class IssuerHandle:
             "authorization_endpoint": self.issuer + "/authorize",
             "token_endpoint": self.issuer + "/token",
             "id_token_signing_alg_values_supported": [self.key_alg],
+            **self.extra_discovery,
         }
 
     # ---------------------------------------------------------- minting
