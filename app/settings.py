@@ -6,12 +6,17 @@ Every error is one line that names the key that is wrong, e.g.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from .untrusted import insecure_url
+
+log = logging.getLogger(__name__)
 
 CONFIG_ENV = "SLURM_JWT_BRIDGE_CONFIG"
 KEYS_DIR_ENV = "SLURM_JWT_BRIDGE_KEYS_DIR"
@@ -128,6 +133,8 @@ class IssuerSettings:
     client_secret: str = ""
     scopes: tuple[str, ...] = ("openid", "profile", "email")
     display_name: str = ""
+    # Plain http to another machine for discovery, JWKS and introspection (refused otherwise).
+    allow_insecure_http: bool = False
 
 
 @dataclass(frozen=True)
@@ -535,6 +542,7 @@ def _issuer(t: _Table) -> IssuerSettings:
         client_secret=t.str("client_secret", ""),
         scopes=t.strs("scopes", ("openid", "profile", "email")),
         display_name=t.str("display_name", ""),
+        allow_insecure_http=t.bool("allow_insecure_http", False),
     )
     if not s.audiences and not s.allowed_clients:
         raise SettingsError(
@@ -543,6 +551,19 @@ def _issuer(t: _Table) -> IssuerSettings:
         )
     _check_tenants(t, s)
     _check_service_tokens(t, s)
+    for what in ("issuer", "discovery_url", "jwks_uri"):
+        url = getattr(s, what)
+        if insecure_url(url) and not s.allow_insecure_http:
+            raise SettingsError(
+                f"{t.key(what)}: plain http to another machine lets anyone on the path inject "
+                f"signing keys; use https (or allow_insecure_http = true), got {_show(url)}"
+            )
+    if s.allow_insecure_http:
+        log.warning(
+            "issuer %r: allow_insecure_http = true: its discovery, JWKS and introspection may "
+            "travel over plain http, where anyone on the path can forge tokens for it",
+            s.name,
+        )
     t.done()
     return s
 

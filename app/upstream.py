@@ -43,6 +43,7 @@ import jwt
 
 from .errors import BridgeError, invalid_grant, invalid_request
 from .settings import TENANT_PLACEHOLDER, IssuerSettings
+from .untrusted import insecure_url
 
 __all__ = [
     "ALLOWED_ALGS",
@@ -674,6 +675,12 @@ class UpstreamVerifier:
                     f"issuer {s.name!r}: introspection needs kind keycloak and an issuer "
                     "<base>/realms/<realm>"
                 )
+            for url in (s.issuer, s.discovery_url, s.jwks_uri):
+                if insecure_url(url) and not s.allow_insecure_http:
+                    raise ValueError(
+                        f"issuer {s.name!r}: plain http to another machine ({_clip(url)}) "
+                        "needs allow_insecure_http"
+                    )
         self._states = [_IssuerState(s) for s in issuers]
         self._own_http = http is None
         self._http = http or httpx.Client(
@@ -1001,6 +1008,11 @@ class UpstreamVerifier:
             uri = doc.get("jwks_uri")
             if not isinstance(uri, str) or not re.match(r"^https?://", uri):
                 raise _FetchError("discovery document has no http(s) jwks_uri")
+            if insecure_url(uri) and not s.allow_insecure_http:
+                raise _FetchError(
+                    f"discovery document names a plain http jwks_uri {_clip(uri)}; refused "
+                    "(https, or allow_insecure_http = true for this issuer)"
+                )
         try:
             keyset = _parse_jwks(self._get_json(uri, s.http_timeout, "JWKS"), now)
         except _FetchError:
