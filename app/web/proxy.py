@@ -232,9 +232,18 @@ def _pool(cfg: ProxySettings) -> HTTPConnectionPool:
     return HTTPConnectionPool(url.host, url.port or 80, **common)
 
 
-def _token_key(grant: Grant) -> tuple[str, str, Any]:
-    """Tokens are shared per user, never across differing identity claims from the IdP."""
-    return (grant.issuer or "", grant.user, grant.identity)
+def _token_key(grant: Grant) -> tuple[Any, ...]:
+    """Tokens are shared per user, never across differing identity claims from the IdP, and
+    only between grants that bound a token alike (everything but ``not_after``)."""
+    return (
+        grant.issuer or "",
+        grant.user,
+        grant.identity,
+        grant.kind,
+        grant.actor,
+        grant.max_lifetime,
+        grant.algs,
+    )
 
 
 class SlurmRestProxy:
@@ -252,8 +261,9 @@ class SlurmRestProxy:
         self._grants: TLRUCache[str, tuple[Grant, float]] = TLRUCache(
             cfg.cache_size, ttu=lambda _k, v, _now: v[1], timer=time.time
         )
-        # (issuer, user, identity claims) -> Slurm token, reused until 80 % of its lifetime
-        self._tokens: TLRUCache[tuple[str, str, Any], _Cached] = TLRUCache(
+        # what a grant allows (issuer, user, identity claims, kind, actor, algorithms, maximum
+        # lifetime) -> Slurm token, reused until 80 % of its lifetime
+        self._tokens: TLRUCache[tuple[Any, ...], _Cached] = TLRUCache(
             cfg.cache_size, ttu=lambda _k, v, _now: v.reuse_until, timer=time.time
         )
 
@@ -276,12 +286,20 @@ class SlurmRestProxy:
         return self.reusable_token(grant, origin).token
 
     def reusable_token(self, grant: Grant, origin: Request) -> _Cached:
-        """The user's Slurm token and until when it is reused (80 % of its lifetime)."""
+        """The user's Slurm token and until when it is reused (80 % of its lifetime).
+
+        Shared only between grants that allow the same (kind, actor, algorithms, maximum
+        lifetime), and never past the grant's own ``not_after`` (its upstream token's exp)."""
         cache_key = _token_key(grant)
         now = time.time()
         with self._lock:
             hit = self._tokens.get(cache_key)
-        if hit is not None and hit.reuse_until > now and self._key_still_listed(hit.token):
+        if (
+            hit is not None
+            and hit.reuse_until > now
+            and (grant.not_after is None or hit.token.exp <= grant.not_after)
+            and self._key_still_listed(hit.token)
+        ):
             return hit
         result = self.pipeline.remint(grant, self.lifetime, None, origin)
         token = result.token

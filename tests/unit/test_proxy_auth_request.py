@@ -199,3 +199,42 @@ def test_answers_are_counted_by_status(keys_dir: Path, tmp_path: Path, idp: Any)
     assert client.get("/proxy/auth").status_code == 401
     assert client.get("/proxy/auth").status_code == 401
     assert (_auth_count(client, 200), _auth_count(client, 401)) == (ok + 1, refused + 2)
+
+
+def _slurm_claims(resp: Any) -> dict[str, Any]:
+    return jwt.decode(resp.headers["X-Slurm-User-Token"], options={"verify_signature": False})
+
+
+def test_cached_slurm_token_never_outlives_the_upstream_token_it_is_handed_for(
+    keys_dir: Path, tmp_path: Path, idp: Any
+) -> None:
+    """alice's long-lived upstream token fills the cache; her next, 90-second upstream token
+    must not be answered with the cached Slurm token that lives 30 minutes."""
+    client = client_for(keys_dir, tmp_path, idp)
+    long = client.get("/proxy/auth", headers=bearer(idp_token(idp, ttl=3600)))
+    assert _slurm_claims(long)["exp"] > time.time() + 1000
+    short_token = idp_token(idp, ttl=90)
+    short = client.get("/proxy/auth", headers=bearer(short_token))
+    assert short.status_code == 200
+    upstream_exp = jwt.decode(short_token, options={"verify_signature": False})["exp"]
+    assert _slurm_claims(short)["exp"] <= upstream_exp
+
+
+def test_cached_slurm_token_is_reused_only_within_the_grants_limits(
+    keys_dir: Path, tmp_path: Path, idp: Any
+) -> None:
+    """Two grants for the same (issuer, user) with different limits: the cached token of the
+    first is not handed to the second when it outlives the second's maximum lifetime."""
+    from app.pipeline import Grant, Request
+
+    app = create_app(parse_settings(settings_data(keys_dir, tmp_path, idp)))
+    proxy = app.extensions["slurm_jwt_bridge_proxy"]
+    origin = Request(door="proxy")
+    wide = Grant(user="svc", issuer="oidc", kind="user")
+    first = proxy.reusable_token(wide, origin).token
+    assert first.alg == "RS256" and first.exp - first.iat == 1800
+    narrow = Grant(user="svc", issuer="oidc", kind="service", max_lifetime=300, algs=("RS256",))
+    second = proxy.reusable_token(narrow, origin).token
+    assert second.exp - second.iat <= 300
+    # and the first grant still reuses its own token
+    assert proxy.reusable_token(wide, origin).token is first
