@@ -119,6 +119,12 @@ class IdentityMapper:
 
     def _lookup(self, index: int, rule: MappingRule, value: str) -> str | None:
         """Run the rule's lookup command; its first output line is the user name."""
+        if "\x00" in value:
+            # No argv or line holds a NUL; the command could only misread it.
+            raise access_denied(
+                f"mapping rule {index + 1}: {rule.claim} contains a NUL character",
+                metric="invalid_claim",
+            )
         key = (index, value)
         now = time.monotonic()
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import grp
+import logging
 import pwd
 import re
 import time
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from .upstream import UpstreamVerifier, VerifiedToken
 
 __all__ = ["BridgeError", "Exchange", "Grant", "Pipeline", "Request"]
+
+log = logging.getLogger(__name__)
 
 SIGNING_ALGS = ("RS256", "HS256")
 
@@ -392,15 +395,25 @@ class Pipeline:
         try:
             yield decision
         except BridgeError as exc:
-            self.audit.record(event, "refused", reason=exc.reason, **decision.fields)
-            if self.observer is not None:
-                self.observer.refused(exc.metric, decision.fields, time.perf_counter() - started)
+            self._refused(event, exc, decision, started)
             raise
+        except Exception:
+            # A bug or an unforeseen input: still one audit line and a metric, and the door
+            # answers a plain server_error (the details go to the log, not to the client).
+            log.exception("%s: unexpected error", event)
+            exc = BridgeError("server_error", "internal error", 500, metric="internal_error")
+            self._refused(event, exc, decision, started)
+            raise exc from None
         if not record_success:
             return
         self.audit.record(event, "minted", **decision.fields)
         if self.observer is not None:
             self.observer.minted(decision.fields, time.perf_counter() - started)
+
+    def _refused(self, event: str, exc: BridgeError, decision: _Decision, started: float) -> None:
+        self.audit.record(event, "refused", reason=exc.reason, **decision.fields)
+        if self.observer is not None:
+            self.observer.refused(exc.metric, decision.fields, time.perf_counter() - started)
 
     def _service_account(self, verified: VerifiedToken) -> ServiceAccount | None:
         if not verified.is_service or not verified.client_id:
