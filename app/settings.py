@@ -6,6 +6,7 @@ Every error is one line that names the key that is wrong, e.g.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -44,6 +45,8 @@ class ServerSettings:
     public_url: str = ""
     secret_key_file: str = ""
     proxy_fix: int = 0
+    # Client networks that get /metrics and /readyz's details (everyone else: 403, yes/no).
+    internal_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 @dataclass(frozen=True)
@@ -392,7 +395,15 @@ def _server(t: _Table, base: Path) -> ServerSettings:
         public_url=t.str("public_url", "").rstrip("/"),
         secret_key_file=_path(base, t.str("secret_key_file", "")),
         proxy_fix=t.int("proxy_fix", 0, minimum=0),
+        internal_allow=t.strs("internal_allow", ("127.0.0.0/8", "::1/128")),
     )
+    for net in s.internal_allow:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise SettingsError(
+                f"{t.key('internal_allow')}: {_show(net)} is not an address or network"
+            ) from None
     t.done()
     return s
 

@@ -599,6 +599,8 @@ class _IssuerState:
         self.discovery_doc: dict[str, Any] | None = None
         self.discovery_failed_at: float | None = None
         self.discovery_error: str | None = None
+        self.refresher: threading.Thread | None = None
+        self.refresher_lock = threading.Lock()
         self.rediscover = False
         s = settings
         self.ttl = max(s.jwks_refetch_interval, min(JWKS_TTL, s.jwks_stale_window / 2))
@@ -732,15 +734,27 @@ class UpstreamVerifier:
         for t in threads:
             t.join()
 
-    def refresh_due(self) -> None:
+    def refresh_due(self, background: bool = False) -> None:
         """Refresh every issuer whose keys are missing or older than their refresh time, at
         most once per ``jwks_refetch_interval``: readiness probes call this, so an IdP outage
-        shows in health() even when no token arrives."""
+        shows in health() even when no token arrives. With ``background`` the fetches run in
+        threads of their own (at most one per issuer) and this returns at once."""
         now = self._clock()
         for st in self._states:
             ks = st.keyset
-            if ks is None or now - ks.fetched_at >= st.ttl:
-                self._fetch(st, wait=True, min_gap=st.settings.jwks_refetch_interval)
+            if ks is not None and now - ks.fetched_at < st.ttl:
+                continue
+            kwargs = {"wait": True, "min_gap": st.settings.jwks_refetch_interval}
+            if not background:
+                self._fetch(st, **kwargs)
+                continue
+            with st.refresher_lock:
+                if st.refresher is not None and st.refresher.is_alive():
+                    continue
+                st.refresher = threading.Thread(
+                    target=self._fetch, args=(st,), kwargs=kwargs, daemon=True
+                )
+                st.refresher.start()
 
     def health(self) -> dict[str, dict[str, Any]]:
         """Per issuer: keys present, their age in s, whether stale (refresh failed), last error.

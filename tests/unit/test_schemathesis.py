@@ -13,6 +13,7 @@ carry a real identity-provider token (the generated lifetime and alg still vary)
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         "mapping": {"require_local_account": False, "rules": [{"claim": "preferred_username"}]},
     }
     app = create_app(parse_settings(data, Path.cwd()))
+    # A probe starts the first JWKS fetch in the background and answers at once: the service
+    # under test is a ready one.
+    client, deadline = app.test_client(), time.monotonic() + 30
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").json
+        time.sleep(0.05)
     schema = schemathesis.openapi.from_wsgi("/openapi.json", app)
     claims = idp.oidc_claims(sub="s-alice", aud="bridge", preferred_username="alice")
     token = idp.mint({**claims, "exp": idp.now() + 86400})
