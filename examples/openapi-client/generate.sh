@@ -19,7 +19,8 @@ generator=${OPENAPI_PYTHON_CLIENT:-openapi-python-client}
 mkdir -p "$out"
 url="${BRIDGE_URL%/}/openapi/v3"
 if command -v curl >/dev/null; then
-    curl -fsS -H "Authorization: Bearer $IDP_TOKEN" -o "$out/openapi.json" "$url"
+    # The token on stdin, not in curl's arguments (readable by any local user in /proc).
+    printf 'Authorization: Bearer %s\n' "$IDP_TOKEN" | curl -fsS -H @- -o "$out/openapi.json" "$url"
 else
     python3 - "$url" "$out/openapi.json" <<'PY'
 import os, sys, urllib.request
