@@ -199,8 +199,9 @@ def test_verify_would_catch_a_broken_unit(analyze: str, tmp_path: Path) -> None:
         ("slurm-jwt-bridge.service", 2.0),
         ("slurm-jwt-bridge-rotate.service", 2.0),
         ("slurm-jwt-bridge-prune.service", 2.0),
-        # root (writes /etc/slurm, runs scontrol) and on the network: less to take away
-        ("slurm-jwt-bridge-jwks-sync.service", 5.0),
+        # root (runs scontrol) and on the network, but without capabilities and with write
+        # access to the JWKS directory only
+        ("slurm-jwt-bridge-jwks-sync.service", 2.0),
     ],
 )
 def test_exposure_score(analyze: str, name: str, limit: float) -> None:
@@ -261,6 +262,20 @@ def test_service_hardening_and_settings() -> None:
 
     sync = parse_unit(UNITS / "slurm-jwt-bridge-jwks-sync.service")
     assert value(sync, "Service", "Type") == "oneshot"
+    # It parses network input as root: no capabilities, no privileged system calls, and write
+    # access to the JWKS file's own directory only (not /etc/slurm with slurm.conf in it).
+    assert value(sync, "Service", "CapabilityBoundingSet") == ""
+    assert value(sync, "Service", "AmbientCapabilities") == ""
+    assert "~@privileged @resources" in values(sync, "Service", "SystemCallFilter")
+    jwks_out = unit_environment(sync)["JWKS_OUT"]
+    assert values(sync, "Service", "ReadWritePaths") == [os.path.dirname(jwks_out)]
+    assert os.path.dirname(jwks_out) != "/etc/slurm"
+    shipped = environment_file(UNITS / "slurm-jwt-bridge-jwks-sync.default")
+    assert "JWKS_OUT" not in shipped or os.path.dirname(shipped["JWKS_OUT"]) == os.path.dirname(
+        jwks_out
+    )
+    for key in ("ProtectProc", "PrivateIPC", "MemoryDenyWriteExecute", "PrivateMounts"):
+        assert value(sync, "Service", key), key
     assert "3" in value(sync, "Service", "SuccessExitStatus").split()
     assert value(sync, "Service", "EnvironmentFile") == "/etc/default/slurm-jwt-bridge-jwks-sync"
     timer = parse_unit(UNITS / "slurm-jwt-bridge-jwks-sync.timer")
