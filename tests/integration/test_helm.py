@@ -244,7 +244,8 @@ def config_settings(docs: list[dict[str, Any]]) -> Any:
 
 
 def script_from(docs: list[dict[str, Any]], dest: Path) -> Path:
-    text = one(docs, "ConfigMap", f"{FULLNAME}-scripts")["data"]["k8s_keys.py"]
+    """The key script the image ships (deploy/docker/Dockerfile copies the chart's file)."""
+    text = (CHART / "files" / "k8s_keys.py").read_text()
     path = dest / "k8s_keys.py"
     path.write_text(text)
     return path
@@ -470,7 +471,8 @@ def check_rotation_objects(
 
 def test_defaults_create_no_secret_and_an_empty_jwks_only_when_asked(helm: str) -> None:
     docs = render(helm)
-    assert not of_kind(docs, "Secret")
+    # the configuration is a Secret by default; no keys Secret is ever generated
+    assert [d["metadata"]["name"] for d in of_kind(docs, "Secret")] == [f"{FULLNAME}-config"]
     assert not of_kind(docs, "CronJob")
     # No jwks given and no rotation: no JWKS ConfigMap that would hand Slurm an empty key set.
     assert not [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"].endswith("-jwks")]
@@ -874,3 +876,58 @@ def test_notes_tell_the_admin_the_slurm_lines(helm: str, tmp_path: Path) -> None
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     text = one(docs, "ConfigMap", "notes")["data"]["notes"]
     assert f"create secret generic {FULLNAME}-keys --from-file=./keys" in text
+
+
+# ---------------------------------------------------------------- trust outside ConfigMaps
+
+
+def test_no_configmap_carries_code_or_credentials(helm: str, keys_values: Path) -> None:
+    """Write access to ConfigMaps must not be a master key: the key script run next to the
+    private keys comes from the image, and the configuration is a Secret unless asked."""
+    for args in ([], ["-f", str(keys_values), "--set", "rotation.enabled=true"]):
+        docs = render(helm, *args)
+        for cm in of_kind(docs, "ConfigMap"):
+            assert "k8s_keys.py" not in cm.get("data", {}), cm["metadata"]["name"]
+            assert "bridge.toml" not in cm.get("data", {}), cm["metadata"]["name"]
+        assert one(docs, "Secret", f"{FULLNAME}-config")
+    dockerfile = (REPO / "deploy" / "docker" / "Dockerfile").read_text()
+    assert re.search(
+        rf"^COPY deploy/helm/slurm-jwt-bridge/files/k8s_keys\.py {SCRIPTS_DIR}/k8s_keys\.py$",
+        dockerfile,
+        re.M,
+    ), "the image ships the chart's key script where the templates run it"
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        '[[issuers]]\nname="k"\nkind="oidc"\nissuer="https://k.example.org"\n'
+        'audiences=["b"]\nclient_id="c"\nclient_secret="s3cret"\n',
+        '[rate_limit]\nstorage_uri="redis://:s3cret@redis:6379/0"\n',
+    ],
+)
+def test_credentials_are_never_rendered_into_a_configmap(helm: str, config: str) -> None:
+    err = render_fails(helm, "--set", "configAsSecret=false", "--set-string", f"config={config}")
+    assert "configAsSecret" in err
+    assert "s3cret" not in err
+
+
+def test_service_monitor_needs_an_internal_allow_list(helm: str) -> None:
+    err = render_fails(helm, "--set", "serviceMonitor.enabled=true")
+    assert "internal_allow" in err
+
+
+def test_live_key_ring_never_enters_release_history(helm: str, keys_values: Path) -> None:
+    """No template reads live objects (lookup): what it read would be stored in the release,
+    and `helm rollback` would put retired or revoked keys back. With rotation the keys Secret
+    and the JWKS ConfigMap are created once, at install, and then left to the CronJob."""
+    for template in (CHART / "templates").iterdir():
+        assert not re.search(r"\blookup\b", template.read_text()), template.name
+    docs = render(helm, "-f", str(keys_values), "--set", "rotation.enabled=true")
+    for obj in (
+        one(docs, "Secret", f"{FULLNAME}-keys"),
+        one(docs, "ConfigMap", f"{FULLNAME}-jwks"),
+    ):
+        notes = obj["metadata"]["annotations"]
+        assert notes["helm.sh/hook"] == "pre-install", obj["metadata"]["name"]
+        assert notes["helm.sh/resource-policy"] == "keep"

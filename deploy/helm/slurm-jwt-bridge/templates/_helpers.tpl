@@ -58,6 +58,7 @@ subdirectory the copy creates as the pod's user. */ -}}
 {{- define "slurm-jwt-bridge.configDir" -}}/etc/slurm-jwt-bridge/config{{- end -}}
 {{- define "slurm-jwt-bridge.configFile" -}}/etc/slurm-jwt-bridge/config/bridge.toml{{- end -}}
 {{- define "slurm-jwt-bridge.secretDir" -}}/var/run/slurm-jwt-bridge/keys-secret{{- end -}}
+{{/* Where the image holds the chart's key script (deploy/docker/Dockerfile copies it). */}}
 {{- define "slurm-jwt-bridge.scriptsDir" -}}/opt/slurm-jwt-bridge-chart{{- end -}}
 
 {{- define "slurm-jwt-bridge.keysSecretName" -}}
@@ -100,6 +101,30 @@ directory, rendered again. Fails on invalid TOML or a conflicting [keys] dir.
 {{- $_ := set $cfg "rate_limit" $rl -}}
 {{- end -}}
 {{- toToml $cfg -}}
+{{- end -}}
+
+{{/*
+Which credentials the rendered config holds (issuer or introspection client_secret, a redis
+password in storage_uri), comma-separated; empty when none.
+*/}}
+{{- define "slurm-jwt-bridge.configCredentials" -}}
+{{- $cfg := fromToml (include "slurm-jwt-bridge.configToml" .) -}}
+{{- $found := list -}}
+{{- range $i, $iss := (get $cfg "issuers" | default (list)) -}}
+{{- if and (kindIs "map" $iss) (get $iss "client_secret") -}}
+{{- $found = append $found (printf "issuers[%d].client_secret" $i) -}}
+{{- end -}}
+{{- $intro := get $iss "introspection" | default (dict) -}}
+{{- if and (kindIs "map" $intro) (get $intro "client_secret") -}}
+{{- $found = append $found (printf "issuers[%d].introspection.client_secret" $i) -}}
+{{- end -}}
+{{- end -}}
+{{- $rl := get $cfg "rate_limit" | default (dict) -}}
+{{- $uri := toString (get $rl "storage_uri" | default "") -}}
+{{- if or (regexMatch "^[a-z+]+://[^/]*@" $uri) (contains "password=" $uri) -}}
+{{- $found = append $found "rate_limit.storage_uri" -}}
+{{- end -}}
+{{- join ", " $found -}}
 {{- end -}}
 
 {{/* The config volume: the ConfigMap, or the Secret with configAsSecret. */}}
