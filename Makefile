@@ -6,12 +6,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/oidc-provider/node_modules/.installed
 
-.PHONY: demo test unit lint format venv system-deps node-deps go-deps bench-go-deps bench clean
+.PHONY: demo test unit lint audit format venv system-deps node-deps go-deps bench-go-deps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test,redis]'
+	$(BIN)/pip install -q --upgrade pip setuptools
+	$(BIN)/pip install -q --upgrade --upgrade-strategy eager -e '.[test,redis]'
 	touch $@
 
 venv: $(STAMP)
@@ -44,8 +44,12 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The installed packages against PyPI's published advisories (pip-audit; needs https to pypi.org).
+audit: venv
+	$(BIN)/python scripts/audit-deps.py
+
 # The whole suite, against real Slurm, oidc-provider, Chromium, redis and helm.
-test: system-deps venv node-deps go-deps lint
+test: system-deps venv node-deps go-deps lint audit
 	bash scripts/run-tests.sh
 
 # Unit tests only (no daemons, no root).
