@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from .keys import atomic_write
+from .untrusted import printable
 
 MAX_JWKS_BYTES = 1 << 20
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -53,7 +54,7 @@ def slurm_jwks_problems(doc: Any) -> list[str]:
         if not isinstance(kid, str) or not kid:
             problems.append(f"{where}: kid must be a non-empty string")
         elif kid in kids:
-            problems.append(f"{where}: duplicate kid {kid[:64]}")
+            problems.append(f"{where}: duplicate kid {printable(kid, 64)}")
         else:
             kids.add(kid)
         for part in ("n", "e"):
@@ -177,4 +178,5 @@ def sync_jwks(
                 f"{reconfigure_command!r} failed ({' '.join(detail)[:200]}); "
                 f"{out} restored to its previous content"
             )
-    return SyncResult(True, kids, f"{out}: updated ({len(kids)} keys: {', '.join(kids)})")
+    shown = ", ".join(printable(k, 64) for k in kids)
+    return SyncResult(True, kids, f"{out}: updated ({len(kids)} keys: {shown})")

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import stat
 import tempfile
@@ -33,6 +34,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 from jwt.algorithms import RSAAlgorithm
+
+log = logging.getLogger(__name__)
 
 HS256_FILE = "jwt_hs256.key"
 SESSION_KEY_FILE = "session.key"
@@ -370,13 +373,24 @@ def _write_ring(d: Path, data: dict[str, Any]) -> None:
     atomic_write(d / RING_FILE, (json.dumps(data, indent=2) + "\n").encode(), 0o644)
 
 
+# atomic_write's temp files: "." + the target's name + "." + mkstemp's random part.
+_TEMP_FILE = re.compile(r"\.(rs256-[^/]+\.pem|jwt_hs256\.key|session\.key|ring\.json)\.\w+")
+
+
 @contextlib.contextmanager
 def _locked(d: Path) -> Iterator[None]:
-    """Serialize changes to one keys directory between processes."""
+    """Serialize changes to one keys directory between processes.
+
+    Every writer holds this lock, so a temp file found while holding it was left by a writer
+    that died mid-write (possibly holding private key material): it is removed first."""
     check_keys_dir(d)
     with open(d / LOCK_FILE, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
+            for entry in os.scandir(d):
+                if _TEMP_FILE.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    log.warning("%s: removed %s, left by an interrupted write", d, entry.name)
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)

@@ -43,7 +43,7 @@ import jwt
 
 from .errors import BridgeError, invalid_grant, invalid_request
 from .settings import TENANT_PLACEHOLDER, IssuerSettings
-from .untrusted import insecure_url
+from .untrusted import insecure_url, printable
 
 __all__ = [
     "ALLOWED_ALGS",
@@ -1074,7 +1074,7 @@ class UpstreamVerifier:
         except _FetchError:
             raise
         except Exception as exc:  # httpx errors, invalid URLs, decoding: all mean "no document"
-            detail = str(exc)[:200] or "no detail"
+            detail = printable(exc) or "no detail"
             raise _FetchError(f"{what} {url}: {type(exc).__name__}: {detail}") from None
         try:
             doc = json.loads(b"".join(chunks))
