@@ -303,7 +303,7 @@ def check_conf(report: Report, conf: JwtConf, problems: list[str]) -> None:
             WARN,
             subject,
             f"neither jwks= nor jwt_key= in AuthAltParameters: Slurm uses {conf.jwt_key} "
-            "(HS256 only); add jwks=/etc/slurm/jwks.json for the bridge's RS256 keys",
+            "(HS256 only); add jwks=/etc/slurm/jwks/jwks.json for the bridge's RS256 keys",
         )
     if conf.jwks is not None and "jwt_key" not in conf.params:
         report.add(
