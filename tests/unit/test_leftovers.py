@@ -19,7 +19,7 @@ def test_jwks_sync_message_shows_key_ids_without_control_characters(
     doc["keys"][0]["kid"] = "evil\x1b]0;owned\x07\x1b[2J"
     stub = StubServer(json.dumps(doc).encode())
     try:
-        result = sync_jwks(stub.url, tmp_path / "jwks.json")
+        result = sync_jwks(stub.url, tmp_path / "jwks.json", allow_http=True)
     finally:
         stub.close()
     assert result.changed
