@@ -172,14 +172,34 @@ class Pipeline:
         request: Request,
         lifetime: int | None = None,
         event: str = "login",
+        access_token: str | None = None,
     ) -> Exchange:
         """The browser door: an ID token from the login (or from a refresh at the IdP, event
-        "remint"); tokens live at most as the session and never past the ID token's exp."""
+        "remint"); tokens live at most as the session and never past the ID token's exp.
+
+        Claims are mapped from the access token the login returned when it is one for this
+        bridge (it verifies as an access token of the same issuer, for the same subject):
+        identity providers such as Keycloak put roles and groups there, not in the ID token.
+        Otherwise from the ID token. A refusal says which token was checked."""
         with self._audited(event, request) as decision:
             verified = self.verify(id_token, "id")
             decision.fields.update(_verified_fields(verified))
-            grant = self.grant_for(verified)
-            grant = replace(grant, not_after=min(not_after, verified.exp))
+            mapped_from, checked = verified, "ID token"
+            if access_token and self.verifier is not None:
+                with contextlib.suppress(BridgeError):  # not one for this bridge: ID token
+                    candidate = self.verifier.verify(access_token, "access")
+                    if (candidate.issuer.name, candidate.subject) == (
+                        verified.issuer.name,
+                        verified.subject,
+                    ):
+                        mapped_from, checked = candidate, "access token"
+            try:
+                grant = self.grant_for(mapped_from)
+            except BridgeError as exc:
+                exc.reason = f"{exc.reason} (claims of the login's {checked})"
+                exc.args = (exc.reason,)
+                raise
+            grant = replace(grant, not_after=min(not_after, verified.exp, mapped_from.exp))
             return self.issue(grant, lifetime=lifetime, decision=decision)
 
     def grant_from_token(self, token: str, request: Request) -> tuple[Grant, int]:

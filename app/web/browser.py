@@ -355,7 +355,9 @@ def callback() -> ResponseReturnValue:
     session.clear()
     ends = int(time.time()) + settings.browser.session_lifetime
     try:
-        result = _bridge().pipeline.login(id_token, ends, _origin())
+        result = _bridge().pipeline.login(
+            id_token, ends, _origin(), access_token=tokens.get("access_token")
+        )
     except BridgeError as exc:
         return error_page("No Slurm token for this account", exc.reason, exc.status)
     _store(result)
@@ -478,7 +480,12 @@ def _refreshed_token(grant: Grant, lifetime: int | None) -> ResponseReturnValue:
         )
     try:
         result = _bridge().pipeline.login(
-            id_token, int(session["ends"]), _origin(), lifetime, event="remint"
+            id_token,
+            int(session["ends"]),
+            _origin(),
+            lifetime,
+            event="remint",
+            access_token=tokens.get("access_token"),
         )
     except BridgeError as exc:
         session.clear()
