@@ -12,6 +12,7 @@ import re
 import subprocess
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,11 @@ class IdentityMapper:
             if not isinstance(value, str) or not value:
                 tried.append(f"{rule.claim} absent")
                 continue
+            if rule.claim == "email" and claims.get("email_verified") in (False, "false"):
+                # The identity provider says the person has not proven this address (many let
+                # users set their own): it names nobody.
+                tried.append("email not verified (email_verified is false)")
+                continue
             name = self._apply(index, rule, value)
             if name is None:
                 tried.append(f"{rule.claim}={_show(value)}")
@@ -98,6 +104,10 @@ class IdentityMapper:
         raise access_denied(f"no mapping rule matched ({detail})", metric="unmapped")
 
     def _apply(self, index: int, rule: MappingRule, value: str) -> str | None:
+        if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in value):
+            # A newline or NUL would change what a lookup command reads, and no user name
+            # holds one: such a value never maps.
+            return None
         pattern = self._compiled[index]
         if pattern is not None:
             m = pattern.fullmatch(value)

@@ -884,8 +884,12 @@ def _check_any_tenant_rules(settings: Settings) -> None:
             continue
         if rule.strip_domain:
             why = "strip_domain drops the tenant's domain"
-        elif rule.claim in TENANTLESS_CLAIMS and not (rule.table and rule.table_only):
-            why = f"{rule.claim} without a table_only table ignores the tenant"
+        elif rule.regex:
+            why = "a regex can drop the tenant's domain before any table lookup"
+        elif rule.command:
+            why = "a lookup command sees the value without the bridge knowing what it keeps"
+        elif not (rule.table and rule.table_only):
+            why = f"{rule.claim} without a table_only table can map a stranger's value"
         else:
             continue
         raise SettingsError(

@@ -479,6 +479,27 @@ def _oidc_profile(s: IssuerSettings, claims: dict[str, Any], header: dict[str, A
     )
 
 
+# Claims of an end user or of a login session (OpenID Connect Core 2 and 5.1, RFC 9068 2.2.1):
+# a client-credentials token has none of them.
+END_USER_CLAIMS = frozenset(
+    {
+        "auth_time",
+        "sid",
+        "nonce",
+        "acr",
+        "amr",
+        "at_hash",
+        "session_state",
+        "preferred_username",
+        "email",
+        "name",
+        "given_name",
+        "family_name",
+        "upn",
+    }
+)
+
+
 def _oidc_service(s: IssuerSettings, claims: dict[str, Any], client: str | None) -> bool:
     """``[[issuers]] service_tokens`` of a generic issuer: "sub_is_client" (RFC 9068 2.2: a
     client-credentials token names its client as subject), "claim:NAME=VALUE" (a claim only
@@ -489,6 +510,13 @@ def _oidc_service(s: IssuerSettings, claims: dict[str, Any], client: str | None)
     if rule.startswith("claim:"):
         name, _, value = rule[len("claim:") :].partition("=")
         return claims.get(name) == value
+    # A person whose subject equals a client id (an IdP that lets users pick their sub) is not
+    # that client: a token that speaks of a person or a login session is never a service's.
+    if any(marker in claims for marker in END_USER_CLAIMS):
+        return False
+    scope = claims.get("scope")
+    if isinstance(scope, str) and "openid" in scope.split():
+        return False  # the openid scope is granted to a person's login, never to a client alone
     return claims.get("sub") == client
 
 

@@ -220,3 +220,59 @@ def _settled_count(prov: OidcProvider, prefix: str) -> int:
     else:
         raise AssertionError("the provider's request log did not show the marker request")
     return sum(1 for line in prov._log_lines if line.startswith(prefix))
+
+
+# ---------------------------------------------------------------- found by the adversarial review
+
+
+def test_person_whose_sub_is_the_portals_client_id_is_not_the_portal(
+    provider: Any, tmp_path: Path, keys_dir: Path
+) -> None:
+    """A person whose account id equals the portal's client id logs in through the portal: her
+    token has sub = client_id = "portal" but is a login's token (openid scope), never the
+    portal's service token, at the actor door and at the service-account door."""
+    from app import create_app
+    from app.settings import parse_settings
+
+    client, audit = _delegation_app(provider, tmp_path, keys_dir)
+    account = "portal" if provider.style == "plain" else "service-account-portal"
+    token = provider.login_tokens(account, client_id="portal")["access_token"]
+    r = client.post(
+        "/oauth/token",
+        data={
+            "grant_type": TE,
+            "actor_token": token,
+            "actor_token_type": AT,
+            "requested_subject": "bob",
+        },
+    )
+    assert r.status_code != 200, r.json
+    assert _last_audit(audit)["outcome"] == "refused"
+    if provider.style != "plain":
+        return
+    settings = parse_settings(
+        {
+            "keys": {"dir": str(keys_dir)},
+            "audit": {"destination": "none"},
+            "browser": {"enabled": False},
+            "issuers": [
+                {
+                    "name": "op",
+                    "kind": "oidc",
+                    "issuer": provider.issuer,
+                    "audiences": [provider.resource],
+                }
+            ],
+            "mapping": {
+                "require_local_account": False,
+                "rules": [{"issuer": "op", "claim": "preferred_username"}],
+            },
+            "service_accounts": [{"issuer": "op", "client_id": "portal", "account": "batch"}],
+        }
+    )
+    r = (
+        create_app(settings)
+        .test_client()
+        .post("/api/v1/token", headers={"Authorization": "Bearer " + token})
+    )
+    assert not (r.status_code == 200 and r.json["slurm_user"] == "batch"), r.json

@@ -24,6 +24,7 @@ import pwd
 import re
 import subprocess
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,6 +208,8 @@ def build(ruleset: str, policy: str) -> Settings:
 
 def expected_name(rule: MappingRule, value: str, runner: FakeRunner) -> str | None:
     """What the documented steps make of ``value`` (None: the rule does not apply)."""
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
+        return None  # documented: such a value never maps
     if rule.regex:
         m = re.fullmatch(rule.regex, value)
         if m is None or not m.group("user"):

@@ -681,8 +681,11 @@ def resigned_violation(draw: st.DrawFn, env: Env) -> tuple[str, str]:
             claims["idtyp"] = "app"
             claims.pop("scp", None)
         else:
+            # RFC 9068: a client-credentials token names its client as subject and speaks of
+            # no person (a token with preferred_username is a person's, whatever its azp).
             claims["azp"] = claims["sub"]
             claims["aud"] = ["bridge", claims["sub"]]
+            claims.pop("preferred_username", None)
     elif rule == "aud":
         good = "bridge" if b.issuer == "oidc" else "api://bridge"
         value = draw(
