@@ -13,7 +13,9 @@ that precedes every new token. Without a refresh token, new tokens stop at the I
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
+import json
 import logging
 import os
 import re
@@ -120,7 +122,65 @@ def init_sessions(app: Flask, settings: Settings) -> None:
             SESSION_CACHELIB=FileSystemCache(str(store), threshold=SESSION_FILE_LIMIT, mode=0o600),
         )
     Session(app)
-    app.extensions["slurm_jwt_bridge_sessions"] = True
+    app.extensions["slurm_jwt_bridge_sessions"] = SessionRevocations(
+        app.config.get("SESSION_REDIS"), app.config.get("SESSION_CACHELIB"), cfg.session_lifetime
+    )
+
+
+class SessionRevocations:
+    """Session ids ended by logout, kept for a session lifetime in the session store itself.
+
+    Deleting a session is not enough: a request that loaded it before the logout (a re-mint
+    waiting on the identity provider) saves it back when it ends. A revoked id is refused
+    whatever its store holds."""
+
+    PREFIX = "sjb-revoked:"
+
+    def __init__(self, redis_client: Any, cache: Any, ttl: int) -> None:
+        self.redis, self.cache, self.ttl = redis_client, cache, ttl
+
+    def revoke(self, sid: str) -> None:
+        if self.redis is not None:
+            self.redis.setex(self.PREFIX + sid, self.ttl, b"1")
+        else:
+            self.cache.set(self.PREFIX + sid, True, timeout=self.ttl)
+
+    def revoked(self, sid: str) -> bool:
+        if self.redis is not None:
+            return bool(self.redis.exists(self.PREFIX + sid))
+        return bool(self.cache.get(self.PREFIX + sid))
+
+
+def _revocations() -> SessionRevocations:
+    return current_app.extensions["slurm_jwt_bridge_sessions"]
+
+
+def session_seal(key: bytes, sid: str, grant: Any, ends: Any) -> str:
+    """An HMAC (the session key) over a session id and the grant it holds: whoever can write
+    to the session store, but does not hold session.key, cannot make a session for another
+    user or move one to another id."""
+    body = json.dumps({"sid": sid, "grant": grant, "ends": ends}, sort_keys=True)
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+
+
+def _seal_value() -> str:
+    key = current_app.secret_key
+    assert isinstance(key, bytes)
+    sid = session.sid  # type: ignore[attr-defined]
+    return session_seal(key, sid, session.get("grant"), session.get("ends"))
+
+
+def _seal() -> None:
+    session["seal"] = _seal_value()
+
+
+def _session_valid() -> bool:
+    """The session is neither revoked by logout nor altered in the store."""
+    sid = getattr(session, "sid", None)
+    if not sid or _revocations().revoked(sid):
+        return False
+    seal = session.get("seal")
+    return isinstance(seal, str) and hmac.compare_digest(seal, _seal_value())
 
 
 def init_browser(app: Flask, settings: Settings) -> None:
@@ -176,9 +236,23 @@ def _csrf() -> str:
     return session["csrf"]
 
 
+def _audit_refusal(event: str, reason: str) -> None:
+    """An audit line for a refusal the pipeline never saw (forms, callback, session state)."""
+    grant = session.get("grant")
+    _bridge().audit.record(
+        event,
+        "refused",
+        reason=reason,
+        door="browser",
+        remote_addr=request.remote_addr,
+        user=grant.get("user") if isinstance(grant, dict) else None,
+    )
+
+
 def _check_csrf() -> None:
     sent = request.form.get("csrf", "")
     if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
+        _audit_refusal(request.endpoint or "form", "CSRF token of the form did not match")
         abort(
             error_page("Form expired", "The form's CSRF token did not match; reload the page.", 400)
         )
@@ -216,6 +290,9 @@ def session_grant(usable: bool = False) -> Grant | None:
     mint (before the upstream token's exp: a refresh at the IdP is needed after that)."""
     raw = session.get("grant")
     if not isinstance(raw, dict):
+        return None
+    if not _session_valid():
+        _audit_refusal("session", "browser session revoked at logout or altered in its store")
         return None
     now = time.time()
     if int(session.get("ends", 0)) <= now:
@@ -325,6 +402,7 @@ def callback() -> ResponseReturnValue:
         session.pop("login_issuer", None)
         error = request.args.get("error", "")[:64]
         desc = request.args.get("error_description", "")[:200]
+        _audit_refusal("login", f"the identity provider refused the login: {error}")
         return error_page("Login refused by the identity provider", f"{error}: {desc}".strip(": "))
     if not name:
         return error_page("Login expired", "No login is in progress in this browser; start again.")
@@ -342,6 +420,7 @@ def callback() -> ResponseReturnValue:
     try:
         tokens = client.authorize_access_token()
     except OAuthError as exc:
+        _audit_refusal("login", f"login answer refused: {exc.error}"[:200])
         return error_page("Login failed", f"{exc.error}: {exc.description or ''}".strip(": "))
     except Exception as exc:
         log.warning("code exchange with %s failed: %s", name, type(exc).__name__)
@@ -365,6 +444,7 @@ def callback() -> ResponseReturnValue:
     session["ends"] = ends
     session["end_session"] = (client.load_server_metadata() or {}).get("end_session_endpoint")
     session["issuer"] = name
+    _seal()
     return redirect(url_for("browser.index"))
 
 
@@ -433,6 +513,7 @@ def new_token() -> ResponseReturnValue:
     except BridgeError as exc:
         return error_page("No new token", exc.reason, exc.status)
     _store(result)
+    _seal()
     return redirect(url_for("browser.index"))
 
 
@@ -495,8 +576,15 @@ def _refreshed_token(grant: Grant, lifetime: int | None) -> ResponseReturnValue:
         return _ended(
             "Login changed", "The identity provider renewed another account: log in again."
         )
+    if _revocations().revoked(session.sid):  # type: ignore[attr-defined]
+        # Logged out while the identity provider answered: the rotated refresh token must not
+        # outlive the session.
+        _revoke(name, tokens.get("refresh_token"))
+        session.clear()
+        return _ended("Logged out", "This login ended while a new token was being made.")
     _store(result)
     _keep_refresh_token(tokens)
+    _seal()
     return redirect(url_for("browser.index"))
 
 
@@ -509,6 +597,7 @@ def logout() -> ResponseReturnValue:
     end_session = session.get("end_session")
     name = session.get("issuer")
     refresh_token = session.get("refresh_token")
+    _revocations().revoke(session.sid)  # type: ignore[attr-defined]
     session.clear()  # deleted from the store: a replayed cookie finds nothing
     _revoke(name, refresh_token)
     if end_session and name:

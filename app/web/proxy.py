@@ -469,13 +469,25 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
         from .browser import session_grant
 
         grant = session_grant(usable=True)
-        if grant is None:
-            raise BridgeError(
-                "invalid_token",
-                "the browser login has expired: get a new token on the start page",
-                401,
+        try:
+            if grant is None:
+                raise BridgeError(
+                    "invalid_token",
+                    "the browser login has expired: get a new token on the start page",
+                    401,
+                    metric="session_expired",
+                )
+            _check_same_origin()
+        except BridgeError as exc:
+            current_app.extensions["slurm_jwt_bridge"].audit.record(
+                "exchange",
+                "refused",
+                reason=exc.reason,
+                door=origin.door,
+                remote_addr=origin.remote_addr,
+                user=grant.user if grant else None,
             )
-        _check_same_origin()
+            raise
         return _Caller(grant)
     return None
 
@@ -483,11 +495,27 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+# The client's original method, as nginx passes it to /proxy/auth (proxy_set_header ...
+# $request_method): the subrequest itself is always a GET (proxy_method GET).
+ORIGINAL_METHOD_HEADER = "X-Original-Method"
+
+
+def _client_method() -> str:
+    """The method the browser used: the request's own, or for nginx's auth_request the
+    X-Original-Method it passes. A /proxy/auth request without it may stand for any method
+    (nginx turns every request into a GET subrequest), so it counts as state-changing."""
+    if request.blueprint == "proxy_auth":
+        sent = request.headers.get(ORIGINAL_METHOD_HEADER, "").upper()
+        return sent if re.fullmatch(r"[A-Z]{1,16}", sent) else "UNKNOWN"
+    return request.method
+
+
 def _check_same_origin() -> None:
     """CSRF defence for cookie-authenticated calls: a state-changing method needs an Origin
     (or, without one, a Referer) equal to public_url and a custom header (X-Requested-With),
     which a cross-site form or simple fetch cannot send."""
-    if request.method in SAFE_METHODS:
+    method = _client_method()
+    if method in SAFE_METHODS:
         return
     public = current_app.extensions["slurm_jwt_bridge"].settings.server.public_url
     expected = _origin_of(public or request.host_url)
@@ -495,9 +523,10 @@ def _check_same_origin() -> None:
     if sent != expected or not request.headers.get("X-Requested-With"):
         raise BridgeError(
             "access_denied",
-            f"cross-site request refused: a {request.method} with the browser session needs "
+            f"cross-site request refused: a {method} with the browser session needs "
             f"Origin {expected} and an X-Requested-With header",
             403,
+            metric="cross_site",
         )
 
 

@@ -24,6 +24,7 @@ from app import create_app
 from app.keys import SESSION_KEY_FILE, KeyRingError
 from app.settings import parse_settings
 from tests.helpers.proxy_settings import proxy_settings_data
+from tests.helpers.sessions import plant_session
 from tests.helpers.slurm import free_port
 from tests.helpers.stub_http import StubServer
 
@@ -67,10 +68,7 @@ def _grant(user: str) -> dict[str, Any]:
 def _logged_in(app: Any, user: str = "alice") -> Any:
     """A test client holding a browser session for ``user`` (as the login callback leaves it)."""
     client = app.test_client()
-    with client.session_transaction() as sess:
-        sess["grant"] = _grant(user)
-        sess["ends"] = int(time.time()) + 3600
-        sess["csrf"] = "x"
+    plant_session(client, grant=_grant(user), ends=int(time.time()) + 3600, csrf="x")
     return client
 
 
@@ -279,11 +277,9 @@ def test_session_past_its_end_proxies_nothing(
     """A session whose login (upstream token) has ended mints no already-expired token."""
     app = _app(keys_dir, tmp_path, idp, upstream.url)
     client = app.test_client()
-    with client.session_transaction() as sess:
-        grant = _grant("alice")
-        grant["not_after"] = int(time.time()) - 5
-        sess["grant"] = grant
-        sess["ends"] = int(time.time()) + 3600
+    grant = _grant("alice")
+    grant["not_after"] = int(time.time()) - 5
+    plant_session(client, grant=grant, ends=int(time.time()) + 3600)
     r = client.get("/slurm/v0.0.44/jobs")
     assert r.status_code == 401, r.get_data(as_text=True)
     assert upstream.seen == []
@@ -298,11 +294,7 @@ def test_session_past_session_lifetime_is_over(
     """No sliding window: past its end the page shows the login and mints nothing."""
     app = _app(keys_dir, tmp_path, idp, upstream.url)
     client = app.test_client()
-    with client.session_transaction() as sess:
-        sess["grant"] = _grant("alice")
-        sess["ends"] = int(time.time()) - 1
-        sess["csrf"] = "x"
-        sess["token"] = "old"
+    plant_session(client, grant=_grant("alice"), ends=int(time.time()) - 1, csrf="x", token="old")
     page = client.get("/")
     assert b'id="token"' not in page.data and b'id="login"' in page.data
     r = client.post("/token", data={"csrf": "x", "lifetime": "300"})

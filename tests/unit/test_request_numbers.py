@@ -20,6 +20,7 @@ from app.cli import main
 from app.policy import MIN_LIFETIME
 from app.settings import parse_settings
 from tests.helpers.proxy_settings import proxy_settings_data
+from tests.helpers.sessions import plant_session
 from tests.helpers.stub_http import StubServer
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -108,19 +109,17 @@ def _browser_client(keys_dir: Path, tmp_path: Path, idp: Any) -> Any:
     data["browser"] = {"enabled": True, "secure_cookies": False}
     data["issuers"][0].update(client_id="bridge", token_use=["access", "id"])
     client = create_app(parse_settings(data, tmp_path)).test_client()
-    with client.session_transaction() as sess:
-        sess["grant"] = {
-            "user": "alice",
-            "issuer": "oidc",
-            "subject": "s-alice",
-            "client": "web",
-            "kind": "user",
-            "max_lifetime": None,
-            "algs": ["RS256", "HS256"],
-            "not_after": int(time.time()) + 600,
-        }
-        sess["ends"] = int(time.time()) + 3600
-        sess["csrf"] = "c" * 32
+    grant = {
+        "user": "alice",
+        "issuer": "oidc",
+        "subject": "s-alice",
+        "client": "web",
+        "kind": "user",
+        "max_lifetime": None,
+        "algs": ["RS256", "HS256"],
+        "not_after": int(time.time()) + 600,
+    }
+    plant_session(client, grant=grant, ends=int(time.time()) + 3600, csrf="c" * 32)
     return client
 
 
