@@ -138,6 +138,11 @@ def keys_init(config_path: Path | None, keys_dir: Path | None, bits: str | None)
     help="The bridge's JWKS URL: refuse unless the running service publishes the next key.",
 )
 @click.option("--ca-file", type=click.Path(dir_okay=False), help="CA bundle for --jwks-url.")
+@click.option(
+    "--allow-http",
+    is_flag=True,
+    help="Accept an http:// --jwks-url (only for a bridge on this host, on loopback).",
+)
 @_errors
 def keys_rotate(
     config_path: Path | None,
@@ -145,17 +150,22 @@ def keys_rotate(
     force: bool,
     jwks_url: str | None,
     ca_file: str | None,
+    allow_http: bool,
 ) -> None:
     """Promote next to active, retire the active key, create a new next key."""
     s = _settings(config_path, keys_dir)
-    published = None
-    if jwks_url:
-        from .jwks_file import fetch_jwks
-
-        doc = fetch_jwks(jwks_url, verify=ca_file or True)
-        published = {k.get("kid") for k in doc.get("keys", []) if isinstance(k, dict)}
     audit = _key_audit(s)
     try:
+        published = None
+        if jwks_url:
+            from .jwks_file import check_jwks_url, fetch_jwks, slurm_jwks_problems
+
+            check_jwks_url(jwks_url, allow_http)
+            doc = fetch_jwks(jwks_url, verify=ca_file or True)
+            problems = slurm_jwks_problems(doc)
+            if problems:
+                raise JwksError(f"{jwks_url}: not a JWKS Slurm can use: {problems[0]}")
+            published = {k["kid"] for k in doc["keys"]}
         lines = keyring.rotate_keys(
             s.keys.dir,
             s.tokens.max_lifetime,
@@ -165,7 +175,7 @@ def keys_rotate(
             force=force,
             published_kids=published,
         )
-    except keyring.KeyRingError as exc:
+    except (keyring.KeyRingError, JwksError) as exc:
         audit.record("keys.rotate", "refused", reason=str(exc), forced=force or None)
         raise
     audit.record("keys.rotate", "rotated", changes=lines, forced=force or None)

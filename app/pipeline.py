@@ -209,7 +209,14 @@ class Pipeline:
         with self._audited("exchange", request, record_success=False) as decision:
             verified = self.verify(token)
             decision.fields.update(_verified_fields(verified))
-            return self.grant_for(verified), verified.exp
+            until = verified.exp
+            if token.count(".") not in (2, 4):
+                from .upstream import INTROSPECTION_CACHE_SECONDS
+
+                # An opaque token was introspected: the identity provider may revoke it at any
+                # time, so the grant is asked for again once the introspection answer is stale.
+                until = min(until, int(time.time()) + INTROSPECTION_CACHE_SECONDS)
+            return self.grant_for(verified), until
 
     def remint(
         self, grant: Grant, lifetime: int | None, alg: str | None, request: Request

@@ -53,7 +53,10 @@ def _json_options() -> tuple[int | None, str | None]:
     """``{"lifetime": int, "alg": "RS256"|"HS256"}``, both optional, typed strictly."""
     if not request.content_length:
         return None, None
-    data = request.get_json(silent=True)
+    try:
+        data = request.get_json(silent=True)
+    except RecursionError:  # deeply nested arrays: not a JSON object anyway
+        data = None
     if not isinstance(data, dict):
         raise invalid_request("the body must be a JSON object")
     unknown = set(data) - {"lifetime", "alg"}

@@ -15,6 +15,7 @@ ever sees the bridge's token for the mapped user.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -442,6 +443,13 @@ class _Caller:
     upstream_exp: float | None = None
 
 
+def _door_refusal(origin: Request, exc: BridgeError) -> BridgeError:
+    """Audit a refusal decided here, before the pipeline ran; returns ``exc`` to raise."""
+    with contextlib.suppress(BridgeError):
+        _proxy().pipeline.refuse_input("exchange", origin, exc)
+    return exc
+
+
 def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
     """The caller from the Authorization header or the browser session; None for neither."""
     auth = request.headers.get("Authorization", "")
@@ -451,20 +459,35 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
         sun = _looks_like_slurm_token(credentials)
         if sun is not None:
             if not proxy.cfg.passthrough_slurm_tokens:
-                raise BridgeError(
-                    "invalid_token",
-                    "a raw Slurm token was presented; send your identity provider's token "
-                    "(passthrough_slurm_tokens is off)",
-                    401,
-                    metric="slurm_token_presented",
+                raise _door_refusal(
+                    origin,
+                    BridgeError(
+                        "invalid_token",
+                        "a raw Slurm token was presented; send your identity provider's token "
+                        "(passthrough_slurm_tokens is off)",
+                        401,
+                        metric="slurm_token_presented",
+                    ),
                 )
             if username_problem(sun):
-                raise BridgeError("invalid_token", "the Slurm token's sun is not a user name", 401)
+                raise _door_refusal(
+                    origin,
+                    BridgeError("invalid_token", "the Slurm token's sun is not a user name", 401),
+                )
+            current_app.extensions["slurm_jwt_bridge"].audit.record(
+                "passthrough",
+                "forwarded",
+                door=origin.door,
+                remote_addr=origin.remote_addr,
+                user=sun,
+            )
             return _Caller(Grant(user=sun, kind="passthrough"), passthrough=credentials)
         grant, upstream_exp = proxy.verified_bearer(credentials, origin)
         return _Caller(grant, upstream_exp=upstream_exp)
     if auth:
-        raise BridgeError("invalid_request", "use 'Authorization: Bearer <token>'", 401)
+        raise _door_refusal(
+            origin, BridgeError("invalid_request", "use 'Authorization: Bearer <token>'", 401)
+        )
     if current_app.extensions.get("slurm_jwt_bridge_sessions") and "grant" in session:
         from .browser import session_grant
 
@@ -542,13 +565,14 @@ def handle(prefix: str, rest: str) -> Response:
     origin = Request(door="proxy", remote_addr=request.remote_addr)
     try:
         path, query = forwardable_target(_raw_target())
+        request.max_content_length = proxy.cfg.max_body
+        if request.content_length and request.content_length > proxy.cfg.max_body:
+            raise BridgeError(
+                "invalid_request", f"request body larger than {proxy.cfg.max_body} bytes", 413
+            )
     except BridgeError as exc:
+        _door_refusal(origin, exc)
         return _json_error(exc.status, exc.error, exc.reason)
-    request.max_content_length = proxy.cfg.max_body
-    if request.content_length and request.content_length > proxy.cfg.max_body:
-        return _json_error(
-            413, "invalid_request", f"request body larger than {proxy.cfg.max_body} bytes"
-        )
     try:
         caller = _authenticate(proxy, origin)
         if caller is None:
@@ -717,7 +741,10 @@ def _auth_answer() -> Response:
     original = request.headers.get(ORIGINAL_URI_HEADER)
     try:
         if original is not None:
-            forwardable_target(original)
+            try:
+                forwardable_target(original)
+            except BridgeError as exc:
+                raise _door_refusal(origin, exc) from None
         caller = _authenticate(proxy, origin)
         if caller is None:
             return _no_credentials()

@@ -904,6 +904,7 @@ def test_no_configmap_carries_code_or_credentials(helm: str, keys_values: Path) 
         '[[issuers]]\nname="k"\nkind="oidc"\nissuer="https://k.example.org"\n'
         'audiences=["b"]\nclient_id="c"\nclient_secret="s3cret"\n',
         '[rate_limit]\nstorage_uri="redis://:s3cret@redis:6379/0"\n',
+        '[browser]\nsession_storage_uri="redis://:s3cret@redis:6379/1"\n',
     ],
 )
 def test_credentials_are_never_rendered_into_a_configmap(helm: str, config: str) -> None:

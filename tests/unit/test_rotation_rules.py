@@ -75,3 +75,37 @@ def test_key_commands_refuse_another_users_directory(tmp_path: Path) -> None:
         out = CliRunner().invoke(main, ["keys", *argv, "--keys-dir", str(d)])
         assert out.exit_code == 1, (argv, out.output)
         assert "owned by nobody, not by root" in out.output
+
+
+def test_jwks_url_is_https_and_a_usable_jwks(keys_dir: Path) -> None:
+    from tests.helpers.stub_http import StubServer
+
+    ring = KeyRing.load(keys_dir)
+    for body in (b"[1, 2]", b'{"keys": 5}', json.dumps(ring.jwks()).encode()):
+        srv = StubServer(body)
+        try:
+            url = srv.url + "/jwks.json"
+            plain = CliRunner().invoke(
+                main, ["keys", "rotate", "--keys-dir", str(keys_dir), "--jwks-url", url]
+            )
+            assert plain.exit_code == 1 and "http" in plain.output, plain.output
+            out = CliRunner().invoke(
+                main,
+                [
+                    "keys",
+                    "rotate",
+                    "--keys-dir",
+                    str(keys_dir),
+                    "--force",
+                    "--jwks-url",
+                    url,
+                    "--allow-http",
+                ],
+            )
+        finally:
+            srv.close()
+        if body.startswith(b'{"keys": ['):
+            assert out.exit_code == 0, out.output
+        else:
+            assert out.exit_code == 1 and "not a JWKS Slurm can use" in out.output, out.output
+            assert out.exception is None or isinstance(out.exception, SystemExit)

@@ -105,7 +105,8 @@ directory, rendered again. Fails on invalid TOML or a conflicting [keys] dir.
 
 {{/*
 Which credentials the rendered config holds (issuer or introspection client_secret, a redis
-password in storage_uri), comma-separated; empty when none.
+password in rate_limit.storage_uri or browser.session_storage_uri), comma-separated; empty when
+none.
 */}}
 {{- define "slurm-jwt-bridge.configCredentials" -}}
 {{- $cfg := fromToml (include "slurm-jwt-bridge.configToml" .) -}}
@@ -123,6 +124,11 @@ password in storage_uri), comma-separated; empty when none.
 {{- $uri := toString (get $rl "storage_uri" | default "") -}}
 {{- if or (regexMatch "^[a-z+]+://[^/]*@" $uri) (contains "password=" $uri) -}}
 {{- $found = append $found "rate_limit.storage_uri" -}}
+{{- end -}}
+{{- $br := get $cfg "browser" | default (dict) -}}
+{{- $suri := toString (get $br "session_storage_uri" | default "") -}}
+{{- if or (regexMatch "^[a-z+]+://[^/]*@" $suri) (contains "password=" $suri) -}}
+{{- $found = append $found "browser.session_storage_uri" -}}
 {{- end -}}
 {{- join ", " $found -}}
 {{- end -}}
