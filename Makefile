@@ -56,8 +56,9 @@ test: system-deps venv node-deps go-deps lint audit
 unit: venv
 	bash scripts/run-tests.sh tests/unit
 
-# A local OIDC provider and the bridge on 127.0.0.1; prints where to log in.
-demo: venv node-deps
+# A one-node Slurm, a local OIDC provider and the bridge (gunicorn) on 127.0.0.1; prints where
+# to log in and a copy-paste block that runs a job through the bridge's proxy. Needs root.
+demo:
 	bash scripts/demo.sh
 
 bench: system-deps venv node-deps bench-go-deps

@@ -198,6 +198,7 @@ class BrowserSettings:
     # Where sessions live: "" = the local directory session_dir; redis://... = shared by replicas
     session_storage_uri: str = ""
     session_dir: Path = Path("sessions")
+    slurm_api_version: str = "v0.0.44"
 
 
 @dataclass(frozen=True)
@@ -743,7 +744,13 @@ def _browser(t: _Table, base: Path) -> BrowserSettings:
         proxy_url=t.str("proxy_url", "").rstrip("/"),
         session_storage_uri=t.str("session_storage_uri", ""),
         session_dir=Path(_path(base, raw_dir)),
+        slurm_api_version=t.str("slurm_api_version", "v0.0.44"),
     )
+    if not re.fullmatch(r"v\d+\.\d+\.\d+", s.slurm_api_version):
+        raise SettingsError(
+            f"{t.key('slurm_api_version')}: must look like v0.0.44, "
+            f"got {_show(s.slurm_api_version)}"
+        )
     if s.session_storage_uri and not re.match(
         r"^(redis|rediss|redis\+unix)://", s.session_storage_uri
     ):

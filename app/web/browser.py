@@ -359,6 +359,8 @@ def index() -> ResponseReturnValue:
         ),
         default_lifetime=settings.tokens.default_lifetime,
         proxy_url=proxy,
+        passthrough=settings.proxy.passthrough_slurm_tokens,
+        api=settings.browser.slurm_api_version,
         csrf=_csrf(),
     )
 
