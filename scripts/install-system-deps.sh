@@ -8,7 +8,9 @@
 # would hold sockets and ports that the tests' own daemons use.
 #
 # Env: SLURM_JWT_BRIDGE_SKIP_CHROOT=1 skips building the chroots (~40 s, ~300 MB each);
-#      SLURM_JWT_BRIDGE_SID_CHROOT=DIR and SLURM_JWT_BRIDGE_TRIXIE_CHROOT=DIR put them elsewhere.
+#      SLURM_JWT_BRIDGE_SID_CHROOT=DIR and SLURM_JWT_BRIDGE_TRIXIE_CHROOT=DIR put them elsewhere;
+#      SLURM_JWT_BRIDGE_SKIP_KEYCLOAK=1 skips fetching and preparing Keycloak (~180 MB from
+#      Maven Central, a few minutes once); SLURM_JWT_BRIDGE_KEYCLOAK_HOME=DIR puts it elsewhere.
 set -euo pipefail
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -24,6 +26,7 @@ PACKAGES=(
     debootstrap procps util-linux passwd mount coreutils
     redis-server chromium wrk systemd nginx
     python3 python3-venv ca-certificates
+    openjdk-17-jre-headless maven unzip python3-requests
 )
 # Services (named like their packages) that a fresh install would start and enable.
 SERVICES=(munge slurmctld slurmd slurmrestd redis-server nginx)
@@ -112,4 +115,9 @@ fi
 # when absent or incomplete.
 if [[ ${SLURM_JWT_BRIDGE_SKIP_CHROOT:-0} != 1 ]]; then
     python3 "$REPO/tests/helpers/slurm.py" --ensure-chroot trixie sid
+fi
+
+# Keycloak for the tests: the pinned server distribution from Maven Central, prepared once.
+if [[ ${SLURM_JWT_BRIDGE_SKIP_KEYCLOAK:-0} != 1 ]]; then
+    python3 "$REPO/tests/helpers/keycloak.py" --ensure
 fi

@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +28,7 @@ import pytest
 try:
     from tests.helpers import slurm as slurm_helper
     from tests.helpers.bridge import BridgeServer, start_bridge
+    from tests.helpers.keycloak import KeycloakServer, KeycloakStartError, start_keycloak
     from tests.helpers.oidc import OidcProvider, start_oidc_provider
     from tests.helpers.slurm_rest import (
         VERSIONS,
@@ -39,6 +41,11 @@ try:
 except ModuleNotFoundError:  # tests/ itself is on sys.path (its conftest.py), the repo root not
     from helpers import slurm as slurm_helper  # type: ignore[no-redef]
     from helpers.bridge import BridgeServer, start_bridge  # type: ignore[no-redef]
+    from helpers.keycloak import (  # type: ignore[no-redef]
+        KeycloakServer,
+        KeycloakStartError,
+        start_keycloak,
+    )
     from helpers.oidc import OidcProvider, start_oidc_provider  # type: ignore[no-redef]
     from helpers.slurm_rest import (  # type: ignore[no-redef]
         VERSIONS,
@@ -140,6 +147,35 @@ def idp(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         yield prov
     finally:
         prov.stop()
+
+
+@pytest.fixture(scope="session")
+def keycloak(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KeycloakServer]:
+    """A real Keycloak (tests/helpers/keycloak.py) with the realms of tests/keycloak; one per
+    session: a start takes tens of seconds (minutes on a loaded machine)."""
+    missing = [tool for tool in ("java", "mvn", "unzip") if shutil.which(tool) is None]
+    if missing:
+        _skip_or_fail(pytestconfig, f"Keycloak needs {', '.join(missing)} (OpenJDK 17 and Maven)")
+    try:
+        server = start_keycloak(tmp_path_factory.mktemp("keycloak"))
+    except KeycloakStartError as exc:
+        if "dependency:copy" in str(exc):  # Maven Central unreachable: the environment
+            _skip_or_fail(pytestconfig, f"cannot fetch Keycloak: {str(exc)[:500]}")
+        raise
+    # Not a test result: what a start cost, for whoever watches the run.
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print(
+            f"\nKeycloak ready after {server.ready_after:.1f} s, "
+            f"RSS {server.rss_kib() / 1024:.0f} MiB (pid {server.pid})",
+            file=sys.stderr,
+        )
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
