@@ -560,6 +560,122 @@ def _exec_with_answer(executable: str, command: tuple[str, ...], answer: dict[st
         _fail(str(exc), exc.exit_code)
 
 
+# ---------------------------------------------------------------- keycloak
+
+
+@main.group("keycloak")
+def keycloak() -> None:
+    """Register the bridge in a Keycloak realm."""
+
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        value = path.read_text().strip()
+    except OSError as exc:
+        _fail(f"{what} {path}: {exc.strerror}")
+    if not value:
+        _fail(f"{what} {path} is empty")
+    return value
+
+
+@keycloak.command("setup")
+@click.option("--server", required=True, help="Keycloak's base URL (https://sso.example.org).")
+@click.option("--realm", required=True, help="The realm the bridge trusts.")
+@click.option("--public-url", required=True, help="The bridge's public URL (browser login).")
+@click.option("--admin-user", help="An admin user (with --admin-password-file).")
+@click.option(
+    "--admin-password-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding the admin user's password.",
+)
+@click.option("--admin-client-id", help="An admin client (client credentials) instead of a user.")
+@click.option(
+    "--admin-client-secret-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="File holding the admin client's secret.",
+)
+@click.option("--admin-realm", default="master", show_default=True, help="Realm of the admin.")
+@click.option("--client-id", default="slurm-jwt-bridge", show_default=True, help="Browser client.")
+@click.option(
+    "--cli-client-id", default="slurm-jwt-bridge-cli", show_default=True, help="Device client."
+)
+@click.option("--issuer-name", default="keycloak", show_default=True, help="[[issuers]] name.")
+@click.option(
+    "--service-account",
+    "service_accounts",
+    multiple=True,
+    metavar="NAME=ACCOUNT",
+    help="A service-account client NAME whose tokens are for cluster ACCOUNT (repeatable).",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
+def keycloak_setup(
+    server: str,
+    realm: str,
+    public_url: str,
+    admin_user: str | None,
+    admin_password_file: Path | None,
+    admin_client_id: str | None,
+    admin_client_secret_file: Path | None,
+    admin_realm: str,
+    client_id: str,
+    cli_client_id: str,
+    issuer_name: str,
+    service_accounts: tuple[str, ...],
+    dry_run: bool,
+) -> None:
+    """Register the browser client (PKCE), the device-grant client, the audience mapper and
+    service-account clients, then print the bridge.toml blocks on stdout.
+
+    Changes nothing when an existing client or scope differs from what the bridge needs.
+    """
+    from .keycloak_setup import SetupError, SetupOptions, connect, parse_service_account, run_setup
+
+    if bool(admin_user) == bool(admin_client_id):
+        _fail("give either --admin-user with --admin-password-file or --admin-client-id")
+    if admin_user and admin_password_file is None:
+        _fail("--admin-user needs --admin-password-file")
+    if admin_client_id and admin_client_secret_file is None:
+        _fail("--admin-client-id needs --admin-client-secret-file")
+    for url, flag in ((server, "--server"), (public_url, "--public-url")):
+        if not url.startswith(("https://", "http://")):
+            _fail(f"{flag} must be an http(s) URL, got {url!r}")
+    try:
+        accounts = tuple(parse_service_account(v) for v in service_accounts)
+        options = SetupOptions(
+            server=server,
+            realm=realm,
+            public_url=public_url,
+            client_id=client_id,
+            cli_client_id=cli_client_id,
+            issuer_name=issuer_name,
+            service_accounts=accounts,
+            dry_run=dry_run,
+        )
+        if admin_user:
+            assert admin_password_file is not None
+            password = _read_secret_file(admin_password_file, "--admin-password-file")
+            admin = connect(
+                server, realm, admin_realm=admin_realm, username=admin_user, password=password
+            )
+        else:
+            assert admin_client_secret_file is not None
+            secret = _read_secret_file(admin_client_secret_file, "--admin-client-secret-file")
+            admin = connect(
+                server,
+                realm,
+                admin_realm=admin_realm,
+                client_id=admin_client_id,
+                client_secret=secret,
+            )
+        code, blocks = run_setup(admin, options, lambda line: click.echo(line, err=True))
+    except SetupError as exc:
+        _fail(str(exc))
+        return
+    if code:
+        sys.exit(code)
+    sys.stdout.write(blocks)
+
+
 # ---------------------------------------------------------------- serve
 
 
