@@ -30,12 +30,13 @@ from .scenarios import (
     ensure_bench_users,
     exchange,
     jwks,
+    keycloak,
     oidc_provider,
     remove_bench_users,
     slurm,
 )
 
-PARTS = ("ceiling", "exchange", "oidc", "slurm", "jwks")
+PARTS = ("ceiling", "exchange", "oidc", "keycloak", "slurm", "jwks")
 NOTES = ROOT / "bench" / "NOTES.md"
 
 
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         local_users = ensure_bench_users(log) if "exchange" in parts else False
         part("exchange", exchange, upstream, keys_dir, local_users)
         part("oidc", oidc_provider)
+        part("keycloak", keycloak)
         if "slurm" in parts:
             if os.geteuid() != 0:
                 errors.append("slurm: skipped, real Slurm daemons need root")

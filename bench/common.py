@@ -340,4 +340,9 @@ def versions() -> dict[str, str]:
         import json
 
         out["oidc-provider"] = json.loads(pkg.read_text()).get("version", "?")
+    from tests.helpers.keycloak import KEYCLOAK_VERSION
+
+    out["Keycloak"] = KEYCLOAK_VERSION
+    java = _cmd(["java", "-version"]).splitlines()
+    out["java"] = java[0] if java else "?"
     return out

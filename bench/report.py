@@ -434,6 +434,12 @@ def render(res: dict[str, Any]) -> str:
         "adapter, RS256 JWT access tokens via resource indicators), `POST /token` with "
         "`grant_type=client_credentials` and client_secret_basic, one Node process, its "
         "per-request log line to a file.\n"
+        "- **Keycloak**: the pinned server distribution (tests/helpers/keycloak.py, `kc.sh "
+        "start-dev`, H2 database, OpenJDK 17, heap capped at 512 MiB) with the test realm "
+        "`hpc` (tests/keycloak), `POST /realms/hpc/protocol/openid-connect/token` with "
+        "`grant_type=client_credentials` and client_secret_basic for the service account "
+        "svc-portal (RS256); pinned layout only, after capacity rounds of JIT warm-up until one "
+        "is no faster than the one before (at most six).\n"
         "- **Slurm**: a real cluster started by tests/helpers/slurm.py (munged, slurmctld, "
         "slurmd, slurmrestd `-a rest_auth/jwt`), daemons pinned like the servers. `scontrol "
         "token` runs sequentially, one process after another, as a site script would. The proxy "
@@ -465,6 +471,7 @@ def render(res: dict[str, Any]) -> str:
     w(_load_row(f"bridge HS256 exchange, pool ({lay})", L.get("HS256-pool")))
     w(_load_row(f"bridge RS256 exchange, distinct tokens ({lay})", L.get("RS256-distinct")))
     w(_load_row(f"oidc-provider client_credentials ({lay})", _get(res, "oidc", lay, "capacity")))
+    w(_load_row(f"Keycloak client_credentials ({lay})", _get(res, "keycloak", lay, "capacity")))
     for v, s in res.get("slurm", {}).items():
         px = s.get("proxy", {})
         w(_load_row(f"slurmrestd {v} GET jobs, direct", px.get("direct")))
@@ -618,25 +625,29 @@ def render(res: dict[str, Any]) -> str:
         else:
             w("")
 
-    w("## 3. npm oidc-provider client_credentials\n")
+    w("## 3. Identity providers: client_credentials\n")
+    w("npm oidc-provider and Keycloak answering the same grant (RS256 JWT access token).\n")
     w(LOAD_HEAD)
-    for name, s in res.get("oidc", {}).items():
-        w(_load_row(f"client_credentials ({name})", s.get("capacity")))
+    idps = (("oidc-provider", "oidc"), ("Keycloak", "keycloak"))
+    for who, key in idps:
+        for name, s in res.get(key, {}).items():
+            w(_load_row(f"{who} client_credentials ({name})", s.get("capacity")))
     w("")
-    for name, s in res.get("oidc", {}).items():
-        w(f"RSS ({name}): {_kib(s.get('rss_kib'))}.\n")
-        if s.get("latency"):
-            w(
-                "| load | target req/s | achieved req/s | p50 ms | p95 ms | p99 ms |\n"
-                "|---|---|---|---|---|---|"
-            )
-            for frac, x in s["latency"].items():
+    for who, key in idps:
+        for name, s in res.get(key, {}).items():
+            w(f"{who} RSS ({name}): {_kib(s.get('rss_kib'))}.\n")
+            if s.get("latency"):
                 w(
-                    f"| {frac} % | {fmt(x['target_rate'])} | {fmt(x['rps'])} | "
-                    f"{_ms(x['p50_ms'])} | "
-                    f"{_ms(x['p95_ms'])} | {_ms(x['p99_ms'])} |"
+                    "| load | target req/s | achieved req/s | p50 ms | p95 ms | p99 ms |\n"
+                    "|---|---|---|---|---|---|"
                 )
-            w("")
+                for frac, x in s["latency"].items():
+                    w(
+                        f"| {frac} % | {fmt(x['target_rate'])} | {fmt(x['rps'])} | "
+                        f"{_ms(x['p50_ms'])} | "
+                        f"{_ms(x['p95_ms'])} | {_ms(x['p99_ms'])} |"
+                    )
+                w("")
     w("Keycloak's own sizing guide plans 120 client-credential grants/s per vCPU.\n")
 
     w("## 4. `scontrol token`\n")

@@ -6,9 +6,11 @@ Each is started pinned to the layout's server cores and stopped by pid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -298,6 +300,51 @@ def start_oidc_provider(workdir: Path, layout: Layout, procs: Procs) -> OidcProv
             raise RuntimeError(f"oidc-provider did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.1)
     return OidcProvider(f"http://127.0.0.1:{port}", issuer, "/token", proc, procs)
+
+
+# ---------------------------------------------------------------- Keycloak
+
+
+class KeycloakProcess(OidcProvider):
+    """kc.sh forwards SIGTERM to its JVM and waits; the JVM may need longer than 10 s."""
+
+    def stop(self) -> None:
+        jvm = descendants(self.proc.pid)
+        self.procs.stop(self.proc, timeout=120)
+        for pid in jvm:  # only if kc.sh had to be killed before its JVM ended
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def start_keycloak(workdir: Path, layout: Layout, procs: Procs) -> OidcProvider:
+    """A real Keycloak (tests/helpers/keycloak.py: the cached pinned distribution, a fresh
+    database, the test realms), ``kc.sh start-dev`` pinned like the other servers; the JVM is
+    kc.sh's child and inherits the pinning."""
+    from tests.helpers.keycloak import (
+        KeycloakStartError,
+        ensure_keycloak,
+        kc_command,
+        session_home,
+    )
+
+    home = session_home(ensure_keycloak(), workdir)
+    port, mport = free_port(), free_port()
+    argv, env = kc_command(home, port, mport)
+    log = workdir / "keycloak.log"
+    proc = procs.start("keycloak", [*layout.server_prefix(), *argv], log, cwd=home, env=env)
+    try:
+        wait_http(f"http://127.0.0.1:{mport}/health/ready", timeout=900, proc=proc)
+    except RuntimeError as exc:
+        procs.stop(proc, timeout=60)
+        raise KeycloakStartError(f"{exc}\n{log.read_text(errors='replace')[-3000:]}") from None
+    issuer = f"http://127.0.0.1:{port}/realms/hpc"
+    return KeycloakProcess(
+        f"http://127.0.0.1:{port}",
+        issuer,
+        "/realms/hpc/protocol/openid-connect/token",
+        proc,
+        procs,
+    )
 
 
 # ---------------------------------------------------------------- nginx
