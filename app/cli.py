@@ -30,7 +30,9 @@ from .settings import CONFIG_ENV, Settings, SettingsError, load_settings
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"slurm-jwt-bridge: error: {message}", err=True)
+    """One line per error (a configuration with several mistakes names each)."""
+    for line in message.splitlines() or [""]:
+        click.echo(f"slurm-jwt-bridge: error: {line}", err=True)
     sys.exit(code)
 
 

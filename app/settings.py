@@ -906,38 +906,63 @@ def _check_any_tenant_rules(settings: Settings) -> None:
 
 
 def parse_settings(data: dict[str, Any], base: Path | None = None, source: str = "") -> Settings:
-    """Validate a parsed TOML document; relative paths are taken from ``base``."""
+    """Validate a parsed TOML document; relative paths are taken from ``base``.
+
+    Every section is read even after one fails, so a file with several mistakes names them
+    all: the SettingsError then holds one line per mistake."""
     root = _Table(data, "")
     base = base or Path.cwd()
-    issuers = tuple(_issuer(t) for t in root.tables("issuers"))
+    errors: list[str] = []
+
+    def read(parse: Any, *args: Any, default: Any) -> Any:
+        try:
+            return parse(*args)
+        except SettingsError as exc:
+            errors.append(str(exc))
+            return default
+
+    issuers = tuple(
+        i
+        for i in (read(_issuer, t, default=None) for t in read(root.tables, "issuers", default=[]))
+        if i is not None
+    )
     names = [i.name for i in issuers]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
-        raise SettingsError(f"issuers: the name {sorted(dupes)[0]!r} is used twice")
-    tokens = _tokens(root.table("tokens"))
+        errors.append(f"issuers: the name {sorted(dupes)[0]!r} is used twice")
+    tokens = read(_tokens, root.table("tokens"), default=TokenSettings())
+    known = set(names)
     settings = Settings(
-        server=_server(root.table("server"), base),
-        keys=_keys(root.table("keys"), base),
+        server=read(_server, root.table("server"), base, default=ServerSettings()),
+        keys=read(_keys, root.table("keys"), base, default=KeySettings()),
         tokens=tokens,
-        policy=_policy(root.table("policy")),
-        jwks=_jwks(root.table("jwks")),
-        audit=_audit(root.table("audit"), base),
+        policy=read(_policy, root.table("policy"), default=PolicySettings()),
+        jwks=read(_jwks, root.table("jwks"), default=JwksSettings()),
+        audit=read(_audit, root.table("audit"), base, default=AuditSettings()),
         issuers=issuers,
-        mapping=_mapping(root.table("mapping"), set(names)),
+        mapping=read(_mapping, root.table("mapping"), known, default=MappingSettings()),
         service_accounts=tuple(
-            _service_account(t, set(names)) for t in root.tables("service_accounts")
+            a
+            for a in (
+                read(_service_account, t, known, default=None)
+                for t in read(root.tables, "service_accounts", default=[])
+            )
+            if a is not None
         ),
-        delegation=_delegation(root.table("delegation"), set(names)),
-        browser=_browser(root.table("browser"), base),
-        cli_login=_cli_login(root.table("cli_login"), set(names)),
-        proxy=_proxy(root.table("proxy"), tokens),
-        rate_limit=_rate_limit(root.table("rate_limit")),
+        delegation=read(_delegation, root.table("delegation"), known, default=()),
+        browser=read(_browser, root.table("browser"), base, default=BrowserSettings()),
+        cli_login=read(_cli_login, root.table("cli_login"), known, default=CliLoginSettings()),
+        proxy=read(_proxy, root.table("proxy"), tokens, default=ProxySettings()),
+        rate_limit=read(_rate_limit, root.table("rate_limit"), default=RateLimitSettings()),
         source=source or "<inline>",
     )
-    root.done()
-    _check_login_clients(issuers)
-    _check_actors(settings)
-    _check_any_tenant_rules(settings)
+    read(root.done, default=None)
+    if not errors:  # the checks across sections assume each section read cleanly
+        read(_check_login_clients, issuers, default=None)
+        read(_check_actors, settings, default=None)
+        read(_check_any_tenant_rules, settings, default=None)
+    if errors:
+        raise SettingsError("\n".join(dict.fromkeys(errors)))
     return settings
 
 

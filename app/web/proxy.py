@@ -616,9 +616,21 @@ def handle(prefix: str, rest: str) -> Response:
         if _auth_failure(status, peek.decode("utf-8", "replace")):
             upstream.close()
             proxy.forget(grant)
-            if observer is not None:
-                observer.proxied(status, time.perf_counter() - started)
-            return _refusal(grant, token, status)
+            retry = _fresh_token_once(proxy, grant, token, origin)
+            if retry is None:
+                if observer is not None:
+                    observer.proxied(status, time.perf_counter() - started)
+                return _refusal(grant, token, status)
+            token, raw = retry, retry.token
+            try:
+                upstream = proxy.send(path, query, grant.user, raw)
+            except (BridgeError, TransportError, OSError) as exc:
+                return _json_error(
+                    502, "upstream_unavailable", f"slurmrestd is unreachable ({type(exc).__name__})"
+                )
+            status = upstream.status
+            chunks = upstream.stream(65536, decode_content=False)
+            peek = b""
     headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in DROP_RESPONSE]
     length = _declared_length(upstream)
     if length is not None and length <= WHOLE_BODY and request.method != "HEAD":
@@ -641,6 +653,20 @@ def handle(prefix: str, rest: str) -> Response:
         headers.append(("Content-Length", str(length)))  # relayed byte for byte
     body = _relay(peek, chunks, upstream)
     return Response(body, status=status, headers=headers, direct_passthrough=True)
+
+
+def _fresh_token_once(
+    proxy: SlurmRestProxy, grant: Grant, refused: SlurmToken, origin: Request
+) -> SlurmToken | None:
+    """After slurmctld refused a cached token: a new one, when it would be signed by another
+    key (the cached one was minted before a rotation) and the request can be sent again (no
+    body was streamed). None: answer the refusal as it is."""
+    if request.content_length or request.headers.get("Transfer-Encoding"):
+        return None
+    ring = proxy.pipeline.keys.current()
+    if refused.kid is None or ring.active is None or ring.active.kid == refused.kid:
+        return None
+    return proxy.slurm_token(grant, origin)
 
 
 def _declared_length(upstream: urllib3.BaseHTTPResponse) -> int | None:

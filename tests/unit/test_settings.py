@@ -101,3 +101,22 @@ def test_example_configs_parse() -> None:
     assert examples, "examples/config/*.toml are documented and must exist"
     for path in examples:
         load_settings(path)
+
+
+def test_every_mistake_is_named_one_line_each() -> None:
+    with pytest.raises(SettingsError) as info:
+        parse_settings(
+            {
+                "tokens": {"max_lifetime": "soon"},
+                "keys": {"colour": "red"},
+                "policy": {"min_uid": -1},
+                "nonsense": 1,
+            }
+        )
+    lines = str(info.value).splitlines()
+    assert lines == [
+        "tokens.max_lifetime: must be an integer, got 'soon'",
+        "keys.colour: unknown setting",
+        "policy.min_uid: must be >= 0, got -1",
+        "nonsense: unknown setting",
+    ]

@@ -1,0 +1,84 @@
+"""A cached Slurm token that slurmctld refuses, signed by a key that is no longer the active one
+(a rotation since it was minted), is dropped and the request is sent once more with a token of
+the current key; a refusal of the current key's token is answered as it is."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from app import create_app
+from app.keys import KeyRing, rotate_keys
+from app.settings import parse_settings
+from tests.helpers.proxy_settings import proxy_settings_data
+
+
+class Slurmrestd(http.server.BaseHTTPRequestHandler):
+    """Accepts tokens of the kids in ``known``; 511 with Slurm's error for any other."""
+
+    known: set[str] = set()
+    seen: list[str] = []
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        kid = jwt.get_unverified_header(self.headers["X-SLURM-USER-TOKEN"])["kid"]
+        type(self).seen.append(kid)
+        ok = kid in type(self).known
+        body = json.dumps(
+            {"jobs": []}
+            if ok
+            else {"errors": [{"error": "Protocol authentication error", "error_number": 1007}]}
+        ).encode()
+        self.send_response(200 if ok else 511)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def slurmrestd() -> Iterator[tuple[str, type[Slurmrestd]]]:
+    handler = type("H", (Slurmrestd,), {"known": set(), "seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+def test_token_of_an_old_key_is_reminted_once(
+    keys_dir: Path, tmp_path: Path, idp: Any, slurmrestd: tuple[str, Any]
+) -> None:
+    url, handler = slurmrestd
+    data = proxy_settings_data(keys_dir, tmp_path, idp, {"upstream": url})
+    data["keys"]["reload_interval"] = 0
+    client = create_app(parse_settings(data, tmp_path)).test_client()
+    bearer = {
+        "Authorization": "Bearer "
+        + idp.mint(idp.oidc_claims(sub="s-alice", aud="bridge", preferred_username="alice"))
+    }
+    first = KeyRing.load(keys_dir).active.kid
+    handler.known = {first}
+    assert client.get("/slurm/v0.0.44/jobs", headers=bearer).status_code == 200
+    # Rotated; the controller now knows only the new key (the old one was revoked there).
+    rotate_keys(keys_dir, 3600, 300)
+    second = KeyRing.load(keys_dir).active.kid
+    handler.known = {second}
+    r = client.get("/slurm/v0.0.44/jobs", headers=bearer)
+    assert r.status_code == 200, r.get_data(as_text=True)
+    assert handler.seen[-2:] == [first, second]
+    # The current key refused: no second try, the refusal says which key.
+    handler.known = set()
+    r = client.get("/slurm/v0.0.44/jobs", headers=bearer)
+    assert r.status_code == 401 and r.json["kid"] == second
+    assert handler.seen[-1] == second and handler.seen.count(second) == 2
