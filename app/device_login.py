@@ -70,6 +70,8 @@ def device_login(
             raise LoginError(
                 printable(cfg.get("error_description") or f"HTTP {cfg_resp.status_code}")
             )
+        if cfg.get("grant") == "bridge":
+            return _bridge_grant(http, base, cfg, lifetime, interval, prompt)
         try:
             device_endpoint = _secure(
                 cfg["device_authorization_endpoint"], "device_authorization_endpoint"
@@ -94,32 +96,7 @@ def device_login(
         dev = _json(dev_resp, "device authorization")
         if dev_resp.status_code != 200:
             raise LoginError(_refusal("device authorization refused", dev))
-        where = dev.get("verification_uri_complete") or dev.get("verification_uri")
-        if not where or not dev.get("user_code") or not dev.get("device_code"):
-            raise LoginError("device authorization: unexpected answer")
-        prompt(f"To log in, open {printable(where, 300)}")
-        prompt(f"and check that the code shown is: {printable(dev['user_code'], 64)}")
-        wait = float(interval or dev.get("interval") or 5)
-        deadline = time.monotonic() + float(dev.get("expires_in") or 600)
-        upstream = None
-        while time.monotonic() < deadline:
-            time.sleep(wait)
-            poll = {"grant_type": DEVICE_GRANT, "device_code": dev["device_code"]}
-            poll["client_id"] = cfg["client_id"]
-            tok_resp = http.post(token_endpoint, data=poll)
-            tok = _json(tok_resp, "token endpoint")
-            if tok_resp.status_code == 200 and isinstance(tok.get("access_token"), str):
-                upstream = tok
-                break
-            error = tok.get("error")
-            if error == "authorization_pending":
-                continue
-            if error == "slow_down":
-                wait += 5
-                continue
-            raise LoginError(_refusal("login not completed", tok))
-        if upstream is None:
-            raise LoginError("login not completed before the code expired")
+        upstream = _wait_for_approval(http, cfg["client_id"], token_endpoint, dev, interval, prompt)
         exchange = {
             "grant_type": TOKEN_EXCHANGE,
             "subject_token": upstream["access_token"],
@@ -137,3 +114,86 @@ def device_login(
                 "the bridge answered with something that is not a Slurm token (a compact JWT)"
             )
         return answer
+
+
+def _bridge_grant(
+    http: httpx.Client,
+    base: str,
+    cfg: dict[str, Any],
+    lifetime: int | None,
+    interval: float | None,
+    prompt: Callable[[str], None],
+) -> dict[str, Any]:
+    """The bridge's own device grant (its identity provider offers none): after Allow on the
+    bridge's /device page, the token endpoint answers with the Slurm token itself. Every
+    request goes to the origin of --url."""
+    try:
+        device_endpoint = urljoin(base + "/", cfg["device_authorization_endpoint"])
+        token_endpoint = urljoin(base + "/", cfg["token_endpoint"])
+        client_id = str(cfg["client_id"])
+    except (KeyError, TypeError, ValueError):
+        raise LoginError("bridge login configuration: unexpected answer") from None
+    for what, url in (
+        ("device_authorization_endpoint", device_endpoint),
+        ("token_endpoint", token_endpoint),
+    ):
+        if origin(url) != origin(base):
+            raise LoginError(
+                f"the bridge names a {what} on another origin ({printable(url, 100)}); "
+                "refusing to send there"
+            )
+    try:
+        dev_resp = http.post(device_endpoint, data={"client_id": client_id})
+    except httpx.HTTPError as exc:
+        raise LoginError(f"cannot reach {base}: {type(exc).__name__}") from None
+    dev = _json(dev_resp, "device authorization")
+    if dev_resp.status_code != 200:
+        raise LoginError(_refusal("device authorization refused", dev))
+    extra = {"requested_lifetime": str(lifetime)} if lifetime else {}
+    answer = _wait_for_approval(http, client_id, token_endpoint, dev, interval, prompt, extra)
+    token = answer.get("access_token")
+    if not isinstance(token, str) or not COMPACT_JWT.fullmatch(token):
+        raise LoginError(
+            "the bridge answered with something that is not a Slurm token (a compact JWT)"
+        )
+    return answer
+
+
+def _wait_for_approval(
+    http: httpx.Client,
+    client_id: str,
+    token_endpoint: str,
+    dev: dict[str, Any],
+    interval: float | None,
+    prompt: Callable[[str], None],
+    extra: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Show where to go and the code, then poll the token endpoint (RFC 8628 section 3.5)."""
+    where = dev.get("verification_uri_complete") or dev.get("verification_uri")
+    if not where or not dev.get("user_code") or not dev.get("device_code"):
+        raise LoginError("device authorization: unexpected answer")
+    prompt(f"To log in, open {printable(where, 300)}")
+    prompt(f"and check that the code shown is: {printable(dev['user_code'], 64)}")
+    wait = float(interval or dev.get("interval") or 5)
+    deadline = time.monotonic() + float(dev.get("expires_in") or 600)
+    while time.monotonic() < deadline:
+        time.sleep(wait)
+        poll = {"grant_type": DEVICE_GRANT, "device_code": dev["device_code"]}
+        poll["client_id"] = client_id
+        poll.update(extra or {})
+        tok_resp = http.post(token_endpoint, data=poll)
+        tok = _json(tok_resp, "token endpoint")
+        if tok_resp.status_code == 200 and isinstance(tok.get("access_token"), str):
+            return tok
+        error = tok.get("error")
+        if error == "authorization_pending":
+            continue
+        if error == "slow_down":
+            wait += 5
+            continue
+        if error == "access_denied":
+            raise LoginError("login denied: the code was denied in the browser")
+        if error == "expired_token":
+            raise LoginError("login not completed before the code expired; run login again")
+        raise LoginError(_refusal("login not completed", tok))
+    raise LoginError("login not completed before the code expired")

@@ -219,10 +219,16 @@ class Pipeline:
             return self.grant_for(verified), until
 
     def remint(
-        self, grant: Grant, lifetime: int | None, alg: str | None, request: Request
+        self,
+        grant: Grant,
+        lifetime: int | None,
+        alg: str | None,
+        request: Request,
+        event: str = "remint",
     ) -> Exchange:
-        """A new token for a grant decided earlier (the browser session); policy re-applies."""
-        with self._audited("remint", request) as decision:
+        """A new token for a grant decided earlier (the browser session, a device code approved
+        in it); policy re-applies."""
+        with self._audited(event, request) as decision:
             return self.issue(grant, lifetime=lifetime, alg=alg, decision=decision)
 
     def refuse_input(self, event: str, request: Request, exc: BridgeError) -> NoReturn:

@@ -199,6 +199,12 @@ class BrowserSettings:
     session_storage_uri: str = ""
     session_dir: Path = Path("sessions")
     slurm_api_version: str = "v0.0.44"
+    # The bridge's own device grant for `slurm-jwt-bridge login` (GET /device)
+    device_login: bool = True
+    device_code_lifetime: int = 600
+    device_poll_interval: int = 5
+    device_max_attempts: int = 5
+    device_max_attempts_per_address: int = 20
 
 
 @dataclass(frozen=True)
@@ -745,6 +751,13 @@ def _browser(t: _Table, base: Path) -> BrowserSettings:
         session_storage_uri=t.str("session_storage_uri", ""),
         session_dir=Path(_path(base, raw_dir)),
         slurm_api_version=t.str("slurm_api_version", "v0.0.44"),
+        device_login=t.bool("device_login", True),
+        device_code_lifetime=t.int("device_code_lifetime", 600, minimum=60, maximum=3600),
+        device_poll_interval=t.int("device_poll_interval", 5, minimum=1, maximum=60),
+        device_max_attempts=t.int("device_max_attempts", 5, minimum=1, maximum=100),
+        device_max_attempts_per_address=t.int(
+            "device_max_attempts_per_address", 20, minimum=1, maximum=10000
+        ),
     )
     if not re.fullmatch(r"v\d+\.\d+\.\d+", s.slurm_api_version):
         raise SettingsError(

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from ..errors import BridgeError, invalid_request
 from ..pipeline import Exchange, Request
 from ..policy import parse_seconds
+from .device import GRANT_DEVICE_CODE, device_login_enabled, device_token
 
 bp = Blueprint("api", __name__)
 
@@ -86,6 +87,9 @@ def oauth_token() -> Response:
         # fields then costs no BadRequestKeyError each.
         form = request.form.to_dict()
         grant = form.get("grant_type", "")
+        if grant == GRANT_DEVICE_CODE and device_login_enabled(current_app):
+            lifetime = parse_seconds(form.get("requested_lifetime"), "requested_lifetime")
+            return device_token(form, lifetime)
         if grant != GRANT_TOKEN_EXCHANGE:
             raise BridgeError(
                 "unsupported_grant_type",
@@ -152,22 +156,47 @@ def api_token() -> Response:
     return token_answer(result)
 
 
+def _own_url(endpoint: str) -> str:
+    """One of the bridge's own endpoints, never from the request's Host header (the client
+    sends the user's tokens there): ``[server] public_url`` + path, else the path alone (the
+    client resolves it against the URL it asked)."""
+    public = _bridge().settings.server.public_url
+    path = url_for(endpoint)
+    return public + path if public else path
+
+
 @bp.get("/api/v1/cli-login")
 def cli_login() -> Response:
-    """What ``slurm-jwt-bridge login`` needs to run the device grant at the IdP."""
+    """What ``slurm-jwt-bridge login`` needs: the device grant at the IdP ([cli_login] names an
+    issuer that offers one; ``"grant": "idp"``) or else the bridge's own (``"grant": "bridge"``)."""
     bridge = _bridge()
     cfg = bridge.settings.cli_login
     iss = bridge.settings.issuer_named(cfg.issuer) if cfg.issuer else None
-    if iss is None:
-        return oauth_error(
-            BridgeError("invalid_request", "terminal login is not configured ([cli_login])", 404)
-        )
-    try:
-        meta = bridge.discovery(iss)
-    except BridgeError as exc:
-        return oauth_error(exc)
-    device = meta.get("device_authorization_endpoint")
+    device = None
+    if iss is not None:
+        try:
+            meta = bridge.discovery(iss)
+        except BridgeError as exc:
+            if not device_login_enabled(current_app):
+                return oauth_error(exc)
+            meta = {}
+        device = meta.get("device_authorization_endpoint")
     if not device:
+        if device_login_enabled(current_app):
+            resp = jsonify(
+                grant="bridge",
+                client_id="slurm-jwt-bridge-cli",
+                device_authorization_endpoint=_own_url("device.device_authorization"),
+                token_endpoint=_own_url("api.oauth_token"),
+            )
+            resp.headers.update(NO_STORE)
+            return resp
+        if iss is None:
+            return oauth_error(
+                BridgeError(
+                    "invalid_request", "terminal login is not configured ([cli_login])", 404
+                )
+            )
         return oauth_error(
             BridgeError(
                 "invalid_request",
@@ -175,19 +204,15 @@ def cli_login() -> Response:
                 404,
             )
         )
-    # Never from the request's Host header: the client sends the user's identity-provider
-    # token there. Without [server] public_url the path alone (the client resolves it against
-    # the URL it asked).
-    exchange = url_for("api.oauth_token")
-    public = bridge.settings.server.public_url
     resp = jsonify(
+        grant="idp",
         issuer=iss.issuer,
         client_id=cfg.client_id,
         scope=" ".join(cfg.scopes),
         resource=cfg.resource or None,
         device_authorization_endpoint=device,
         token_endpoint=meta["token_endpoint"],
-        token_exchange_endpoint=public + exchange if public else exchange,
+        token_exchange_endpoint=_own_url("api.oauth_token"),
     )
     resp.headers.update(NO_STORE)
     return resp

@@ -204,6 +204,10 @@ def init_browser(app: Flask, settings: Settings) -> None:
         )
     app.extensions["slurm_jwt_bridge_oauth"] = oauth
     app.register_blueprint(bp)
+    if login_issuers(settings) and settings.browser.device_login:
+        from .device import init_device
+
+        init_device(app, settings)
 
 
 def _bridge() -> Any:
@@ -262,9 +266,9 @@ def _origin() -> Request:
     return Request(door="browser", remote_addr=request.remote_addr)
 
 
-def _store(result: Any) -> None:
-    grant: Grant = result.grant
-    session["grant"] = {
+def grant_to_dict(grant: Grant) -> dict[str, Any]:
+    """A grant as plain JSON (the session, a device code approved with it)."""
+    return {
         "user": grant.user,
         "issuer": grant.issuer,
         "subject": grant.subject,
@@ -276,6 +280,18 @@ def _store(result: Any) -> None:
         "identity_claims": grant.identity_claims,
         "identity": grant.identity.to_dict() if grant.identity else None,
     }
+
+
+def grant_from_dict(raw: dict[str, Any]) -> Grant:
+    raw = dict(raw)
+    raw["algs"] = tuple(raw.get("algs") or ())
+    if raw.get("identity") is not None:
+        raw["identity"] = PosixIdentity.from_dict(raw["identity"])
+    return Grant(**raw)
+
+
+def _store(result: Any) -> None:
+    session["grant"] = grant_to_dict(result.grant)
     session["token"] = result.token.token
     session["exp"] = result.token.exp
 
@@ -297,11 +313,7 @@ def session_grant(usable: bool = False) -> Grant | None:
     now = time.time()
     if int(session.get("ends", 0)) <= now:
         return None
-    raw = dict(raw)
-    raw["algs"] = tuple(raw.get("algs") or ())
-    if raw.get("identity") is not None:
-        raw["identity"] = PosixIdentity.from_dict(raw["identity"])
-    grant = Grant(**raw)
+    grant = grant_from_dict(raw)
     if usable and (grant.not_after is None or grant.not_after <= now):
         return None
     return grant
@@ -431,6 +443,8 @@ def callback() -> ResponseReturnValue:
     if not id_token:
         return error_page("Login failed", "The identity provider returned no ID token.")
     settings: Settings = _bridge().settings
+    # A login started at the device page goes back there (with the typed code, if any).
+    device_next = session.get("device_next")
     # A new session id for the logged-in session; nothing from before the login is kept.
     current_app.session_interface.regenerate(session)  # type: ignore[attr-defined]
     session.clear()
@@ -447,6 +461,8 @@ def callback() -> ResponseReturnValue:
     session["end_session"] = (client.load_server_metadata() or {}).get("end_session_endpoint")
     session["issuer"] = name
     _seal()
+    if isinstance(device_next, str):
+        return redirect(url_for("device.page", code=device_next or None))
     return redirect(url_for("browser.index"))
 
 

@@ -510,6 +510,7 @@ def start_oidc_provider(
     resource: str = "https://bridge.test",
     ttl: dict | None = None,
     timeout: float = 30.0,
+    device_flow: bool = True,
 ) -> OidcProvider:
     """Starts the provider on a free 127.0.0.1 port and waits for its READY line.
 
@@ -538,6 +539,8 @@ def start_oidc_provider(
         "accounts": accounts if accounts is not None else DEFAULT_ACCOUNTS,
         "resource": resource,
         "ttl": ttl or {},
+        # False: discovery has no device_authorization_endpoint (as Amazon Cognito)
+        "deviceFlow": device_flow,
     }
     cfg_path = workdir / f"oidc-provider-{style}-{port}.json"
     cfg_path.write_text(json.dumps(config, indent=2))

@@ -213,7 +213,7 @@ const configuration = {
   features: {
     devInteractions: { enabled: true },
     clientCredentials: { enabled: true },
-    deviceFlow: { enabled: true },
+    deviceFlow: { enabled: cfg.deviceFlow !== false },
     introspection: { enabled: true },
     revocation: { enabled: true },
     rpInitiatedLogout: { enabled: true },
