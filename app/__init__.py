@@ -89,7 +89,15 @@ def create_app(settings: Settings | None = None) -> Flask:
         init_rate_limits(
             app,
             settings.rate_limit,
-            ["api.oauth_token", "api.api_token", "browser.login", "browser.callback"],
+            [
+                "api.oauth_token",
+                "api.api_token",
+                "browser.login",
+                "browser.callback",
+                "api.oauth_device_authorization",
+                "device.page",
+                "device.answer",
+            ],
         )
     if settings.server.proxy_fix:
         from werkzeug.middleware.proxy_fix import ProxyFix

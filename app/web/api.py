@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from ..errors import BridgeError, invalid_request
 from ..pipeline import Exchange, Request
 from ..policy import parse_seconds
-from .device import GRANT_DEVICE_CODE, device_login_enabled, device_token
+from .device import GRANT_DEVICE_CODE, device_authorization, device_login_enabled, device_token
 
 bp = Blueprint("api", __name__)
 
@@ -165,6 +165,20 @@ def _own_url(endpoint: str) -> str:
     return public + path if public else path
 
 
+@bp.post("/oauth/device_authorization")
+def oauth_device_authorization() -> Response:
+    """RFC 8628 for the bridge's own device page ([browser] device_login)."""
+    if not device_login_enabled(current_app):
+        return oauth_error(
+            BridgeError(
+                "invalid_request",
+                "the device page is off (no login issuer, or [browser] device_login = false)",
+                404,
+            )
+        )
+    return device_authorization()
+
+
 @bp.get("/api/v1/cli-login")
 def cli_login() -> Response:
     """What ``slurm-jwt-bridge login`` needs: the device grant at the IdP ([cli_login] names an
@@ -186,7 +200,7 @@ def cli_login() -> Response:
             resp = jsonify(
                 grant="bridge",
                 client_id="slurm-jwt-bridge-cli",
-                device_authorization_endpoint=_own_url("device.device_authorization"),
+                device_authorization_endpoint=_own_url("api.oauth_device_authorization"),
                 token_endpoint=_own_url("api.oauth_token"),
             )
             resp.headers.update(NO_STORE)

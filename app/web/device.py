@@ -108,8 +108,8 @@ def _printable(value: str) -> str:
 # ---------------------------------------------------------------- the terminal's side
 
 
-@bp.post("/oauth/device_authorization")
 def device_authorization() -> Response:
+    """``POST /oauth/device_authorization`` (routed by the token door)."""
     cfg = _bridge().settings.browser
     if request.mimetype != "application/x-www-form-urlencoded":
         exc = invalid_request("send the request form-encoded (application/x-www-form-urlencoded)")

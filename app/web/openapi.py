@@ -58,6 +58,34 @@ def document() -> dict[str, Any]:
                     "responses": {"200": _TOKEN, **_ERRORS},
                 }
             },
+            "/oauth/device_authorization": {
+                "post": {
+                    "summary": "RFC 8628 device authorization for `slurm-jwt-bridge login`",
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/x-www-form-urlencoded": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"client_id": {"type": "string"}},
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {
+                            "description": "a device code and the code the person confirms",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/DeviceAuthorization"}
+                                }
+                            },
+                        },
+                        **_ERRORS,
+                        "404": _ERROR,
+                    },
+                }
+            },
             "/api/v1/cli-login": {
                 "get": {
                     "summary": "What `slurm-jwt-bridge login` needs for the device grant",
@@ -116,7 +144,15 @@ def document() -> dict[str, Any]:
                     "properties": {
                         "grant_type": {
                             "type": "string",
-                            "enum": ["urn:ietf:params:oauth:grant-type:token-exchange"],
+                            "enum": [
+                                "urn:ietf:params:oauth:grant-type:token-exchange",
+                                "urn:ietf:params:oauth:grant-type:device_code",
+                            ],
+                        },
+                        "device_code": {
+                            "type": "string",
+                            "maxLength": 128,
+                            "description": "the device_code grant (the bridge's own device page)",
                         },
                         "subject_token": {"type": "string", "maxLength": 16384},
                         "subject_token_type": {
@@ -172,17 +208,38 @@ def document() -> dict[str, Any]:
                         "slurm_user": {"type": "string"},
                     },
                 },
-                "CliLogin": {
+                "DeviceAuthorization": {
                     "type": "object",
                     "required": [
-                        "issuer",
-                        "client_id",
-                        "scope",
-                        "device_authorization_endpoint",
-                        "token_endpoint",
-                        "token_exchange_endpoint",
+                        "device_code",
+                        "user_code",
+                        "verification_uri",
+                        "verification_uri_complete",
+                        "expires_in",
+                        "interval",
                     ],
                     "properties": {
+                        "device_code": {"type": "string"},
+                        "user_code": {"type": "string"},
+                        "verification_uri": {"type": "string"},
+                        "verification_uri_complete": {"type": "string"},
+                        "expires_in": {"type": "integer"},
+                        "interval": {"type": "integer"},
+                    },
+                },
+                "CliLogin": {
+                    "type": "object",
+                    "description": "grant idp: the device grant at the identity provider, then "
+                    "a token exchange; grant bridge: the bridge's own device page (issuer, scope "
+                    "and token_exchange_endpoint absent).",
+                    "required": [
+                        "grant",
+                        "client_id",
+                        "device_authorization_endpoint",
+                        "token_endpoint",
+                    ],
+                    "properties": {
+                        "grant": {"type": "string", "enum": ["idp", "bridge"]},
                         "issuer": {"type": "string"},
                         "client_id": {"type": "string"},
                         "scope": {"type": "string"},

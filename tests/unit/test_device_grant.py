@@ -125,9 +125,13 @@ def test_cli_login_names_the_bridge_grant_without_an_idp_device_endpoint(app: An
     assert r.status_code == 200
     body = r.get_json()
     assert body["grant"] == "bridge"
-    # at the address the terminal asked (the CLI posts only to its --url's origin)
-    assert body["device_authorization_endpoint"] == "http://localhost/oauth/device_authorization"
-    assert body["token_endpoint"] == "http://localhost/oauth/token"
+    # from [server] public_url, never from the Host header (the CLI posts only to --url's origin)
+    r = app.test_client().get("/api/v1/cli-login", headers={"Host": "evil.example"})
+    body = r.get_json()
+    assert body["device_authorization_endpoint"] == (
+        "https://hpc.example.org/oauth/device_authorization"
+    )
+    assert body["token_endpoint"] == "https://hpc.example.org/oauth/token"
 
 
 def test_pending_then_slow_down_when_polling_too_fast(app: Any, tmp_path: Path) -> None:
@@ -327,3 +331,31 @@ def test_device_login_off_means_no_endpoints(keys_dir: Path, tmp_path: Path, idp
     r = c.post("/oauth/token", data={"grant_type": DEVICE_GRANT, "device_code": "x"})
     assert r.get_json()["error"] == "unsupported_grant_type"
     assert c.get("/api/v1/cli-login").status_code == 404
+
+
+# ------------------------------------------------------------------ the CLI's side
+
+
+def test_attack_cli_refuses_a_bridge_grant_pointing_elsewhere() -> None:
+    """A bridge (or a path in front of it) naming another host's endpoints for the bridge path:
+    the CLI sends nothing there."""
+    from app.device_login import LoginError, device_login
+    from tests.helpers.stub_http import StubServer
+
+    evil = StubServer(b'{"device_code": "d", "user_code": "BCDF-GHJK"}')
+    body = json.dumps(
+        {
+            "grant": "bridge",
+            "client_id": "slurm-jwt-bridge-cli",
+            "device_authorization_endpoint": f"{evil.url}/oauth/device",
+            "token_endpoint": f"{evil.url}/oauth/token",
+        }
+    ).encode()
+    bridge = StubServer(body)
+    try:
+        with pytest.raises(LoginError, match="on another origin"):
+            device_login(bridge.url, prompt=lambda _line: None)
+        assert evil.seen == []
+    finally:
+        bridge.close()
+        evil.close()
