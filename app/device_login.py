@@ -150,7 +150,9 @@ def _bridge_grant(
     if dev_resp.status_code != 200:
         raise LoginError(_refusal("device authorization refused", dev))
     extra = {"requested_lifetime": str(lifetime)} if lifetime else {}
-    answer = _wait_for_approval(http, client_id, token_endpoint, dev, interval, prompt, extra)
+    answer = _wait_for_approval(
+        http, client_id, token_endpoint, dev, interval, prompt, extra, at_bridge=True
+    )
     token = answer.get("access_token")
     if not isinstance(token, str) or not COMPACT_JWT.fullmatch(token):
         raise LoginError(
@@ -167,8 +169,10 @@ def _wait_for_approval(
     interval: float | None,
     prompt: Callable[[str], None],
     extra: dict[str, str] | None = None,
+    at_bridge: bool = False,
 ) -> dict[str, Any]:
-    """Show where to go and the code, then poll the token endpoint (RFC 8628 section 3.5)."""
+    """Show where to go and the code, then poll the token endpoint (RFC 8628 section 3.5).
+    ``at_bridge``: the bridge's own device page answers (its refusals are its own words)."""
     where = dev.get("verification_uri_complete") or dev.get("verification_uri")
     if not where or not dev.get("user_code") or not dev.get("device_code"):
         raise LoginError("device authorization: unexpected answer")
@@ -191,9 +195,9 @@ def _wait_for_approval(
         if error == "slow_down":
             wait += 5
             continue
-        if error == "access_denied":
+        if at_bridge and error == "access_denied":
             raise LoginError("login denied: the code was denied in the browser")
-        if error == "expired_token":
+        if at_bridge and error == "expired_token":
             raise LoginError("login not completed before the code expired; run login again")
         raise LoginError(_refusal("login not completed", tok))
     raise LoginError("login not completed before the code expired")
