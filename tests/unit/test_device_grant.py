@@ -20,6 +20,7 @@ import pytest
 from app import create_app
 from app.settings import parse_settings
 from app.web.device import USER_CODE_ALPHABET, _device_key, normalize_user_code
+from tests.helpers.sessions import plant_session
 
 FORM = "application/x-www-form-urlencoded"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -55,19 +56,17 @@ def _audit(tmp_path: Path) -> list[dict[str, Any]]:
 
 def _logged_in(app: Any, user: str = "alice", not_after: int | None = None) -> Any:
     client = app.test_client()
-    with client.session_transaction() as sess:
-        sess["grant"] = {
-            "user": user,
-            "issuer": "oidc",
-            "subject": user,
-            "client": "bridge",
-            "kind": "user",
-            "max_lifetime": None,
-            "algs": ["RS256", "HS256"],
-            "not_after": not_after or int(time.time()) + 900,
-        }
-        sess["ends"] = int(time.time()) + 3600
-        sess["csrf"] = "x"
+    grant = {
+        "user": user,
+        "issuer": "oidc",
+        "subject": user,
+        "client": "bridge",
+        "kind": "user",
+        "max_lifetime": None,
+        "algs": ["RS256", "HS256"],
+        "not_after": not_after or int(time.time()) + 900,
+    }
+    plant_session(client, grant=grant, ends=int(time.time()) + 3600, csrf="x")
     return client
 
 
