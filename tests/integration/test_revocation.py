@@ -70,7 +70,7 @@ def test_revoking_the_active_key_kills_its_tokens(
     assert jwt.get_unverified_header(victim)["kid"] == stolen
     accepted(bc, victim)
 
-    proc = bridge("keys", "revoke", stolen, "--keys-dir", bc.keys_dir, check=True)
+    proc = bridge("keys", "revoke", "--keys-dir", bc.keys_dir, "--", stolen, check=True)
     assert f"revoked {stolen}" in proc.stdout
     after = KeyRing.load(bc.keys_dir)
     assert after.active is not None and after.active.kid == promoted

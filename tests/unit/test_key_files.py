@@ -179,7 +179,7 @@ def _audit_lines(text: str) -> list[dict]:
 def test_keys_revoke_removes_the_key_at_once_and_is_audited(keys_dir: Path, state: str) -> None:
     before = KeyRing.load(keys_dir)
     victim = getattr(before, state).kid
-    r = run("keys", "revoke", victim, "--keys-dir", str(keys_dir))
+    r = run("keys", "revoke", "--keys-dir", str(keys_dir), "--", victim)
     assert r.returncode == 0, r.stderr
     assert f"revoked {victim} (was {state})" in r.stdout
     after = KeyRing.load(keys_dir)
@@ -200,7 +200,7 @@ def test_keys_revoke_a_retired_key_and_an_unknown_one(keys_dir: Path) -> None:
     old = KeyRing.load(keys_dir).active.kid
     assert run("keys", "rotate", "--force", "--keys-dir", str(keys_dir)).returncode == 0
     before = KeyRing.load(keys_dir)
-    r = run("keys", "revoke", old, "--keys-dir", str(keys_dir))
+    r = run("keys", "revoke", "--keys-dir", str(keys_dir), "--", old)
     assert r.returncode == 0, r.stderr
     after = KeyRing.load(keys_dir)
     assert old not in [k.kid for k in after.rsa_keys]
@@ -229,7 +229,7 @@ def test_the_proxy_stops_reusing_a_token_of_a_revoked_key(
 
         stolen = kid_sent()
         assert kid_sent() == stolen  # reused
-        assert run("keys", "revoke", stolen, "--keys-dir", str(keys_dir)).returncode == 0
+        assert run("keys", "revoke", "--keys-dir", str(keys_dir), "--", stolen).returncode == 0
         assert kid_sent() != stolen
     finally:
         upstream.close()
