@@ -77,6 +77,9 @@ def init_rate_limits(app: Flask, cfg: RateLimitSettings, endpoints: list[str]) -
     @app.errorhandler(429)
     def too_many(exc: Exception) -> tuple[Response, int]:
         limit = getattr(exc, "description", "") or "too many requests"
-        return jsonify(error="rate_limited", error_description=f"too many requests: {limit}"), 429
+        resp = jsonify(error="rate_limited", error_description=f"too many requests: {limit}")
+        # Like every other token-endpoint refusal; Flask-Limiter adds Retry-After.
+        resp.headers["Cache-Control"] = "no-store"
+        return resp, 429
 
     return limiter

@@ -69,10 +69,14 @@ ERROR_PEEK = 64 * 1024
 WHOLE_BODY = 256 * 1024  # answers up to this size are read whole, larger ones streamed
 
 
-def _json_error(status: int, error: str, description: str, **extra: Any) -> Response:
+def _json_error(
+    status: int, error: str, description: str, retry_after: int | None = None, **extra: Any
+) -> Response:
     body = {"error": error, "error_description": description, **extra}
     resp = Response(json.dumps(body), status=status, mimetype="application/json")
     resp.headers["Cache-Control"] = "no-store"
+    if retry_after:
+        resp.headers["Retry-After"] = str(retry_after)
     if status == 401:
         # RFC 6750 section 3: the reason travels in the challenge too, so it survives a front
         # proxy (nginx auth_request) that answers with its own body but passes this header.
@@ -81,6 +85,11 @@ def _json_error(status: int, error: str, description: str, **extra: Any) -> Resp
             f'error_description="{_quotable(description)}"'
         )
     return resp
+
+
+def _refused(exc: BridgeError, status: int | None = None) -> Response:
+    """The JSON answer for a refusal (with its ``Retry-After``), as ``status`` when given."""
+    return _json_error(status or exc.status, exc.error, exc.reason, exc.retry_after)
 
 
 def _no_credentials() -> Response:
@@ -572,7 +581,7 @@ def handle(prefix: str, rest: str) -> Response:
             )
     except BridgeError as exc:
         _door_refusal(origin, exc)
-        return _json_error(exc.status, exc.error, exc.reason)
+        return _refused(exc)
     try:
         caller = _authenticate(proxy, origin)
         if caller is None:
@@ -583,12 +592,12 @@ def handle(prefix: str, rest: str) -> Response:
             token = proxy.slurm_token(grant, origin)
             raw = token.token
     except BridgeError as exc:
-        return _json_error(exc.status if exc.status != 400 else 401, exc.error, exc.reason)
+        return _refused(exc, 401 if exc.status == 400 else None)
     started = time.perf_counter()
     try:
         upstream = proxy.send(path, query, grant.user, raw)
     except BridgeError as exc:
-        return _json_error(exc.status, exc.error, exc.reason)
+        return _refused(exc)
     except (NewConnectionError, ProtocolError) as exc:  # NewConnectionError is a timeout too
         return _json_error(
             502, "upstream_unavailable", f"slurmrestd is unreachable ({type(exc).__name__})"
@@ -784,8 +793,8 @@ def _auth_answer() -> Response:
                 max_age = int(min(limit, cached.reuse_until - now, caller.upstream_exp - now))
     except BridgeError as exc:
         if exc.metric == "bad_path":  # nginx passes 401 and 403 on, anything else is its 500
-            return _json_error(403, exc.error, exc.reason)
-        return _json_error(exc.status if exc.status != 400 else 401, exc.error, exc.reason)
+            return _refused(exc, 403)
+        return _refused(exc, 401 if exc.status == 400 else None)
     resp = Response(status=200)
     resp.headers[AUTH_USER_HEADER] = grant.user
     resp.headers[AUTH_TOKEN_HEADER] = raw
