@@ -819,7 +819,10 @@ def test_templates_refuse_bad_config_keys_and_jwks(
     good = json.loads(key_ring[1].read_text())
     cases = {
         "no-alg": ({"keys": [{k: v for k, v in good["keys"][0].items() if k != "alg"}]}, "alg"),
-        "private": ({"keys": [{**good["keys"][0], "d": "AQAB"}]}, "private key"),
+        **{
+            f"private-{m}": ({"keys": [{**good["keys"][0], m: "AQAB"}]}, f"(member {m})")
+            for m in ("d", "p", "q", "dp", "dq", "qi", "oth", "k")
+        },
         "empty": ({"keys": []}, "non-empty"),
         "ec": ({"keys": [{**good["keys"][0], "kty": "EC"}]}, "kty RSA"),
     }
@@ -876,6 +879,10 @@ def test_notes_tell_the_admin_the_slurm_lines(helm: str, tmp_path: Path) -> None
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     text = one(docs, "ConfigMap", "notes")["data"]["notes"]
     assert f"create secret generic {FULLNAME}-keys --from-file=./keys" in text
+    # Without an https ingress the only URL is plain http, which jwks sync refuses: the notes
+    # never offer it as the URL to sync from.
+    assert "jwks sync --url https://BRIDGE_HOST/.well-known/jwks.json" in text
+    assert not re.search(r"jwks sync --url http://", text)
 
 
 # ---------------------------------------------------------------- trust outside ConfigMaps

@@ -170,8 +170,10 @@ The JWKS ConfigMap's jwks.json: values `jwks`, checked for the shape slurmctld n
 {{- if or (ne (get $k "kty") "RSA") (ne (get $k "alg") "RS256") -}}
 {{- fail (printf "jwks: keys[%d] must have kty RSA and alg RS256" $i) -}}
 {{- end -}}
-{{- if hasKey $k "d" -}}
-{{- fail (printf "jwks: keys[%d] holds a private key (member d); publish only the public JWKS" $i) -}}
+{{- range $m := list "d" "p" "q" "dp" "dq" "qi" "oth" "k" -}}
+{{- if hasKey $k $m -}}
+{{- fail (printf "jwks: keys[%d] holds a private key (member %s); publish only the public JWKS" $i $m) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- .Values.jwks -}}
