@@ -605,7 +605,9 @@ def test_cross_site_writes_through_the_proxy_need_origin_and_header(
 
 # ------------------------------------------------------------------ 10. short-lived ID tokens
 
-SHORT_TTL = 4  # seconds: the provider's ID and access token lifetime in these tests
+# Seconds: the provider's ID and access token lifetime in these tests. Just above the 60 s a
+# Slurm token must at least live (policy.MIN_LIFETIME): a login with less is refused.
+SHORT_TTL = 70
 RT_ID, NORT_ID = "bridge-web-refresh", "bridge-web-norefresh"
 
 
