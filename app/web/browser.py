@@ -155,6 +155,11 @@ def _revocations() -> SessionRevocations:
     return current_app.extensions["slurm_jwt_bridge_sessions"]
 
 
+def session_revoked(sid: object) -> bool:
+    """Whether the browser session ``sid`` ended at logout (a missing id counts as ended)."""
+    return not isinstance(sid, str) or _revocations().revoked(sid)
+
+
 def session_seal(key: bytes, sid: str, grant: Any, ends: Any) -> str:
     """An HMAC (the session key) over a session id and the grant it holds: whoever can write
     to the session store, but does not hold session.key, cannot make a session for another
@@ -387,9 +392,14 @@ def login() -> ResponseReturnValue:
             "No [[issuers]] entry has a client_id for browser login.",
             404,
         )
+    device = request.args.get("device") == "1"
+    if not device:
+        # A terminal code waits for this login only when the person started the login from
+        # the device page: a code planted in the session by another page is dropped.
+        session.pop("device_next", None)
     name = request.args.get("issuer")
     if name is None and len(issuers) > 1:
-        return _page("chooser.html", issuers=issuers)
+        return _page("chooser.html", issuers=issuers, device=1 if device else None)
     chosen = issuers[0] if name is None else next((i for i in issuers if i.name == name), None)
     if chosen is None:
         return error_page(

@@ -191,8 +191,13 @@ def device_token(form: dict[str, str], lifetime: int | None) -> Response:
         if outcome.error != "authorization_pending":
             _audit("refused", outcome.reason, error=outcome.error)
         return _json_error(outcome)
-    from .browser import grant_from_dict
+    from .browser import grant_from_dict, session_revoked
 
+    if session_revoked(outcome.get("session")):
+        # The person who allowed the code has logged out since: the code dies with the login.
+        exc = BridgeError("access_denied", "the login that allowed this code has ended", 400)
+        _audit("refused", exc.reason)
+        return _json_error(exc)
     grant = grant_from_dict(outcome["grant"])
     try:
         result = _bridge().pipeline.remint(
@@ -292,6 +297,7 @@ def answer() -> ResponseReturnValue:
     _check_csrf()
     decision = request.form.get("decision", "")
     if decision not in ("allow", "deny"):
+        _audit("refused", "the device page's answer was neither allow nor deny", user=grant.user)
         return error_page("No answer", "Choose Allow or Deny.", 400)
     found = _lookup(request.form.get("code", "")[:32])
     if not isinstance(found, tuple):
@@ -309,6 +315,7 @@ def answer() -> ResponseReturnValue:
             "status": "approved",
             "by": grant.user,
             "grant": grant_to_dict(grant),
+            "session": session.sid,  # type: ignore[attr-defined]
         }, True
 
     if not _store().update(key, decide):

@@ -358,3 +358,51 @@ def test_attack_cli_refuses_a_bridge_grant_pointing_elsewhere() -> None:
     finally:
         bridge.close()
         evil.close()
+
+
+# ---------------------------------------------------------------- the adversarial review
+
+
+def test_code_planted_before_an_ordinary_login_is_dropped(
+    keys_dir: Path, tmp_path: Path, idp: Any
+) -> None:
+    """A page on a sibling origin makes the logged-out victim open /device?code=ATTACKER; her
+    later ordinary login must not end on the attacker's confirm page."""
+    app = _app(keys_dir, tmp_path, idp)
+    dev = _start(app)
+    victim = app.test_client()
+    victim.get(f"/device?code={dev['user_code']}")
+    with victim.session_transaction() as s:
+        assert s.get("device_next") == dev["user_code"]
+    victim.get("/login")  # the start page's login
+    with victim.session_transaction() as s:
+        assert "device_next" not in s
+    # Started from the device page, the code is kept for the login's return.
+    victim.get(f"/device?code={dev['user_code']}")
+    victim.get("/login?device=1")
+    with victim.session_transaction() as s:
+        assert s.get("device_next") == dev["user_code"]
+
+
+def test_a_code_dies_with_the_login_that_allowed_it(
+    keys_dir: Path, tmp_path: Path, idp: Any
+) -> None:
+    app = _app(keys_dir, tmp_path, idp)
+    dev = _start(app)
+    client = _logged_in(app)
+    assert _answer(client, dev["user_code"], "allow").status_code == 200
+    assert client.post("/logout", data={"csrf": "x"}).status_code == 302
+    r = _poll(app, dev["device_code"])
+    assert r.status_code == 400 and r.get_json()["error"] == "access_denied", r.get_json()
+    assert "ended" in _audit(tmp_path)[-1]["reason"]
+
+
+def test_an_answer_that_is_neither_allow_nor_deny_is_audited(
+    keys_dir: Path, tmp_path: Path, idp: Any
+) -> None:
+    app = _app(keys_dir, tmp_path, idp)
+    dev = _start(app)
+    client = _logged_in(app)
+    r = client.post("/device", data={"code": dev["user_code"], "decision": "maybe", "csrf": "x"})
+    assert r.status_code == 400
+    assert _audit(tmp_path)[-1]["outcome"] == "refused"
