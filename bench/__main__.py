@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream = None
     log(f"work directory {workdir}; parts {', '.join(parts)}; layouts {', '.join(chosen)}")
     try:
-        from app.keys import init_keys
+        from slurm_jwt_bridge.keys import init_keys
 
         from .servers import Upstream
 

@@ -34,10 +34,10 @@ def measure(config: Path, pool: list[str], fresh: list[str], user: str) -> dict[
     os.environ["SLURM_JWT_BRIDGE_CONFIG"] = str(config)
     from werkzeug.test import EnvironBuilder
 
-    from app import create_app
-    from app.minting import mint_slurm_token
-    from app.pipeline import Request
-    from app.policy import check_account
+    from slurm_jwt_bridge import create_app
+    from slurm_jwt_bridge.minting import mint_slurm_token
+    from slurm_jwt_bridge.pipeline import Request
+    from slurm_jwt_bridge.policy import check_account
 
     from .servers import exchange_body
 

@@ -398,7 +398,7 @@ def render(res: dict[str, Any]) -> str:
         "- **Server CPU µs/req**: CPU seconds of the server processes divided by the requests "
         "answered: the cost of one request, less sensitive to disturbance than req/s.\n"
         "- **The bridge**: `slurm-jwt-bridge serve --prod --workers N` (gunicorn with "
-        "`app/gunicorn_conf.py`, gthread, threads from `GUNICORN_THREADS`), its JSON access log "
+        "`gunicorn_conf.py`, gthread, threads from `GUNICORN_THREADS`), its JSON access log "
         "to a file as in production. Configuration: `[rate_limit] enabled = false` (the "
         "defaults, 120/minute per address and 60/minute per subject, would refuse almost "
         'everything), `[audit] destination = "file:..."` (one JSON line per decision, as in '

@@ -543,8 +543,8 @@ def _scontrol(ctx: Ctx, bc: Any) -> dict[str, Any]:
 
 
 def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> dict[str, Any]:
-    from app.keys import KeyRing
-    from app.minting import mint_slurm_token
+    from slurm_jwt_bridge.keys import KeyRing
+    from slurm_jwt_bridge.minting import mint_slurm_token
 
     cluster = bc.cluster
     api = cluster.api_version

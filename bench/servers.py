@@ -203,7 +203,7 @@ def start_bridge(
     layout: Layout,
     procs: Procs,
 ) -> Bridge:
-    """``slurm-jwt-bridge serve --prod --workers N`` (gunicorn, app/gunicorn_conf.py) with
+    """``slurm-jwt-bridge serve --prod --workers N`` (gunicorn, gunicorn_conf.py) with
     GUNICORN_THREADS, pinned to the layout's server cores; waits until every worker answers."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()

@@ -3,7 +3,8 @@
     .venv/bin/python bench/soak.py [--minutes 10] [--workers 5] [--fraction 0.5] [--out FILE]
 
 What runs, all on 127.0.0.1: a local identity provider (tests/helpers/test_issuer.py), a stub
-slurmrestd, and ``slurm-jwt-bridge serve --prod`` (gunicorn, app.gunicorn_conf). The traffic
+slurmrestd, and ``slurm-jwt-bridge serve --prod`` (gunicorn,
+slurm_jwt_bridge.gunicorn_conf). The traffic
 mix: token exchanges (POST /oauth/token) with a pool of identity-provider tokens, proxied
 requests (GET /slurm/v0.0.44/jobs), JWKS and health reads, and a few bad tokens (their 400 is
 expected, not an error).
@@ -43,7 +44,7 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from app.keys import init_keys  # noqa: E402
+from slurm_jwt_bridge.keys import init_keys  # noqa: E402
 from tests.helpers.bridge import BridgeServer, start_bridge  # noqa: E402
 from tests.helpers.stub_http import StubServer  # noqa: E402
 from tests.helpers.test_issuer import TestIssuer  # noqa: E402

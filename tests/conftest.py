@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.keys import init_keys
-from app.settings import Settings, parse_settings
+from slurm_jwt_bridge.keys import init_keys
+from slurm_jwt_bridge.settings import Settings, parse_settings
 
 # In CI every test must run: a fixture that would skip fails instead.
 REQUIRE_ALL = (

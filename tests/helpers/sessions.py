@@ -1,11 +1,11 @@
 """A browser session planted through Flask's test client, sealed as the login callback seals
-it (app/web/browser.py session_seal), so a test can start from "logged in as alice"."""
+it (web/browser.py session_seal), so a test can start from "logged in as alice"."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.web.browser import session_seal
+from slurm_jwt_bridge.web.browser import session_seal
 
 
 def plant_session(client: Any, **values: Any) -> None:

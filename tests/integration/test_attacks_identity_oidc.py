@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import requests
 
-from app import create_app
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.browser import require_node
 from tests.helpers.oidc import OidcProvider, start_oidc_provider
 
@@ -231,8 +231,8 @@ def test_person_whose_sub_is_the_portals_client_id_is_not_the_portal(
     """A person whose account id equals the portal's client id logs in through the portal: her
     token has sub = client_id = "portal" but is a login's token (openid scope), never the
     portal's service token, at the actor door and at the service-account door."""
-    from app import create_app
-    from app.settings import parse_settings
+    from slurm_jwt_bridge import create_app
+    from slurm_jwt_bridge.settings import parse_settings
 
     client, audit = _delegation_app(provider, tmp_path, keys_dir)
     account = "portal" if provider.style == "plain" else "service-account-portal"

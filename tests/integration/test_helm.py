@@ -31,8 +31,8 @@ from typing import Any
 import pytest
 import yaml
 
-from app.keys import KeyRing, KeyRingError
-from app.settings import parse_settings
+from slurm_jwt_bridge.keys import KeyRing, KeyRingError
+from slurm_jwt_bridge.settings import parse_settings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "deploy" / "helm" / "slurm-jwt-bridge"
@@ -329,7 +329,11 @@ def test_rendered_manifests(
     # The bridge under gunicorn, configured through the ConfigMap.
     bridge = container(pod, "bridge")
     assert bridge["command"] == ["gunicorn"]
-    assert bridge["args"] == ["-c", "python:app.gunicorn_conf", "app:create_app()"]
+    assert bridge["args"] == [
+        "-c",
+        "python:slurm_jwt_bridge.gunicorn_conf",
+        "slurm_jwt_bridge:create_app()",
+    ]
     env = {e["name"]: e for e in bridge["env"]}
     assert env["SLURM_JWT_BRIDGE_CONFIG"]["value"] == f"{CONFIG_DIR}/bridge.toml"
     port = values["gunicorn"]["port"]

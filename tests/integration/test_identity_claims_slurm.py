@@ -33,9 +33,9 @@ from typing import Any
 import jwt
 import pytest
 
-from app import create_app
-from app.keys import init_keys
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.keys import init_keys
+from slurm_jwt_bridge.settings import parse_settings
 
 try:
     from tests.helpers.oidc import OidcProvider, start_oidc_provider

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from app import create_app
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.browser import jwt_claims
 from tests.helpers.keycloak import (
     BRIDGE_AUDIENCE,

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from app import create_app
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.oidc import OidcProvider, start_oidc_provider
 from tests.helpers.slurm import ensure_test_users
 from tests.helpers.slurm_rest import BridgeCluster, get_jobs, run_whoami_job

@@ -23,9 +23,9 @@ import jwt
 import pytest
 import requests
 
-from app import create_app
-from app.keys import init_keys
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.keys import init_keys
+from slurm_jwt_bridge.settings import parse_settings
 from tests.conftest import skip_or_fail
 from tests.helpers.bridge import BridgeServer, start_bridge
 from tests.helpers.redis import RedisServer

@@ -14,7 +14,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from app.keys import KeyRing
+from slurm_jwt_bridge.keys import KeyRing
 
 try:
     from tests.helpers.bridge import BridgeServer

@@ -32,7 +32,7 @@ import jwt
 import pytest
 import requests
 
-from app.keys import KeyRing
+from slurm_jwt_bridge.keys import KeyRing
 
 try:
     from tests.helpers.bridge import BridgeServer, start_bridge

@@ -28,8 +28,8 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.keys import KeyRing, rsa_kid
-from app.minting import mint_slurm_token, slurm_claims
+from slurm_jwt_bridge.keys import KeyRing, rsa_kid
+from slurm_jwt_bridge.minting import mint_slurm_token, slurm_claims
 
 try:
     from tests.helpers.bridge import BridgeServer

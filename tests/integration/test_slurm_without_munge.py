@@ -28,8 +28,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.keys import KeyRing, rsa_kid
-from app.minting import mint_slurm_token
+from slurm_jwt_bridge.keys import KeyRing, rsa_kid
+from slurm_jwt_bridge.minting import mint_slurm_token
 from tests.helpers.slurm import SlurmCluster
 from tests.helpers.slurm_rest import BridgeCluster
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from app.keys import KeyRing, init_keys
+from slurm_jwt_bridge.keys import KeyRing, init_keys
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "deploy" / "systemd"
@@ -255,8 +255,8 @@ def test_service_hardening_and_settings() -> None:
     assert value(svc, "Service", "EnvironmentFile").startswith("-"), "optional"
     assert expand(value(svc, "Service", "ExecStart"), env)[1:] == [
         "-c",
-        "python:app.gunicorn_conf",
-        "app:create_app()",
+        "python:slurm_jwt_bridge.gunicorn_conf",
+        "slurm_jwt_bridge:create_app()",
     ]
     assert value(svc, "Install", "WantedBy") == "multi-user.target"
 
@@ -325,8 +325,8 @@ def get(url: str) -> tuple[int, bytes]:
 
 
 def test_service_exec_start_serves_and_reloads(bridge_config: Path, tmp_path: Path) -> None:
-    if not (REPO / "app" / "gunicorn_conf.py").exists():
-        skip_or_fail("app/gunicorn_conf.py (used by the unit's ExecStart) does not exist")
+    if not (REPO / "app" / "slurm_jwt_bridge" / "gunicorn_conf.py").exists():
+        skip_or_fail("gunicorn_conf.py (used by the unit's ExecStart) does not exist")
     svc = parse_unit(UNITS / "slurm-jwt-bridge.service")
     port = free_port()
     env = {

@@ -15,9 +15,9 @@ from typing import Any
 import jwt
 import pytest
 
-from app import create_app
-from app.keys import KeyRing
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.keys import KeyRing
+from slurm_jwt_bridge.settings import parse_settings
 from tests.conftest import skip_or_fail
 from tests.helpers.test_issuer import TestIssuer, forge, forge_hmac
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from app import create_app
-from app.settings import SettingsError, parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.settings import SettingsError, parse_settings
 from tests.conftest import skip_or_fail
 from tests.helpers.test_issuer import IssuerHandle, TestIssuer
 

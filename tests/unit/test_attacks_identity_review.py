@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import BridgeError
-from app.identity import IdentityMapper
-from app.settings import IssuerSettings, SettingsError, parse_settings
-from app.upstream import _oidc_service
+from slurm_jwt_bridge.errors import BridgeError
+from slurm_jwt_bridge.identity import IdentityMapper
+from slurm_jwt_bridge.settings import IssuerSettings, SettingsError, parse_settings
+from slurm_jwt_bridge.upstream import _oidc_service
 
 
 def mapper(*rules: dict) -> IdentityMapper:

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from app import build_bridge
-from app.errors import BridgeError
-from app.pipeline import Request
-from app.settings import parse_settings
+from slurm_jwt_bridge import build_bridge
+from slurm_jwt_bridge.errors import BridgeError
+from slurm_jwt_bridge.pipeline import Request
+from slurm_jwt_bridge.settings import parse_settings
 
 BRIDGE_AUD = "https://hpc.example.org"
 

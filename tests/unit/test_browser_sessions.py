@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from flask.sessions import SecureCookieSessionInterface
 
-from app import create_app
-from app.keys import SESSION_KEY_FILE, KeyRingError
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.keys import SESSION_KEY_FILE, KeyRingError
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.proxy_settings import proxy_settings_data
 from tests.helpers.sessions import plant_session
 from tests.helpers.slurm import free_port

@@ -7,8 +7,8 @@ import jwt
 import pytest
 from click.testing import CliRunner
 
-from app.cli import main
-from app.keys import KeyRing
+from slurm_jwt_bridge.cli import main
+from slurm_jwt_bridge.keys import KeyRing
 from tests.helpers.stub_http import StubServer
 
 

@@ -185,8 +185,8 @@ def test_refusal_text_from_the_idp_is_printed_without_control_characters(
 def test_cli_login_answer_names_urls_from_public_url_only(idp: Any, keys_dir: Path) -> None:
     """A request with ``Host: evil.example:9999`` does not make the bridge advertise
     ``http://evil.example:9999/oauth/token`` as the place to send the user's token."""
-    from app import create_app
-    from app.settings import parse_settings
+    from slurm_jwt_bridge import create_app
+    from slurm_jwt_bridge.settings import parse_settings
 
     idp.extra_discovery = {"device_authorization_endpoint": idp.issuer + "/device"}
     settings = parse_settings(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.keys import KeyRing
+from slurm_jwt_bridge.keys import KeyRing
 from tests.helpers.stub_http import StubServer
 from tests.unit.test_cli import run
 
@@ -88,7 +88,7 @@ def test_redis_storage_without_the_redis_extra(
 
     from click.testing import CliRunner
 
-    from app.cli import main
+    from slurm_jwt_bridge.cli import main
 
     config = tmp_path / "bridge.toml"
     config.write_text(

@@ -17,9 +17,9 @@ from typing import Any
 import jwt
 import pytest
 
-from app import create_app
-from app.settings import parse_settings
-from app.web.device import USER_CODE_ALPHABET, _device_key, normalize_user_code
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.settings import parse_settings
+from slurm_jwt_bridge.web.device import USER_CODE_ALPHABET, _device_key, normalize_user_code
 from tests.helpers.sessions import plant_session
 
 FORM = "application/x-www-form-urlencoded"
@@ -338,7 +338,7 @@ def test_device_login_off_means_no_endpoints(keys_dir: Path, tmp_path: Path, idp
 def test_attack_cli_refuses_a_bridge_grant_pointing_elsewhere() -> None:
     """A bridge (or a path in front of it) naming another host's endpoints for the bridge path:
     the CLI sends nothing there."""
-    from app.device_login import LoginError, device_login
+    from slurm_jwt_bridge.device_login import LoginError, device_login
     from tests.helpers.stub_http import StubServer
 
     evil = StubServer(b'{"device_code": "d", "user_code": "BCDF-GHJK"}')

@@ -20,7 +20,7 @@ DOCUMENTS = [
     *sorted((REPO / "examples").rglob("*.md")),
     *sorted((REPO / "examples").rglob("*.sh")),
     *sorted((REPO / "scripts").glob("*.sh")),
-    REPO / "app" / "web" / "templates" / "token.html",
+    REPO / "app" / "slurm_jwt_bridge" / "web" / "templates" / "token.html",
 ]
 # A token in an argument: $IDP_TOKEN / $SLURM_JWT / {{ token }} inside a curl command's words
 # (reading them from stdin or a file, -H @- / -H @file / --data-urlencode name@-, is fine).

@@ -11,8 +11,8 @@ from pathlib import Path
 import jwt
 import pytest
 
-from app.doctor import Host, SlurmVersion, jwt_conf, run_doctor
-from app.keys import KeyRing
+from slurm_jwt_bridge.doctor import Host, SlurmVersion, jwt_conf, run_doctor
+from slurm_jwt_bridge.keys import KeyRing
 
 V2205 = SlurmVersion.parse("22.05.8")
 V2605 = SlurmVersion.parse("26.05.5")

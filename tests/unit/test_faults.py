@@ -37,10 +37,10 @@ import pytest
 import requests
 from werkzeug.serving import make_server
 
-from app import create_app
-from app.keys import KeyRing, init_keys, rotate_keys
-from app.settings import parse_settings
-from app.upstream import UpstreamVerifier
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.keys import KeyRing, init_keys, rotate_keys
+from slurm_jwt_bridge.settings import parse_settings
+from slurm_jwt_bridge.upstream import UpstreamVerifier
 from tests.helpers.slurm import free_port
 from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import TestIssuer
@@ -272,7 +272,7 @@ def test_slow_refresh_does_not_hold_up_requests_with_usable_keys(idp_env: IdpEnv
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        # RecursionError in json.loads was a 500 (fixed in app/upstream.py _get_json).
+        # RecursionError in json.loads was a 500 (fixed in upstream.py _get_json).
         (b"[" * 200_000 + b"]" * 200_000, "not JSON"),
         (b'{"keys": []}', "no usable asymmetric signing key"),
         (b'{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}', "no usable asymmetric signing key"),

@@ -34,14 +34,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.audit import AuditLog
-from app.errors import BridgeError
-from app.identity import IdentityMapper, claim_at
-from app.keys import KeyRingSource
-from app.pipeline import Pipeline
-from app.policy import check_account
-from app.settings import MappingRule, Settings, parse_settings
-from app.upstream import VerifiedToken
+from slurm_jwt_bridge.audit import AuditLog
+from slurm_jwt_bridge.errors import BridgeError
+from slurm_jwt_bridge.identity import IdentityMapper, claim_at
+from slurm_jwt_bridge.keys import KeyRingSource
+from slurm_jwt_bridge.pipeline import Pipeline
+from slurm_jwt_bridge.policy import check_account
+from slurm_jwt_bridge.settings import MappingRule, Settings, parse_settings
+from slurm_jwt_bridge.upstream import VerifiedToken
 
 _ENV_EXAMPLES = int(os.environ.get("SLURM_JWT_BRIDGE_FUZZ_EXAMPLES", "0") or 0)
 FUZZ = settings(
@@ -333,7 +333,7 @@ def test_known_cases(ruleset: str, value: str, refused: bool) -> None:
 
 
 def test_lowercase_never_turns_a_look_alike_into_an_ascii_name() -> None:
-    """KELVIN SIGN U+212A: str.lower() would make it 'k' (fixed in app/identity.py)."""
+    """KELVIN SIGN U+212A: str.lower() would make it 'k' (fixed in identity.py)."""
     s = build("domain_lower", "no_local")
     mapper = IdentityMapper(s.mapping)
     with pytest.raises(BridgeError):
@@ -368,7 +368,7 @@ class ActorVerifier:
 @pytest.fixture(scope="module")
 def portal(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
     """A listed actor that may name users matching [a-z]+ or in the local group 'hpc'."""
-    from app.keys import init_keys
+    from slurm_jwt_bridge.keys import init_keys
 
     keys = tmp_path_factory.mktemp("portal") / "keys"
     init_keys(keys)
@@ -421,6 +421,6 @@ def _members(group: str) -> set[str]:
 
 
 def test_requested_subject_with_nul_is_refused_not_a_crash(portal: Pipeline) -> None:
-    """pwd.getpwnam raised ValueError on NUL: a 500 (fixed in app/pipeline.py)."""
+    """pwd.getpwnam raised ValueError on NUL: a 500 (fixed in pipeline.py)."""
     with pytest.raises(BridgeError):
         portal.exchange(None, actor_token="actor", requested_subject="al\x00ice")

@@ -32,10 +32,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.serving import make_server
 
-from app import create_app
-from app.keys import KeyRing, init_keys
-from app.minting import mint_slurm_token
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.keys import KeyRing, init_keys
+from slurm_jwt_bridge.minting import mint_slurm_token
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import TestIssuer
 

@@ -58,10 +58,10 @@ from hypothesis.control import currently_in_test_context
 from jwt.algorithms import get_default_algorithms
 from jwt.utils import base64url_decode
 
-from app import create_app
-from app.audit import AuditLog
-from app.keys import KeyRing, init_keys
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.audit import AuditLog
+from slurm_jwt_bridge.keys import KeyRing, init_keys
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import TestIssuer, b64url, forge_hmac, public_jwk
 
@@ -840,7 +840,7 @@ def test_arbitrary_text_never_mints(env: Env, token: str, door: str) -> None:
 DEEP_ARRAY = b64url(b"[" * 5000 + b"]" * 5000)
 DEEP_OBJECT = b64url(b'{"a":' * 3000 + b"1" + b"}" * 3000)
 REGRESSIONS: dict[str, Callable[[Env], str]] = {
-    # json.loads raised RecursionError (500) before app/upstream.py and app/web/proxy.py
+    # json.loads raised RecursionError (500) before upstream.py and web/proxy.py
     # caught it; found by the deep_json edit.
     "deeply nested header": lambda e: f"{DEEP_ARRAY}.{e.bases[0].parts[1]}.{e.bases[0].parts[2]}",
     "deeply nested payload": lambda e: f"{e.bases[0].parts[0]}.{DEEP_OBJECT}.AAAA",

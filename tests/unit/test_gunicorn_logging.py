@@ -1,4 +1,4 @@
-"""The gunicorn access log (app/gunicorn_logging.py): one JSON object per request."""
+"""The gunicorn access log (gunicorn_logging.py): one JSON object per request."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gunicorn.config import Config
 
-from app.gunicorn_logging import AGENT_MAX, JsonAccessLogger
+from slurm_jwt_bridge.gunicorn_logging import AGENT_MAX, JsonAccessLogger
 
 
 class _Resp:

@@ -8,8 +8,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from app import create_app
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.test_issuer import TestIssuer
 
 OUTSIDE = {"REMOTE_ADDR": "203.0.113.9"}

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import BridgeError
-from app.identity import IdentityMapper, claim_at
-from app.settings import MappingSettings, parse_settings
+from slurm_jwt_bridge.errors import BridgeError
+from slurm_jwt_bridge.identity import IdentityMapper, claim_at
+from slurm_jwt_bridge.settings import MappingSettings, parse_settings
 
 ISSUERS = [
     {"name": "kc", "kind": "keycloak", "issuer": "https://kc/realms/hpc", "allowed_clients": ["a"]},

@@ -21,13 +21,18 @@ from typing import Any
 import jwt
 import pytest
 
-from app import create_app
-from app.accounts import PosixIdentity, identity_from_claims, identity_from_nss
-from app.errors import BridgeError
-from app.keys import KeyRing
-from app.minting import mint_slurm_token
-from app.policy import AccountCheck, check_account, check_identity
-from app.settings import IdentityClaimNames, PolicySettings, SettingsError, parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.accounts import PosixIdentity, identity_from_claims, identity_from_nss
+from slurm_jwt_bridge.errors import BridgeError
+from slurm_jwt_bridge.keys import KeyRing
+from slurm_jwt_bridge.minting import mint_slurm_token
+from slurm_jwt_bridge.policy import AccountCheck, check_account, check_identity
+from slurm_jwt_bridge.settings import (
+    IdentityClaimNames,
+    PolicySettings,
+    SettingsError,
+    parse_settings,
+)
 from tests.conftest import skip_or_fail
 from tests.helpers.test_issuer import TestIssuer
 

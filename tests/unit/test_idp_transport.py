@@ -16,9 +16,9 @@ import httpx
 import jwt
 import pytest
 
-from app.errors import BridgeError
-from app.settings import IssuerSettings, SettingsError, parse_settings
-from app.upstream import UpstreamVerifier
+from slurm_jwt_bridge.errors import BridgeError
+from slurm_jwt_bridge.settings import IssuerSettings, SettingsError, parse_settings
+from slurm_jwt_bridge.upstream import UpstreamVerifier
 from tests.helpers.test_issuer import SigningKey
 
 ISSUER = "https://idp.example.org"

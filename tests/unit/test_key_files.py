@@ -19,10 +19,10 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app import create_app
-from app.cli import main
-from app.keys import KeyRing, KeyRingError, init_keys, rsa_kid
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.cli import main
+from slurm_jwt_bridge.keys import KeyRing, KeyRingError, init_keys, rsa_kid
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.proxy_settings import proxy_settings_data
 from tests.helpers.stub_http import StubServer
 

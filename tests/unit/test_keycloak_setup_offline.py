@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from app.cli import main
-from app.keycloak_setup import (
+from slurm_jwt_bridge.cli import main
+from slurm_jwt_bridge.keycloak_setup import (
     SetupError,
     SetupOptions,
     _differences,
@@ -19,7 +19,7 @@ from app.keycloak_setup import (
     desired_clients,
     parse_service_account,
 )
-from app.settings import parse_settings
+from slurm_jwt_bridge.settings import parse_settings
 
 OPTS = SetupOptions(
     server="https://sso.example.org",

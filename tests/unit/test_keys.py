@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from app.keys import (
+from slurm_jwt_bridge.keys import (
     HS256_FILE,
     KeyRing,
     KeyRingError,

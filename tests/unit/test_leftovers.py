@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from app.jwks_file import sync_jwks
-from app.keys import KeyRing, init_keys, prune_keys
+from slurm_jwt_bridge.jwks_file import sync_jwks
+from slurm_jwt_bridge.keys import KeyRing, init_keys, prune_keys
 from tests.helpers.stub_http import StubServer
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from app.cli import main
-from app.login_exec import (
+from slurm_jwt_bridge.cli import main
+from slurm_jwt_bridge.login_exec import (
     EXIT_NOT_EXECUTABLE,
     EXIT_NOT_FOUND,
     MAX_TOKEN_LENGTH,
@@ -93,7 +93,7 @@ def test_resolve_command_like_a_shell(tmp_path: Path) -> None:
 def _exec_in_child(argv: list[str], token: str = TOKEN) -> subprocess.CompletedProcess[str]:
     """exec_with_token in a fresh interpreter (it replaces the process that calls it)."""
     code = (
-        "import sys; from app.login_exec import exec_with_token, resolve_command\n"
+        "import sys; from slurm_jwt_bridge.login_exec import exec_with_token, resolve_command\n"
         "argv = sys.argv[2:]; exec_with_token(resolve_command(argv), argv, sys.argv[1])\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "SLURM_JWT"}

@@ -6,11 +6,11 @@ from pathlib import Path
 import jwt
 import pytest
 
-from app.errors import BridgeError
-from app.keys import KeyRing
-from app.minting import mint_slurm_token
-from app.policy import check_account, resolve_lifetime, username_problem
-from app.settings import PolicySettings, TokenSettings
+from slurm_jwt_bridge.errors import BridgeError
+from slurm_jwt_bridge.keys import KeyRing
+from slurm_jwt_bridge.minting import mint_slurm_token
+from slurm_jwt_bridge.policy import check_account, resolve_lifetime, username_problem
+from slurm_jwt_bridge.settings import PolicySettings, TokenSettings
 
 
 def segments(token: str) -> tuple[bytes, bytes]:

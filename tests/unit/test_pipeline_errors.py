@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from app import create_app
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.settings import parse_settings
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
 AT = "urn:ietf:params:oauth:token-type:access_token"

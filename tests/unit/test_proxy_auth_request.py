@@ -14,10 +14,10 @@ from typing import Any
 import jwt
 import pytest
 
-from app import create_app
-from app.keys import KeyRing
-from app.minting import mint_slurm_token
-from app.settings import SettingsError, parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.keys import KeyRing
+from slurm_jwt_bridge.minting import mint_slurm_token
+from slurm_jwt_bridge.settings import SettingsError, parse_settings
 from tests.helpers.proxy_settings import proxy_settings_data
 
 
@@ -154,7 +154,7 @@ def test_raw_slurm_token_refused_unless_passthrough_and_never_cached(
 
 
 def test_challenge_values_are_quoted_safely() -> None:
-    from app.web.proxy import _quotable
+    from slurm_jwt_bridge.web.proxy import _quotable
 
     assert _quotable('a "b" \\ c\x00\n\u00e9') == "a 'b' ? c???"
     assert len(_quotable("x" * 1000)) == 300
@@ -225,7 +225,7 @@ def test_cached_slurm_token_is_reused_only_within_the_grants_limits(
 ) -> None:
     """Two grants for the same (issuer, user) with different limits: the cached token of the
     first is not handed to the second when it outlives the second's maximum lifetime."""
-    from app.pipeline import Grant, Request
+    from slurm_jwt_bridge.pipeline import Grant, Request
 
     app = create_app(parse_settings(settings_data(keys_dir, tmp_path, idp)))
     proxy = app.extensions["slurm_jwt_bridge_proxy"]

@@ -14,10 +14,10 @@ from typing import Any
 import jwt
 import pytest
 
-from app import create_app
-from app.keys import KeyRing
-from app.minting import mint_slurm_token
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.keys import KeyRing
+from slurm_jwt_bridge.minting import mint_slurm_token
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.proxy_settings import proxy_settings_data
 from tests.helpers.slurm import free_port
 from tests.helpers.stub_http import StubServer
@@ -228,7 +228,7 @@ def test_a_small_answer_cut_short_is_502(
 def test_large_answers_stream_with_their_length_and_a_cut_is_not_hidden(
     keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
 ) -> None:
-    from app.web.proxy import WHOLE_BODY, RelayInterrupted
+    from slurm_jwt_bridge.web.proxy import WHOLE_BODY, RelayInterrupted
 
     upstream.body = b"x" * (WHOLE_BODY + 100_000)
     client = make_client(keys_dir, tmp_path, idp, upstream.url)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from werkzeug.serving import make_server
 
-from app import create_app
-from app.settings import SettingsError, parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.settings import SettingsError, parse_settings
 from tests.helpers.proxy_settings import proxy_settings_data
 from tests.helpers.stub_http import StubServer
 

@@ -14,9 +14,9 @@ from typing import Any
 import jwt
 import pytest
 
-from app import create_app
-from app.keys import KeyRing, rotate_keys
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.keys import KeyRing, rotate_keys
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.proxy_settings import proxy_settings_data
 
 

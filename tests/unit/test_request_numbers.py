@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from app import create_app
-from app.cli import main
-from app.policy import MIN_LIFETIME
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.cli import main
+from slurm_jwt_bridge.policy import MIN_LIFETIME
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.proxy_settings import proxy_settings_data
 from tests.helpers.sessions import plant_session
 from tests.helpers.stub_http import StubServer

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from app import create_app
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.proxy_settings import proxy_settings_data
 from tests.unit.test_proxy_auth_request import bearer, idp_token
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from app import create_app
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.proxy_settings import proxy_settings_data
 
 

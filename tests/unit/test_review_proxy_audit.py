@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from app import create_app
-from app.keys import KeyRing
-from app.minting import mint_slurm_token
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.keys import KeyRing
+from slurm_jwt_bridge.minting import mint_slurm_token
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.proxy_settings import proxy_settings_data
 from tests.helpers.stub_http import StubServer
 

@@ -1,8 +1,8 @@
 """Found by the review of the edges: a revoked opaque Keycloak token kept working via the proxy.
 
 SECURITY.md section 1: "Opaque Keycloak tokens are introspected (revocation seen within 60 s)".
-The token API honours that (app/upstream.py INTROSPECTION_CACHE_SECONDS); the proxy caches the
-grant until the token's exp (app/web/proxy.py verified_bearer, pipeline.grant_from_token returns
+The token API honours that (upstream.py INTROSPECTION_CACHE_SECONDS); the proxy caches the
+grant until the token's exp (web/proxy.py verified_bearer, pipeline.grant_from_token returns
 verified.exp). INTROSPECTION_CACHE_SECONDS is shortened to 1 s here only to keep the test short.
 """
 
@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from app import create_app
-from app import upstream as upstream_mod
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge import upstream as upstream_mod
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import TestIssuer
 

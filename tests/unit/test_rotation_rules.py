@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from app.cli import main
-from app.keys import KeyRing, KeyRingError, check_owner, init_keys, rotate_keys
+from slurm_jwt_bridge.cli import main
+from slurm_jwt_bridge.keys import KeyRing, KeyRingError, check_owner, init_keys, rotate_keys
 
 
 def test_young_next_key_is_not_activated(keys_dir: Path) -> None:

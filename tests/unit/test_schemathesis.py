@@ -32,9 +32,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app import create_app
-from app.keys import init_keys
-from app.settings import parse_settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.keys import init_keys
+from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.test_issuer import TestIssuer
 
 _ENV_EXAMPLES = int(os.environ.get("SLURM_JWT_BRIDGE_FUZZ_EXAMPLES", "0") or 0)
@@ -98,7 +98,7 @@ def operations(schema_doc: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _document() -> dict[str, Any]:
-    from app.web.openapi import document
+    from slurm_jwt_bridge.web.openapi import document
 
     return document()
 
@@ -216,7 +216,7 @@ def test_schema_violations_with_a_real_token_are_refused(env: Env, path: str, me
     [{"lifetime": "600"}, {"lifetime": None}, {"lifetime": ""}, {"alg": None}, {"alg": ""}],
 )
 def test_json_token_options_are_typed_strictly(env: Env, body: dict[str, Any]) -> None:
-    """Fixed points of the property above (these were accepted before app/web/api.py typed
+    """Fixed points of the property above (these were accepted before web/api.py typed
     the JSON options strictly)."""
     auth = {"Authorization": f"Bearer {env.idp_token}"}
     r = env.app.test_client().post("/api/v1/token", json=body, headers=auth)

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from app import create_app
-from app.settings import parse_settings
-from app.web.browser import session_seal
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.settings import parse_settings
+from slurm_jwt_bridge.web.browser import session_seal
 from tests.helpers.proxy_settings import proxy_settings_data
 from tests.helpers.sessions import plant_session
 from tests.helpers.stub_http import StubServer

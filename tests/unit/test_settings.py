@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from app.settings import SettingsError, load_settings, parse_settings
+from slurm_jwt_bridge.settings import SettingsError, load_settings, parse_settings
 
 
 def test_defaults_are_slurms() -> None:

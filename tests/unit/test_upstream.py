@@ -1,4 +1,4 @@
-"""app.upstream against a local test issuer: every profile's accept path, the refusal matrix,
+"""The upstream module against a local test issuer: every profile's accept path, the refusal matrix,
 JWKS caching under rotation and outages, and the verified-token cache.
 
 Time-based behaviour uses an injected clock; only the slow-IdP test waits (for a 0.3 s timeout).
@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app import upstream
-from app.errors import BridgeError
-from app.settings import IntrospectionSettings, IssuerSettings
-from app.upstream import MAX_TOKEN_BYTES, UpstreamVerifier, VerifiedToken
+from slurm_jwt_bridge import upstream
+from slurm_jwt_bridge.errors import BridgeError
+from slurm_jwt_bridge.settings import IntrospectionSettings, IssuerSettings
+from slurm_jwt_bridge.upstream import MAX_TOKEN_BYTES, UpstreamVerifier, VerifiedToken
 
 try:
     from tests.helpers.test_issuer import IssuerHandle, SigningKey, TestIssuer, forge, forge_hmac

@@ -1,9 +1,9 @@
 import json
 from pathlib import Path
 
-from app import create_app
-from app.keys import KeyRing, rotate_keys
-from app.settings import Settings
+from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.keys import KeyRing, rotate_keys
+from slurm_jwt_bridge.settings import Settings
 
 
 def test_jwks_endpoints_etag_and_cache(settings: Settings, keys_dir: Path) -> None:

@@ -112,7 +112,7 @@ class Pipeline:
         self.audit = audit
         self.verifier = verifier
         self.mapper = mapper or IdentityMapper(settings.mapping)
-        # Optional metrics hook (app.metrics.Metrics): minted(...) and refused(...).
+        # Optional metrics hook (slurm_jwt_bridge.metrics.Metrics): minted(...) and refused(...).
         self.observer = observer
         # Optional per-subject rate limit: subject_limiter(issuer_name, sub) raises BridgeError.
         self.subject_limiter = subject_limiter

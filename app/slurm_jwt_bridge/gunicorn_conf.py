@@ -1,11 +1,11 @@
 """gunicorn settings shipped with the package:
 
-    gunicorn -c python:app.gunicorn_conf 'app:create_app()'
+    gunicorn -c python:slurm_jwt_bridge.gunicorn_conf 'slurm_jwt_bridge:create_app()'
 
 Environment: GUNICORN_BIND (default: [server] host:port of $SLURM_JWT_BRIDGE_CONFIG, else
 127.0.0.1:8000), GUNICORN_WORKERS (default 2 x CPUs + 1),
 GUNICORN_THREADS (4), GUNICORN_TIMEOUT (30), GUNICORN_CLIENT_TIMEOUT (10: the longest wait for
-the next bytes of a request's headers or body, app/gunicorn_worker.py), SLURM_JWT_BRIDGE_CONFIG
+the next bytes of a request's headers or body, gunicorn_worker.py), SLURM_JWT_BRIDGE_CONFIG
 (the TOML file).
 SIGHUP starts new workers that re-read the configuration and keys, then stops the old ones
 gracefully; the key ring also reloads by itself when the keys directory changes.
@@ -22,7 +22,7 @@ def _configured_bind() -> str:
     """[server] host:port of the configuration file, else loopback: never every interface by
     default. A file that does not load is reported by create_app, with its one-line reason."""
     try:
-        from app.settings import load_settings
+        from slurm_jwt_bridge.settings import load_settings
 
         server = load_settings(None).server
     except Exception:  # the app factory reports it, with its one-line reason
@@ -34,7 +34,9 @@ def _configured_bind() -> str:
 bind = os.environ.get("GUNICORN_BIND") or _configured_bind()
 workers = int(os.environ.get("GUNICORN_WORKERS", str(2 * (os.cpu_count() or 1) + 1)))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
-worker_class = "app.gunicorn_worker.BoundedReadWorker"  # gthread + a client read timeout
+worker_class = (
+    "slurm_jwt_bridge.gunicorn_worker.BoundedReadWorker"  # gthread + a client read timeout
+)
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5
@@ -49,10 +51,10 @@ control_socket_disable = True
 
 accesslog = "-"
 errorlog = "-"
-# One JSON object per request (app/gunicorn_logging.py): time, remote, method, path without the
+# One JSON object per request (gunicorn_logging.py): time, remote, method, path without the
 # query string, status, bytes, duration_us, agent. No other header is logged, so no token can
 # end up here.
-logger_class = "app.gunicorn_logging.JsonAccessLogger"
+logger_class = "slurm_jwt_bridge.gunicorn_logging.JsonAccessLogger"
 
 # Prometheus metrics from every worker (prometheus-client multiprocess mode).
 if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
@@ -60,8 +62,8 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
 
 
 def on_starting(server: Any) -> None:
-    # The workers' in-memory rate limits each take 1/N of a limit (app/ratelimit.py).
-    from app.settings import WORKERS_ENV
+    # The workers' in-memory rate limits each take 1/N of a limit (ratelimit.py).
+    from slurm_jwt_bridge.settings import WORKERS_ENV
 
     os.environ[WORKERS_ENV] = str(server.cfg.workers)
     path = os.environ["PROMETHEUS_MULTIPROC_DIR"]

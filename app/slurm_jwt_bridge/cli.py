@@ -685,7 +685,9 @@ def keycloak_setup(
 @config_options
 @click.option("--host", help="Default [server] host.")
 @click.option("--port", type=int, help="Default [server] port.")
-@click.option("--prod", is_flag=True, help="Run under gunicorn with app.gunicorn_conf.")
+@click.option(
+    "--prod", is_flag=True, help="Run under gunicorn with slurm_jwt_bridge.gunicorn_conf."
+)
 @click.option("--workers", type=int, help="gunicorn workers (with --prod).")
 @_errors
 def serve(
@@ -706,8 +708,8 @@ def serve(
         if config_path:
             os.environ[CONFIG_ENV] = str(config_path.resolve())
         create_app(s)  # fail here, with one line, rather than in every worker
-        argv = ["gunicorn", "-c", "python:app.gunicorn_conf"]
-        # --host/--port win; else app.gunicorn_conf takes GUNICORN_BIND, then [server].
+        argv = ["gunicorn", "-c", "python:slurm_jwt_bridge.gunicorn_conf"]
+        # --host/--port win; else slurm_jwt_bridge.gunicorn_conf takes GUNICORN_BIND, then [server].
         if host is not None or port is not None:
             bind_host = host or s.server.host
             bind_port = port if port is not None else s.server.port
@@ -717,7 +719,7 @@ def serve(
         if keys_dir:
             os.environ["SLURM_JWT_BRIDGE_KEYS_DIR"] = str(Path(keys_dir).resolve())
         exe = Path(sys.executable).parent / "gunicorn"
-        os.execv(str(exe), [*argv, "app:create_app()"])  # noqa: S606 (fixed argv)
+        os.execv(str(exe), [*argv, "slurm_jwt_bridge:create_app()"])  # noqa: S606 (fixed argv)
     create_app(s).run(host=host or s.server.host, port=port if port is not None else s.server.port)
 
 

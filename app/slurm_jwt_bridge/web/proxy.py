@@ -814,7 +814,7 @@ def init_proxy(app: Flask, settings: Settings, pipeline: Any) -> None:
 
 
 def create_proxy_app(settings: Settings | None = None) -> Flask:
-    """The proxy alone (``gunicorn 'app.web.proxy:create_proxy_app()'``), plus health and JWKS."""
+    """The proxy alone (``'slurm_jwt_bridge.web.proxy:create_proxy_app()'``), health, JWKS."""
     from .. import build_bridge
     from ..settings import load_settings
     from . import health, jwks

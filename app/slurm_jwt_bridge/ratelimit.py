@@ -2,7 +2,7 @@
 
 In memory by default; a Redis ``storage_uri`` shares the counters between workers and replicas.
 In memory, each gunicorn worker counts alone: so that a configured limit holds for the whole
-host, each of the N workers (``serve --prod``, app/gunicorn_conf.py) allows 1/N of it.
+host, each of the N workers (``serve --prod``, gunicorn_conf.py) allows 1/N of it.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_ENV = "SLURM_JWT_BRIDGE_CONFIG"
 KEYS_DIR_ENV = "SLURM_JWT_BRIDGE_KEYS_DIR"
-# Set by app/gunicorn_conf.py to its worker count: in-memory rate limits take 1/N each.
+# Set by gunicorn_conf.py to its worker count: in-memory rate limits take 1/N each.
 WORKERS_ENV = "SLURM_JWT_BRIDGE_WORKERS"
 
 ISSUER_KINDS = ("keycloak", "cognito", "entra", "oidc")

@@ -58,7 +58,8 @@ def build_bridge(settings: Settings, metrics: Any = None) -> Bridge:
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    """The application factory (``gunicorn 'app:create_app()'`` reads $SLURM_JWT_BRIDGE_CONFIG)."""
+    """The application factory: ``gunicorn 'slurm_jwt_bridge:create_app()'``
+    reads $SLURM_JWT_BRIDGE_CONFIG."""
     # Flask is imported here, not at module level, so the admin CLI starts quickly.
     from flask import Flask, Response, jsonify
 
@@ -128,7 +129,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(ClientDisconnected)
     def body_not_received(_exc: Exception) -> Response:
-        # The body stopped arriving (the worker's read timeout, app/gunicorn_worker.py) or the
+        # The body stopped arriving (the worker's read timeout, gunicorn_worker.py) or the
         # client went away.
         resp = jsonify(
             error="invalid_request", error_description="the request body did not arrive in time"
