@@ -26,6 +26,7 @@ from .jwks_file import (
     sync_jwks,
     write_jwks,
 )
+from .names import SIGNING_ALGS
 from .settings import CONFIG_ENV, Settings, SettingsError, load_settings
 
 
@@ -341,7 +342,7 @@ def jwks_sync(
 @click.argument("user")
 @config_options
 @click.option("--lifespan", type=Seconds(), help="Seconds (default [tokens] default_lifetime).")
-@click.option("--alg", type=click.Choice(["RS256", "HS256"]), help="Default [keys] default_alg.")
+@click.option("--alg", type=click.Choice(SIGNING_ALGS), help="Default [keys] default_alg.")
 @_errors
 def mint(
     user: str,

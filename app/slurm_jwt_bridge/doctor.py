@@ -35,6 +35,7 @@ import jwt
 from jwt.algorithms import RSAAlgorithm
 
 from .jwks_file import slurm_jwks_problems
+from .names import HS256, RS256
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 DEFAULT_SLURM_CONF = "/etc/slurm/slurm.conf"
@@ -504,7 +505,7 @@ def _explain_signature(
             subject,
             f"header typ {typ!r}: Slurm 22.05's libjwt refuses any typ but JWT",
         )
-    if alg.upper() == "HS256":
+    if alg.upper() == HS256:
         if ctx.conf.jwt_key is None or (
             ctx.conf.jwks is not None and "jwt_key" not in ctx.conf.params
         ):
@@ -521,7 +522,7 @@ def _explain_signature(
                 '"could not find matching kid or decode failed"',
             )
         return
-    if alg.upper() != "RS256":
+    if alg.upper() != RS256:
         report.add(FAIL, subject, f"alg {alg[:16]!r}: Slurm accepts only HS256 and RS256")
         return
     kid = header.get("kid")
@@ -550,7 +551,7 @@ def _explain_signature(
         jwt.decode(
             token,
             public,
-            algorithms=["RS256"],
+            algorithms=[RS256],
             options={
                 "verify_signature": True,
                 "verify_exp": False,

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from .keys import atomic_write
+from .names import RS256
 from .untrusted import printable
 
 MAX_JWKS_BYTES = 1 << 20
@@ -48,7 +49,7 @@ def slurm_jwks_problems(doc: Any) -> list[str]:
             continue
         if key.get("kty") != "RSA":
             problems.append(f'{where}: kty must be "RSA"')
-        if key.get("alg") != "RS256":
+        if key.get("alg") != RS256:
             problems.append(f'{where}: alg must be "RS256" (Slurm skips keys without it)')
         kid = key.get("kid")
         if not isinstance(kid, str) or not kid:

@@ -35,6 +35,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 from jwt.algorithms import RSAAlgorithm
 
+from .names import RS256
+
 log = logging.getLogger(__name__)
 
 HS256_FILE = "jwt_hs256.key"
@@ -71,7 +73,7 @@ class RsaKey:
         jwk = json.loads(RSAAlgorithm.to_jwk(self.private_key.public_key()))
         return {
             "kty": "RSA",
-            "alg": "RS256",
+            "alg": RS256,
             "use": "sig",
             "kid": self.kid,
             "n": jwk["n"],

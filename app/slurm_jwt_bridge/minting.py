@@ -17,6 +17,7 @@ import jwt
 from .accounts import PosixIdentity
 from .errors import BridgeError
 from .keys import KeyRing
+from .names import HS256, RS256
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def mint_slurm_token(
     ring: KeyRing,
     user: str,
     lifetime: int,
-    alg: str = "RS256",
+    alg: str = RS256,
     *,
     include_jti: bool = True,
     not_after: int | None = None,
@@ -69,17 +70,17 @@ def mint_slurm_token(
         exp = min(exp, int(not_after))
     jti = secrets.token_urlsafe(16) if include_jti else None
     claims = slurm_claims(user, iat, exp, jti, identity)
-    if alg == "RS256":
+    if alg == RS256:
         key = ring.active
         if key is None:
             raise BridgeError("server_error", "no active RS256 key in the key ring", 500)
-        token = jwt.encode(claims, key.private_key, algorithm="RS256", headers={"kid": key.kid})
+        token = jwt.encode(claims, key.private_key, algorithm=RS256, headers={"kid": key.kid})
         return SlurmToken(token, user, alg, key.kid, jti, iat, exp)
-    if alg == "HS256":
+    if alg == HS256:
         if ring.hs256 is None:
             raise BridgeError(
                 "invalid_request", f"HS256 is not available: no {ring.directory}/jwt_hs256.key", 400
             )
-        token = jwt.encode(claims, ring.hs256, algorithm="HS256")
+        token = jwt.encode(claims, ring.hs256, algorithm=HS256)
         return SlurmToken(token, user, alg, None, jti, iat, exp)
     raise BridgeError("invalid_request", f"alg must be RS256 or HS256, got {alg[:16]!r}", 400)

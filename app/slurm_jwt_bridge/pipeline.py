@@ -22,6 +22,7 @@ from .errors import BridgeError, access_denied, invalid_request, unauthorized_cl
 from .identity import IdentityMapper
 from .keys import KeyRingSource
 from .minting import SlurmToken, mint_slurm_token
+from .names import SIGNING_ALGS
 from .policy import (
     check_account,
     check_identity,
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 __all__ = ["BridgeError", "Exchange", "Grant", "Pipeline", "Request"]
 
 log = logging.getLogger(__name__)
-
-SIGNING_ALGS = ("RS256", "HS256")
 
 
 @dataclass(frozen=True)

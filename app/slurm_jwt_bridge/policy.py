@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import BridgeError, access_denied, invalid_grant, invalid_request
+from .names import username_problem as username_problem  # one rule, also for its callers
 from .settings import PolicySettings, TokenSettings
 
 if TYPE_CHECKING:
     from .accounts import PosixIdentity
 
-# POSIX portable user names: the portable filename characters, not starting with '-'.
-USERNAME_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]{0,31}$")
 # The shortest Slurm token worth minting, requested or left before the upstream token expires.
 MIN_LIFETIME = 60
 # A number of seconds in a request: ASCII digits only (str.isdigit() also takes "²" and "٣"),
@@ -35,22 +34,6 @@ class AccountCheck:
 
     name: str
     uid: int | None  # None when the name does not resolve on this host
-
-
-def username_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a cluster user name, or None when it is well-formed."""
-    if not USERNAME_RE.fullmatch(name):
-        shown = name.encode("unicode_escape").decode()[:64]
-        return (
-            f"{shown!r} is not a POSIX portable user name "
-            "(letters, digits, '.', '_', '-'; at most 32; not starting with '-')"
-        )
-    if name.isdigit():
-        # Slurm reads an all-digit name as a uid: "0" would be root.
-        return f"{name!r} is all digits, which Slurm would read as a numeric uid"
-    if name in (".", ".."):
-        return f"{name!r} is not a user name"
-    return None
 
 
 def check_account(

@@ -15,6 +15,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .names import (
+    COGNITO,
+    ENTRA,
+    ISSUER_KINDS,
+    KEYCLOAK,
+    KEYCLOAK_ISSUER_RE,
+    OIDC,
+    RS256,
+    SIGNING_ALGS,
+    username_problem,
+)
 from .untrusted import insecure_url
 
 log = logging.getLogger(__name__)
@@ -24,13 +35,11 @@ KEYS_DIR_ENV = "SLURM_JWT_BRIDGE_KEYS_DIR"
 # Set by gunicorn_conf.py to its worker count: in-memory rate limits take 1/N each.
 WORKERS_ENV = "SLURM_JWT_BRIDGE_WORKERS"
 
-ISSUER_KINDS = ("keycloak", "cognito", "entra", "oidc")
 TENANT_PLACEHOLDER = "{tenantid}"
 # Claims that name an Entra user without its tenant: alice@evil.onmicrosoft.com's local part
 # is anybody's, and an unverified email or display name is whatever the tenant's admin typed.
 TENANTLESS_CLAIMS = ("upn", "preferred_username", "email", "unique_name", "name")
 TOKEN_USES = ("access", "id")
-SIGNING_ALGS = ("RS256", "HS256")
 IDENTITY_SOURCES = ("nss", "claims")
 
 
@@ -52,7 +61,7 @@ class ServerSettings:
 @dataclass(frozen=True)
 class KeySettings:
     dir: Path = Path("keys")
-    default_alg: str = "RS256"
+    default_alg: str = RS256
     rsa_bits: int = 2048
     retire_margin: int = 300
     reload_interval: float = 2.0
@@ -267,7 +276,6 @@ class Settings:
     cli_login: CliLoginSettings = field(default_factory=CliLoginSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
-    source: str = "<defaults>"
 
     def with_keys_dir(self, keys_dir: str | os.PathLike[str] | None) -> Settings:
         """Return a copy whose key directory is ``keys_dir`` (the CLI's ``--keys-dir``)."""
@@ -381,15 +389,16 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-_USERNAME_RE = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._-]*$")
+def _username(t: _Table, name: str, value: str) -> str:
+    """A cluster user name, by the policy's own rule (a name it refuses would fail every mint)."""
+    problem = username_problem(value)
+    if problem:
+        raise SettingsError(f"{t.key(name)}: {problem}")
+    return value
 
 
 def _usernames(t: _Table, name: str) -> tuple[str, ...]:
-    names = t.strs(name)
-    for n in names:
-        if not _USERNAME_RE.fullmatch(n):
-            raise SettingsError(f"{t.key(name)}: {n!r} is not a valid user name")
-    return names
+    return tuple(_username(t, name, n) for n in t.strs(name))
 
 
 # ---------------------------------------------------------------- sections
@@ -419,7 +428,7 @@ def _keys(t: _Table, base: Path) -> KeySettings:
     raw_dir = t.str("dir", "keys")
     s = KeySettings(
         dir=Path(_path(base, raw_dir)),
-        default_alg=t.str("default_alg", "RS256", choices=SIGNING_ALGS),
+        default_alg=t.str("default_alg", RS256, choices=SIGNING_ALGS),
         rsa_bits=t.int("rsa_bits", 2048),
         retire_margin=t.int("retire_margin", 300, minimum=0),
         reload_interval=t.number("reload_interval", 2.0),
@@ -475,13 +484,11 @@ def _tokens(t: _Table) -> TokenSettings:
 
 def _policy(t: _Table) -> PolicySettings:
     s = PolicySettings(
-        slurm_user=t.str("slurm_user", "slurm"),
+        slurm_user=_username(t, "slurm_user", t.str("slurm_user", "slurm")),
         deny_users=_usernames(t, "deny_users"),
         allow_users=_usernames(t, "allow_users"),
         min_uid=t.int("min_uid", 1000, minimum=0),
     )
-    if not _USERNAME_RE.fullmatch(s.slurm_user):
-        raise SettingsError(f"{t.key('slurm_user')}: {s.slurm_user!r} is not a valid user name")
     t.done()
     return s
 
@@ -519,7 +526,7 @@ def _issuer(t: _Table) -> IssuerSettings:
     name = t.str("name")
     kind = t.str("kind", choices=ISSUER_KINDS)
     issuer = _url(t, "issuer", t.str("issuer"))
-    if kind == "keycloak" and issuer.endswith("/"):
+    if kind == KEYCLOAK and issuer.endswith("/"):
         raise SettingsError(
             f"{t.key('issuer')}: Keycloak's issuer is <base>/realms/<realm> without a trailing "
             f"slash (its tokens' iss has none), got {_show(issuer)}"
@@ -529,9 +536,7 @@ def _issuer(t: _Table) -> IssuerSettings:
         if use not in TOKEN_USES:
             raise SettingsError(f"{t.key('token_use')}: must hold access and/or id, got {use!r}")
     intro = None
-    if t.has("introspection") and (
-        kind != "keycloak" or not re.fullmatch(r"https?://\S+/realms/[^/\s]+", issuer)
-    ):
+    if t.has("introspection") and (kind != KEYCLOAK or not KEYCLOAK_ISSUER_RE.match(issuer)):
         raise SettingsError(
             f'{t.key("introspection")}: needs kind = "keycloak" and an issuer <base>/realms/<realm>'
         )
@@ -567,6 +572,7 @@ def _issuer(t: _Table) -> IssuerSettings:
             f"{t.key('audiences')}: set audiences or allowed_clients, "
             "or any token from this issuer would be accepted"
         )
+    _check_audience_rule(t, s)
     _check_tenants(t, s)
     _check_service_tokens(t, s)
     for what in ("issuer", "discovery_url", "jwks_uri"):
@@ -586,10 +592,27 @@ def _issuer(t: _Table) -> IssuerSettings:
     return s
 
 
+def _check_audience_rule(t: _Table, s: IssuerSettings) -> None:
+    """Each kind matches a token to the entry its own way (docs/configuration.md, "Audiences per
+    kind"): refuse an entry under which every token of a kind it accepts would be refused."""
+    if s.kind == ENTRA and not s.audiences:
+        raise SettingsError(
+            f"{t.key('audiences')}: issuer {s.name!r} (kind entra) accepts a token only when its "
+            "aud is one of audiences (allowed_clients only narrows the client applications); "
+            "with none set every token is refused"
+        )
+    if s.kind == COGNITO and "access" in s.token_use and not s.allowed_clients:
+        raise SettingsError(
+            f"{t.key('allowed_clients')}: issuer {s.name!r} (kind cognito) accepts an access "
+            "token only when its client_id is one of allowed_clients (Cognito access tokens "
+            'carry no aud); with none set every access token is refused (or token_use = ["id"])'
+        )
+
+
 def _check_tenants(t: _Table, s: IssuerSettings) -> None:
     """An Entra ``{tenantid}`` issuer trusts every tenant in the world unless ``tenants`` lists
     the trusted ones; ``allow_any_tenant = true`` says so on purpose."""
-    multi = s.kind == "entra" and TENANT_PLACEHOLDER in s.issuer
+    multi = s.kind == ENTRA and TENANT_PLACEHOLDER in s.issuer
     if s.allow_any_tenant and not multi:
         raise SettingsError(
             f"{t.key('allow_any_tenant')}: only for kind entra with a {TENANT_PLACEHOLDER} issuer"
@@ -608,7 +631,7 @@ def _check_tenants(t: _Table, s: IssuerSettings) -> None:
 
 def _check_service_tokens(t: _Table, s: IssuerSettings) -> None:
     rule = s.service_tokens
-    if s.kind != "oidc" and t.has("service_tokens"):
+    if s.kind != OIDC and t.has("service_tokens"):
         raise SettingsError(
             f"{t.key('service_tokens')}: only for kind oidc ({s.kind} tokens say it themselves)"
         )
@@ -695,13 +718,11 @@ def _service_account(t: _Table, names: set[str]) -> ServiceAccount:
     s = ServiceAccount(
         issuer=_issuer_ref(t, names),
         client_id=t.str("client_id"),
-        account=t.str("account"),
+        account=_username(t, "account", t.str("account")),
         max_lifetime=t.int("max_lifetime", 0, minimum=60) or None,
         algs=_algs(t),
         identity_claims=t.bool("identity_claims", False) if t.has("identity_claims") else None,
     )
-    if not _USERNAME_RE.fullmatch(s.account):
-        raise SettingsError(f"{t.key('account')}: {s.account!r} is not a valid user name")
     t.done()
     return s
 
@@ -918,7 +939,7 @@ def _check_any_tenant_rules(settings: Settings) -> None:
         )
 
 
-def parse_settings(data: dict[str, Any], base: Path | None = None, source: str = "") -> Settings:
+def parse_settings(data: dict[str, Any], base: Path | None = None) -> Settings:
     """Validate a parsed TOML document; relative paths are taken from ``base``.
 
     Every section is read even after one fails, so a file with several mistakes names them
@@ -967,7 +988,6 @@ def parse_settings(data: dict[str, Any], base: Path | None = None, source: str =
         cli_login=read(_cli_login, root.table("cli_login"), known, default=CliLoginSettings()),
         proxy=read(_proxy, root.table("proxy"), tokens, default=ProxySettings()),
         rate_limit=read(_rate_limit, root.table("rate_limit"), default=RateLimitSettings()),
-        source=source or "<inline>",
     )
     read(root.done, default=None)
     if not errors:  # the checks across sections assume each section read cleanly
@@ -986,9 +1006,7 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """
     path = path or os.environ.get(CONFIG_ENV) or None
     if path is None:
-        return parse_settings({}, Path.cwd(), "<defaults>").with_keys_dir(
-            os.environ.get(KEYS_DIR_ENV) or None
-        )
+        return parse_settings({}, Path.cwd()).with_keys_dir(os.environ.get(KEYS_DIR_ENV) or None)
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -998,6 +1016,6 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise SettingsError(f"{p}: not valid TOML: {exc}") from None
-    return parse_settings(data, p.resolve().parent, str(p)).with_keys_dir(
+    return parse_settings(data, p.resolve().parent).with_keys_dir(
         os.environ.get(KEYS_DIR_ENV) or None
     )

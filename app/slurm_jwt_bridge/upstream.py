@@ -42,6 +42,7 @@ import httpx
 import jwt
 
 from .errors import BridgeError, invalid_grant, invalid_request
+from .names import KEYCLOAK_ISSUER_RE as _KEYCLOAK_ISSUER_RE
 from .settings import TENANT_PLACEHOLDER, IssuerSettings
 from .untrusted import insecure_url, printable
 
@@ -101,7 +102,6 @@ _ENTRA_STS_HOST = {
 _ENTRA_LOGIN_HOST = {"sts.chinacloudapi.cn": "login.chinacloudapi.cn"}
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,99}$")
 _B64URL_RE = re.compile(r"^[A-Za-z0-9_-]*$")
-_KEYCLOAK_ISSUER_RE = re.compile(r"^(?P<base>https?://.+?)/realms/(?P<realm>[^/]+)/?$")
 
 _JWS = jwt.PyJWS(algorithms=list(ALLOWED_ALGS))
 

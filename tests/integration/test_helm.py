@@ -238,7 +238,7 @@ def config_text(docs: list[dict[str, Any]]) -> str:
 def config_settings(docs: list[dict[str, Any]]) -> Any:
     data = tomllib.loads(config_text(docs))
     assert data["keys"]["dir"] == KEYS_DIR
-    settings = parse_settings(data, Path(CONFIG_DIR), f"{CONFIG_DIR}/bridge.toml")
+    settings = parse_settings(data, Path(CONFIG_DIR))
     assert settings.keys.dir == Path(KEYS_DIR)
     return settings
 

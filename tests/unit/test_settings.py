@@ -120,3 +120,171 @@ def test_every_mistake_is_named_one_line_each() -> None:
         "policy.min_uid: must be >= 0, got -1",
         "nonsense: unknown setting",
     ]
+
+
+def _issuer(**extra: object) -> dict:
+    return {"name": "idp", "kind": "keycloak", "issuer": "https://kc.example/realms/hpc", **extra}
+
+
+@pytest.mark.parametrize("name", ["12345", "0", "a" * 33, ".", ".."])
+@pytest.mark.parametrize(
+    ("where", "data"),
+    [
+        (
+            "service_accounts[0].account",
+            lambda n: {
+                "issuers": [_issuer(allowed_clients=["svc"])],
+                "service_accounts": [{"issuer": "idp", "client_id": "svc", "account": n}],
+            },
+        ),
+        ("policy.slurm_user", lambda n: {"policy": {"slurm_user": n}}),
+        ("policy.allow_users", lambda n: {"policy": {"allow_users": [n]}}),
+        ("policy.deny_users", lambda n: {"policy": {"deny_users": [n]}}),
+    ],
+)
+def test_a_user_name_the_policy_refuses_is_refused_at_load(name: str, where: str, data) -> None:
+    """One user-name rule: a name no token can ever be minted for (all digits, which Slurm
+    reads as a uid; longer than 32) does not load, instead of failing every mint later."""
+    from slurm_jwt_bridge.policy import username_problem
+
+    assert username_problem(name)
+    with pytest.raises(SettingsError) as info:
+        parse_settings(data(name))
+    assert str(info.value).startswith(f"{where}: {name!r}")
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["alice", "a" * 32, "svc.portal", "_x", "a-b"])
+def test_a_user_name_the_policy_takes_loads(name: str) -> None:
+    s = parse_settings(
+        {
+            "issuers": [_issuer(allowed_clients=["svc"])],
+            "service_accounts": [{"issuer": "idp", "client_id": "svc", "account": name}],
+            "policy": {"allow_users": [name], "deny_users": ["mallory"]},
+        }
+    )
+    assert s.service_accounts[0].account == name
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "https://kc.example/realms/hpc",
+        "https://kc.example/auth/realms/hpc",
+        "https://kc.example/realms/hpc/",
+        "https://kc.example/realms/a b",
+        "https://kc.example/realms/",
+        "https://kc.example/hpc",
+    ],
+)
+def test_introspection_issuer_shape_is_one_rule(issuer: str) -> None:
+    """The configuration and the verifier accept the same Keycloak issuers for introspection."""
+    from slurm_jwt_bridge.settings import IntrospectionSettings, IssuerSettings
+    from slurm_jwt_bridge.upstream import UpstreamVerifier
+
+    data = {"issuers": [_issuer(issuer=issuer, audiences=["bridge"])]}
+    data["issuers"][0]["introspection"] = {"client_id": "bridge", "client_secret": "s"}
+    try:
+        parse_settings(data)
+        loads = True
+    except SettingsError:
+        loads = False
+    try:
+        UpstreamVerifier(
+            [
+                IssuerSettings(
+                    name="idp",
+                    kind="keycloak",
+                    issuer=issuer,
+                    audiences=("bridge",),
+                    introspection=IntrospectionSettings("bridge", "s"),
+                )
+            ]
+        )
+        verifies = True
+    except ValueError:
+        verifies = False
+    assert loads == verifies
+    assert loads == (
+        issuer in ("https://kc.example/realms/hpc", "https://kc.example/auth/realms/hpc")
+    )
+
+
+@pytest.mark.parametrize(
+    ("issuer", "message"),
+    [
+        (
+            {
+                "kind": "entra",
+                "issuer": "https://login.microsoftonline.com/t/v2.0",
+                "allowed_clients": ["portal"],
+            },
+            "issuers[0].audiences: issuer 'idp' (kind entra) accepts a token only when its aud "
+            "is one of audiences",
+        ),
+        (
+            {
+                "kind": "cognito",
+                "issuer": "https://cognito-idp.eu-west-1.amazonaws.com/pool",
+                "audiences": ["app1"],
+            },
+            "issuers[0].allowed_clients: issuer 'idp' (kind cognito) accepts an access token only "
+            "when its client_id is one of allowed_clients",
+        ),
+        (
+            {
+                "kind": "cognito",
+                "issuer": "https://cognito-idp.eu-west-1.amazonaws.com/pool",
+                "audiences": ["app1"],
+                "token_use": ["access", "id"],
+            },
+            "issuers[0].allowed_clients: issuer 'idp' (kind cognito)",
+        ),
+    ],
+)
+def test_an_issuer_that_would_refuse_every_token_is_refused(issuer: dict, message: str) -> None:
+    """Per-kind audience rules: a configuration under which every token (of a kind it says it
+    accepts) would be refused does not load; the line names the issuer and what is missing."""
+    with pytest.raises(SettingsError) as info:
+        parse_settings({"issuers": [{"name": "idp", **issuer}]})
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        {
+            "kind": "entra",
+            "issuer": "https://login.microsoftonline.com/t/v2.0",
+            "audiences": ["api://bridge"],
+        },
+        {
+            "kind": "entra",
+            "issuer": "https://login.microsoftonline.com/t/v2.0",
+            "audiences": ["api://bridge"],
+            "allowed_clients": ["portal"],
+        },
+        {
+            "kind": "cognito",
+            "issuer": "https://cognito-idp.eu-west-1.amazonaws.com/pool",
+            "allowed_clients": ["app1"],
+        },
+        {
+            "kind": "cognito",
+            "issuer": "https://cognito-idp.eu-west-1.amazonaws.com/pool",
+            "audiences": ["app1"],
+            "token_use": ["id"],
+        },
+        {"kind": "keycloak", "issuer": "https://kc.example/realms/hpc", "allowed_clients": ["p"]},
+        {"kind": "keycloak", "issuer": "https://kc.example/realms/hpc", "audiences": ["bridge"]},
+        {"kind": "oidc", "issuer": "https://op.example", "audiences": ["bridge"]},
+        {"kind": "oidc", "issuer": "https://op.example", "allowed_clients": ["portal"]},
+    ],
+)
+def test_issuers_whose_audience_rule_can_accept_load(issuer: dict) -> None:
+    parse_settings({"issuers": [{"name": "idp", **issuer}]})
+
+
+def test_the_source_of_settings_is_not_kept() -> None:
+    assert not hasattr(parse_settings({}), "source")

@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from ..errors import BridgeError, invalid_request
+from ..names import SIGNING_ALGS
 from ..pipeline import Exchange, Request
 from ..policy import parse_seconds
 from .device import GRANT_DEVICE_CODE, device_authorization, device_login_enabled, device_token
@@ -67,7 +68,7 @@ def _json_options() -> tuple[int | None, str | None]:
     if "lifetime" in data and (isinstance(lifetime, bool) or not isinstance(lifetime, int)):
         raise invalid_request("lifetime must be an integer number of seconds", "bad_number")
     alg = data.get("alg")
-    if "alg" in data and alg not in ("RS256", "HS256"):
+    if "alg" in data and alg not in SIGNING_ALGS:
         raise invalid_request("alg must be RS256 or HS256")
     return lifetime, alg
 

@@ -7,6 +7,8 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
+from ..names import SIGNING_ALGS
+
 bp = Blueprint("openapi", __name__)
 
 _ERROR = {
@@ -168,7 +170,7 @@ def document() -> dict[str, Any]:
                             "enum": ["urn:ietf:params:oauth:token-type:jwt"],
                         },
                         "requested_lifetime": {"type": "integer", "minimum": 60},
-                        "alg": {"type": "string", "enum": ["RS256", "HS256"]},
+                        "alg": {"type": "string", "enum": list(SIGNING_ALGS)},
                         "actor_token": {"type": "string"},
                         "actor_token_type": {
                             "type": "string",
@@ -185,7 +187,7 @@ def document() -> dict[str, Any]:
                     "additionalProperties": False,
                     "properties": {
                         "lifetime": {"type": "integer", "minimum": 60},
-                        "alg": {"type": "string", "enum": ["RS256", "HS256"]},
+                        "alg": {"type": "string", "enum": list(SIGNING_ALGS)},
                     },
                 },
                 "TokenResponse": {
