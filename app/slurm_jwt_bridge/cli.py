@@ -27,7 +27,7 @@ from .jwks_file import (
     write_jwks,
 )
 from .names import SIGNING_ALGS
-from .settings import CONFIG_ENV, Settings, SettingsError, load_settings
+from .settings import CONFIG_ENV, Settings, SettingsError, json_schema, load_settings
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -371,7 +371,7 @@ def mint(
 
 @main.group("config")
 def config_group() -> None:
-    """Check the configuration file."""
+    """Check the configuration file, or print its schema."""
 
 
 @config_group.command("check")
@@ -391,6 +391,12 @@ def config_check(config_path: Path | None, keys_dir: Path | None) -> None:
         _fail(str(exc))
         return
     click.echo("ok")
+
+
+@config_group.command("schema")
+def config_schema() -> None:
+    """Print the JSON Schema of the configuration file (for editors and CI)."""
+    click.echo(json.dumps(json_schema(), indent=2, ensure_ascii=False))
 
 
 # ---------------------------------------------------------------- doctor

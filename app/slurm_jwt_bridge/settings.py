@@ -1,17 +1,28 @@
 """The service configuration: one TOML file, validated at start.
 
+Each setting is declared once, below, as a dataclass field: its default, its bounds and checks,
+and the line that documents it (``setting(...)``). One reader walks the declarations to load a
+file, ``json_schema()`` walks them to describe it, and docs/configuration.md's tables are
+generated from that schema (scripts/gen-config-docs.py).
+
 Every error is one line that names the key that is wrong, e.g.
-``tokens.max_lifetime: must be an integer >= 60, got 'soon'``.
+``tokens.max_lifetime: must be an integer, got 'soon'``; a file with several mistakes gets one
+line for each.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import ipaddress
 import logging
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,32 +52,294 @@ TENANT_PLACEHOLDER = "{tenantid}"
 TENANTLESS_CLAIMS = ("upn", "preferred_username", "email", "unique_name", "name")
 TOKEN_USES = ("access", "id")
 IDENTITY_SOURCES = ("nss", "claims")
+AUTH_REQUEST_ALLOW_FROM = ("127.0.0.0/8", "::1/128")
+LOGIN_SCOPES = ("openid", "profile", "email")
+# What the docs show for a key without a default value (an en dash).
+NO_DEFAULT = "\u2013"
 
 
 class SettingsError(ValueError):
     """A configuration value is missing or wrong; the message names the key."""
 
 
+class Invalid(ValueError):
+    """A field check's refusal; the reader puts the key in front."""
+
+
+@dataclass(frozen=True)
+class _Context:
+    base: Path
+    issuer_names: frozenset[str] = frozenset()
+
+
+Check = Callable[[Any, _Context], Any]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one setting is read, checked and documented."""
+
+    doc: str
+    ge: float | None = None
+    le: float | None = None
+    choices: tuple[Any, ...] = ()
+    check: Check | None = None
+    # What the docs show as the default when it is not a plain value ("required", a rule).
+    shown: str | None = None
+    # Read from a sub-table holding only this key ([delegation] actors = [[...]]).
+    inner: str | None = None
+    # Read this raw value, checks and all, when the key is absent (a default taken from the
+    # file's directory or the environment).
+    absent: Any = None
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    doc: str = "",
+    *,
+    ge: float | None = None,
+    le: float | None = None,
+    choices: tuple[Any, ...] = (),
+    check: Check | None = None,
+    shown: str | None = None,
+    inner: str | None = None,
+    absent: Any = None,
+) -> Any:
+    """A dataclass field that is also a configuration key. A table default is given as its
+    type (a nested settings class, or ``dict``), made anew for each instance."""
+    meta = {"setting": Spec(doc, ge, le, choices, check, shown, inner, absent)}
+    if isinstance(default, type) and (dataclasses.is_dataclass(default) or default is dict):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _path(base: Path, value: str) -> str:
+    """A path from the file, taken from the file's own directory when relative."""
+    return value if not value or os.path.isabs(value) else str(base / value)
+
+
+def _relative(value: str, ctx: _Context) -> str:
+    return _path(ctx.base, value)
+
+
+def _rstrip_slash(value: str, ctx: _Context) -> str:
+    return value.rstrip("/")
+
+
+def _username(value: str, ctx: _Context) -> str:
+    """A cluster user name, by the policy's own rule (a name it refuses would fail every mint)."""
+    problem = username_problem(value)
+    if problem:
+        raise Invalid(problem)
+    return value
+
+
+def _usernames(values: tuple[str, ...], ctx: _Context) -> tuple[str, ...]:
+    return tuple(_username(v, ctx) for v in values)
+
+
+def _url(value: str, ctx: _Context) -> str:
+    if value and not re.match(r"^https?://[^\s/]+", value):
+        raise Invalid(f"must be an http(s) URL, got {_show(value)}")
+    return value
+
+
+def _regex(value: str, ctx: _Context) -> str:
+    if value:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise Invalid(f"invalid regular expression: {exc}") from None
+    return value
+
+
+def _user_regex(value: str, ctx: _Context) -> str:
+    if value and "user" not in re.compile(_regex(value, ctx)).groupindex:
+        raise Invalid("needs a named group (?P<user>...)")
+    return value
+
+
+def _issuer_ref(value: str, ctx: _Context) -> str:
+    if value not in ctx.issuer_names:
+        raise Invalid(f"no [[issuers]] entry is named {value!r}")
+    return value
+
+
+def _issuer_ref_or_any(value: str, ctx: _Context) -> str:
+    return value if value == "*" else _issuer_ref(value, ctx)
+
+
+def _all_in(allowed: tuple[str, ...], what: str) -> Check:
+    def check(values: tuple[str, ...], ctx: _Context) -> tuple[str, ...]:
+        for value in values:
+            if value not in allowed:
+                raise Invalid(f"must hold {what}, got {value!r}")
+        return values
+
+    return check
+
+
+def _networks(normalise: bool, noun: str) -> Check:
+    """A list of IP addresses or networks (``10.0.0.5``, ``10.0.0.0/24``, ``::1``)."""
+
+    def check(values: tuple[str, ...], ctx: _Context) -> tuple[str, ...]:
+        out = []
+        for value in values:
+            try:
+                net = ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise Invalid(f"{_show(value)} is not {noun}") from None
+            out.append(str(net) if normalise else value)
+        return tuple(out)
+
+    return check
+
+
+def _rsa_bits(value: int, ctx: _Context) -> int:
+    if value not in (2048, 3072, 4096):
+        raise Invalid(f"must be 2048, 3072 or 4096, got {value}")
+    return value
+
+
+def _audit_destination(value: str, ctx: _Context) -> str:
+    if value not in ("stdout", "stderr", "none") and not value.startswith("file:"):
+        raise Invalid(f"must be stdout, stderr, none or file:/path, got {_show(value)}")
+    return "file:" + _path(ctx.base, value[5:]) if value.startswith("file:") else value
+
+
+def _argv(value: Any, ctx: _Context) -> tuple[str, ...]:
+    if isinstance(value, list) and value and all(isinstance(c, str) for c in value):
+        return tuple(value)
+    raise Invalid("must be a non-empty list of strings (argv)")
+
+
+def _service_tokens(rule: str, ctx: _Context) -> str:
+    name, eq, value = rule.removeprefix("claim:").partition("=")
+    if rule in ("sub_is_client", "none") or (rule.startswith("claim:") and name and eq and value):
+        return rule
+    raise Invalid(f'must be "sub_is_client", "none" or "claim:NAME=VALUE", got {_show(rule)}')
+
+
+def _session_dir(value: str, ctx: _Context) -> str:
+    if not value:  # systemd's StateDirectory= when there is one, else beside the config file
+        state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        value = str(Path(state) / "sessions") if state else "sessions"
+    return _path(ctx.base, value)
+
+
+def _api_version(value: str, ctx: _Context) -> str:
+    if not re.fullmatch(r"v\d+\.\d+\.\d+", value):
+        raise Invalid(f"must look like v0.0.44, got {_show(value)}")
+    return value
+
+
+def _session_storage(value: str, ctx: _Context) -> str:
+    if value and not re.match(r"^(redis|rediss|redis\+unix)://", value):
+        raise Invalid(
+            f"must be empty (the local session_dir) or redis://host:port, got {_show(value)}"
+        )
+    return value
+
+
+def _slurmrestd(value: str, ctx: _Context) -> str:
+    if value and not (
+        re.fullmatch(r"https?://[^\s/]+/?", value) or re.fullmatch(r"unix:/\S+", value)
+    ):
+        raise Invalid(f"must be http://host:port or unix:/path, got {_show(value)}")
+    return value.rstrip("/")
+
+
+def _rate(value: str, ctx: _Context) -> str:
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise Invalid(f'not a rate limit like "60/minute", got {_show(value)}') from None
+    return value
+
+
+def _limiter_storage(value: str, ctx: _Context) -> str:
+    if not re.match(r"^(memory|redis|rediss|redis\+unix|memcached)://", value):
+        raise Invalid(f"must be memory:// or redis://host:port, got {_show(value)}")
+    return value
+
+
+# ---------------------------------------------------------------- the settings
+
+
 @dataclass(frozen=True)
 class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    public_url: str = ""
-    secret_key_file: str = ""
-    proxy_fix: int = 0
+    host: str = setting("127.0.0.1", "address of the development server (`serve`)")
+    port: int = setting(8000, "its port", ge=0, le=65535)
+    public_url: str = setting(
+        "",
+        "the URL users reach the service at (used in pages and examples)",
+        check=_rstrip_slash,
+    )
+    secret_key_file: str = setting(
+        "",
+        "file holding the browser session key (default `<keys dir>/session.key`; created 0600 "
+        "with 32 random bytes when missing; the service refuses to start when group/other can "
+        "read it or it is shorter than 32 bytes)",
+        check=_relative,
+    )
+    proxy_fix: int = setting(
+        0, "number of trusted reverse proxies in front (X-Forwarded-For/-Proto)", ge=0
+    )
     # Client networks that get /metrics and /readyz's details (everyone else: 403, yes/no).
-    internal_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    internal_allow: tuple[str, ...] = setting(
+        ("127.0.0.0/8", "::1/128"),
+        "client addresses/networks that may read `/metrics` and `/readyz`'s details; everyone "
+        'else gets 403 and a bare `{"ready": ...}`',
+        check=_networks(normalise=False, noun="an address or network"),
+    )
 
 
 @dataclass(frozen=True)
 class KeySettings:
-    dir: Path = Path("keys")
-    default_alg: str = RS256
-    rsa_bits: int = 2048
-    retire_margin: int = 300
-    reload_interval: float = 2.0
-    rotation_period: int = 604800
-    min_next_age: int = 900
+    dir: Path = setting(
+        Path("keys"),
+        "the keys directory (`--keys-dir` overrides it)",
+        check=_relative,
+        absent="keys",
+    )
+    default_alg: str = setting(
+        RS256,
+        "`RS256` (preferred: public JWKS, rotation) or `HS256` (Slurm's shared `jwt_key`)",
+        choices=SIGNING_ALGS,
+    )
+    rsa_bits: int = setting(
+        2048,
+        "size of new RSA keys: 2048, 3072 or 4096",
+        choices=(2048, 3072, 4096),
+        check=_rsa_bits,
+    )
+    retire_margin: int = setting(
+        300, "seconds a retired key stays published beyond `tokens.max_lifetime`", ge=0
+    )
+    reload_interval: float = setting(
+        2.0, "seconds between checks of the keys directory for changes", ge=0
+    )
+    rotation_period: int = setting(
+        604800,
+        "intended seconds between rotations; drives the `seconds_to_next_rotation` metric",
+        ge=3600,
+    )
+    min_next_age: int = setting(
+        900,
+        "`keys rotate` activates the next key only after it has been published this long (the "
+        "shipped JWKS sync timer runs every 5 min, so twice in 15 min); `--force` overrides",
+        ge=0,
+    )
 
 
 @dataclass(frozen=True)
@@ -77,183 +350,588 @@ class IdentityClaimNames:
     the group list is the primary gid alone.
     """
 
-    uid: str = "uidNumber"
-    gid: str = "gidNumber"
-    home: str = "homeDirectory"
-    shell: str = "loginShell"
-    gecos: str = ""
-    groups: str = ""
-    gids: str = ""
+    uid: str = setting("uidNumber", "the uid: a JSON integer, 0 to 4294967294")
+    gid: str = setting("gidNumber", "the primary gid, the same way")
+    home: str = setting("homeDirectory", "an absolute path")
+    shell: str = setting("loginShell", "an absolute path")
+    gecos: str = setting(
+        "",
+        'a string; `""` means not read. An empty gecos becomes the user name in the token: '
+        "Slurm 26.05 refuses an identity with an empty one",
+    )
+    groups: str = setting("", "an object group name → gid; becomes `id.groups`")
+    gids: str = setting(
+        "",
+        "a list of gids; becomes `id.gids`. Set `groups` or `gids`, not both; with neither, "
+        "`id.gids` is the primary gid alone",
+    )
+
+    def _validate(self, key: Callable[[str], str], present: set[str]) -> None:
+        for name in ("uid", "gid", "home", "shell"):
+            if not getattr(self, name):
+                raise SettingsError(f"{key(name)}: is required (the claim holding the {name})")
+        if self.groups and self.gids:
+            raise SettingsError(
+                f"{key('gids')}: set groups (an object name -> gid) or gids (a list), not both; "
+                "Slurm takes one of them"
+            )
 
 
 @dataclass(frozen=True)
 class TokenSettings:
-    default_lifetime: int = 1800
-    max_lifetime: int = 3600
-    include_jti: bool = True
-    cap_to_upstream_exp: bool = True
+    default_lifetime: int = setting(
+        1800, "seconds, Slurm's own default for `scontrol token`", ge=60
+    )
+    max_lifetime: int = setting(3600, "the longest lifetime anyone may request (≥ 60)", ge=60)
+    include_jti: bool = setting(
+        True,
+        "add a random `jti` claim after `exp`, `iat`, `sun` for audit correlation (Slurm "
+        "ignores it); `false` gives exactly `scontrol token`'s claim set",
+    )
+    cap_to_upstream_exp: bool = setting(
+        True,
+        "a Slurm token never outlives the identity-provider token it was exchanged for",
+    )
     # Slurm 26.05 use_jwt_client_ids: uid, gid and id in every token.
-    identity_claims: bool = False
-    identity_source: str = "nss"
-    identity_claim_names: IdentityClaimNames = field(default_factory=IdentityClaimNames)
+    identity_claims: bool = setting(
+        False,
+        "add `uid`, `gid` and `id` {name, gecos, dir, shell, groups or gids} after `sun` in "
+        "every token, for every door and `mint`, RS256 and HS256 alike (Slurm 26.05 "
+        "`use_jwt_client_ids`, AWS PCS; see [slurm.md](slurm.md)); older Slurm ignores them",
+    )
+    identity_source: str = setting(
+        "nss",
+        'where the identity comes from: `"nss"`, this host\'s `getpwnam` and group list at mint '
+        'time; `"claims"`, the verified upstream token, as named in '
+        "`[tokens.identity_claim_names]`",
+        choices=IDENTITY_SOURCES,
+    )
+    identity_claim_names: IdentityClaimNames = setting(
+        IdentityClaimNames,
+        "which upstream claims hold the POSIX identity (read only with `identity_source = "
+        '"claims"`)',
+    )
+
+    def _validate(self, key: Callable[[str], str], present: set[str]) -> None:
+        if "identity_claim_names" in present and self.identity_source != "claims":
+            raise SettingsError(
+                f'{key("identity_claim_names")}: only read with identity_source = "claims"'
+            )
+        if self.default_lifetime > self.max_lifetime:
+            raise SettingsError(
+                f"{key('default_lifetime')}: {self.default_lifetime} exceeds "
+                f"tokens.max_lifetime ({self.max_lifetime})"
+            )
 
 
 @dataclass(frozen=True)
 class PolicySettings:
-    slurm_user: str = "slurm"
-    deny_users: tuple[str, ...] = ()
-    allow_users: tuple[str, ...] = ()
-    min_uid: int = 1000
+    slurm_user: str = setting(
+        "slurm",
+        "the cluster's SlurmUser; never gets a token (its token can act as anyone), nor does "
+        "any other name with its uid",
+        check=_username,
+    )
+    deny_users: tuple[str, ...] = setting(
+        (),
+        "names that never get a token, nor any other name with the same uid; wins over "
+        "`allow_users`",
+        check=_usernames,
+    )
+    allow_users: tuple[str, ...] = setting(
+        (),
+        "names exempt from the built-in protections (root, uid 0, SlurmUser, uid below "
+        "`min_uid`); name an account here only when it must get tokens",
+        check=_usernames,
+    )
+    min_uid: int = setting(
+        1000,
+        "names that resolve on the bridge's host to a uid below this are system accounts and "
+        "refused; so are identity claims with such a uid",
+        ge=0,
+    )
 
 
 @dataclass(frozen=True)
 class JwksSettings:
-    max_age: int = 300
+    max_age: int = setting(300, "`Cache-Control: max-age` of `/.well-known/jwks.json`", ge=0)
 
 
 @dataclass(frozen=True)
 class AuditSettings:
-    destination: str = "stdout"
+    destination: str = setting(
+        "stdout",
+        "`stdout`, `stderr`, `file:/path/to/audit.log` or `none`; one JSON object per line, "
+        "never a token",
+        check=_audit_destination,
+    )
 
 
 @dataclass(frozen=True)
 class IntrospectionSettings:
-    client_id: str
-    client_secret: str
+    client_id: str = setting(doc="the confidential client that may introspect")
+    client_secret: str = setting(doc="its secret")
 
 
 @dataclass(frozen=True)
 class IssuerSettings:
-    name: str
-    kind: str
-    issuer: str
-    audiences: tuple[str, ...] = ()
-    allowed_clients: tuple[str, ...] = ()
-    token_use: tuple[str, ...] = ("access",)
-    tenants: tuple[str, ...] = ()
-    allow_any_tenant: bool = False
-    service_tokens: str = "sub_is_client"
-    leeway: int = 60
-    jwks_refetch_interval: float = 60.0
-    jwks_stale_window: float = 3600.0
-    http_timeout: float = 5.0
-    discovery_url: str = ""
-    jwks_uri: str = ""
-    introspection: IntrospectionSettings | None = None
+    name: str = setting(doc="short name used in mapping rules, audit and metrics")
+    kind: str = setting(doc="`keycloak`, `cognito`, `entra` or `oidc`", choices=ISSUER_KINDS)
+    issuer: str = setting(
+        doc="the exact `iss` value (Entra multi-tenant: may contain `{tenantid}`)", check=_url
+    )
+    audiences: tuple[str, ...] = setting(
+        (), "accepted `aud` values (see [Audiences per kind](#audiences-per-kind))"
+    )
+    allowed_clients: tuple[str, ...] = setting(
+        (),
+        "accepted `azp` / `client_id` / `appid` values (Keycloak access tokens without a useful "
+        "`aud`, Cognito access tokens)",
+    )
+    token_use: tuple[str, ...] = setting(
+        ("access",),
+        "token kinds accepted: `access` and/or `id`",
+        choices=TOKEN_USES,
+        check=_all_in(TOKEN_USES, "access and/or id"),
+    )
+    tenants: tuple[str, ...] = setting(
+        (),
+        "Entra: allowed `tid` values. Required for a `{tenantid}` issuer: without it the "
+        "service refuses to start",
+    )
+    allow_any_tenant: bool = setting(
+        False,
+        "Entra `{tenantid}` issuer only: accept tokens of every Entra tenant in the world, on "
+        "purpose (instead of `tenants`). Then every mapping rule for this issuer must map exact "
+        "values: `table` + `table_only`, without `regex`, `strip_domain` or `command` (anything "
+        "else is refused at start)",
+    )
+    service_tokens: str = setting(
+        "sub_is_client",
+        "`oidc` only: how a service (client-credentials) token is told from a user's token: "
+        '`"sub_is_client"` (RFC 9068: its `sub` is its `client_id`/`azp`, and it carries no '
+        "end-user or login-session claim such as `auth_time`, `sid`, `nonce`, "
+        "`preferred_username`, `email`, `name`, nor the `openid` scope), "
+        '`"claim:NAME=VALUE"` (a claim only the provider\'s client-credentials grant sets, '
+        'e.g. `"claim:gty=client-credentials"`), or `"none"` (this issuer has no service '
+        'tokens). Use a claim rule or `"none"` when users can choose their own `sub`',
+        check=_service_tokens,
+    )
+    leeway: int = setting(60, "seconds of clock skew allowed for `exp`, `nbf`, `iat`", ge=0)
+    jwks_refetch_interval: float = setting(
+        60.0, "at most one JWKS refetch per this many seconds on an unknown `kid`", ge=0
+    )
+    jwks_stale_window: float = setting(
+        3600.0, "seconds cached keys stay in use while the provider is unreachable", ge=0
+    )
+    http_timeout: float = setting(5.0, "seconds for discovery and JWKS requests", ge=0.1)
+    discovery_url: str = setting(
+        "", "override for `<issuer>/.well-known/openid-configuration`", check=_url
+    )
+    jwks_uri: str = setting("", "override for the discovered `jwks_uri`", check=_url)
+    introspection: IntrospectionSettings | None = setting(
+        None,
+        'Keycloak: `{ client_id = "...", client_secret = "..." }` to introspect opaque tokens',
+        shown=NO_DEFAULT,
+    )
     # Browser login (authorization code + PKCE) against this issuer.
-    client_id: str = ""
-    client_secret: str = ""
-    scopes: tuple[str, ...] = ("openid", "profile", "email")
-    display_name: str = ""
+    client_id: str = setting(
+        "", "browser login against this issuer: the bridge's client (see `[browser]`)"
+    )
+    client_secret: str = setting("", "browser login: its secret (a confidential client)")
+    scopes: tuple[str, ...] = setting(LOGIN_SCOPES, "browser login: the scopes requested")
+    display_name: str = setting("", "browser login: the name on the login button")
     # Plain http to another machine for discovery, JWKS and introspection (refused otherwise).
-    allow_insecure_http: bool = False
+    allow_insecure_http: bool = setting(
+        False,
+        "allow plain `http://` to another machine for `issuer`, `discovery_url`, `jwks_uri` "
+        "(also one named by the discovery document) and introspection; logged as a warning at "
+        "every start",
+    )
+
+    def _validate(self, key: Callable[[str], str], present: set[str]) -> None:
+        if self.kind == KEYCLOAK and self.issuer.endswith("/"):
+            raise SettingsError(
+                f"{key('issuer')}: Keycloak's issuer is <base>/realms/<realm> without a trailing "
+                f"slash (its tokens' iss has none), got {_show(self.issuer)}"
+            )
+        if "introspection" in present and (
+            self.kind != KEYCLOAK or not KEYCLOAK_ISSUER_RE.match(self.issuer)
+        ):
+            raise SettingsError(
+                f'{key("introspection")}: needs kind = "keycloak" and an issuer '
+                "<base>/realms/<realm>"
+            )
+        if not self.audiences and not self.allowed_clients:
+            raise SettingsError(
+                f"{key('audiences')}: set audiences or allowed_clients, "
+                "or any token from this issuer would be accepted"
+            )
+        self._check_audience_rule(key)
+        self._check_tenants(key)
+        if self.kind != OIDC and "service_tokens" in present:
+            raise SettingsError(
+                f"{key('service_tokens')}: only for kind oidc "
+                f"({self.kind} tokens say it themselves)"
+            )
+        for what in ("issuer", "discovery_url", "jwks_uri"):
+            url = getattr(self, what)
+            if insecure_url(url) and not self.allow_insecure_http:
+                raise SettingsError(
+                    f"{key(what)}: plain http to another machine lets anyone on the path inject "
+                    f"signing keys; use https (or allow_insecure_http = true), got {_show(url)}"
+                )
+        if self.allow_insecure_http:
+            log.warning(
+                "issuer %r: allow_insecure_http = true: its discovery, JWKS and introspection "
+                "may travel over plain http, where anyone on the path can forge tokens for it",
+                self.name,
+            )
+
+    def _check_audience_rule(self, key: Callable[[str], str]) -> None:
+        """Each kind matches a token to the entry its own way (docs/configuration.md, "Audiences
+        per kind"): refuse an entry under which every token of a kind it accepts is refused."""
+        if self.kind == ENTRA and not self.audiences:
+            raise SettingsError(
+                f"{key('audiences')}: issuer {self.name!r} (kind entra) accepts a token only "
+                "when its aud is one of audiences (allowed_clients only narrows the client "
+                "applications); with none set every token is refused"
+            )
+        if self.kind == COGNITO and "access" in self.token_use and not self.allowed_clients:
+            raise SettingsError(
+                f"{key('allowed_clients')}: issuer {self.name!r} (kind cognito) accepts an "
+                "access token only when its client_id is one of allowed_clients (Cognito access "
+                "tokens carry no aud); with none set every access token is refused "
+                '(or token_use = ["id"])'
+            )
+
+    def _check_tenants(self, key: Callable[[str], str]) -> None:
+        """An Entra ``{tenantid}`` issuer trusts every tenant in the world unless ``tenants``
+        lists the trusted ones; ``allow_any_tenant = true`` says so on purpose."""
+        multi = self.kind == ENTRA and TENANT_PLACEHOLDER in self.issuer
+        if self.allow_any_tenant and not multi:
+            raise SettingsError(
+                f"{key('allow_any_tenant')}: only for kind entra with a {TENANT_PLACEHOLDER} issuer"
+            )
+        if self.allow_any_tenant and self.tenants:
+            raise SettingsError(
+                f"{key('allow_any_tenant')}: set tenants or allow_any_tenant, not both"
+            )
+        if multi and not self.tenants and not self.allow_any_tenant:
+            raise SettingsError(
+                f"{key('tenants')}: list the trusted tenant ids; a {TENANT_PLACEHOLDER} issuer "
+                "without them accepts tokens from every Entra tenant "
+                "(allow_any_tenant = true to mean it)"
+            )
 
 
 @dataclass(frozen=True)
 class MappingRule:
-    claim: str
-    issuer: str = "*"
-    regex: str = ""
-    lowercase: bool = False
-    strip_domain: bool = False
-    table: dict[str, str] = field(default_factory=dict)
-    table_only: bool = False
-    require_groups: tuple[str, ...] = ()
-    require_roles: tuple[str, ...] = ()
-    command: tuple[str, ...] = ()
-    command_input: str = "argv"
-    command_timeout: float = 5.0
-    command_cache_ttl: float = 300.0
+    claim: str = setting(
+        doc="source claim, a dotted path (`preferred_username`, `realm_access.roles`). A value "
+        "holding a control, format or line-separator character never maps. A rule on `email` "
+        "does not match a token whose `email_verified` is false",
+    )
+    issuer: str = setting(
+        "*", "the `name` of an `[[issuers]]` entry, or `*` for any", check=_issuer_ref_or_any
+    )
+    regex: str = setting(
+        "",
+        "a regular expression with a named group `user`; no match means the rule does not apply",
+        check=_user_regex,
+    )
+    lowercase: bool = setting(False, "lower-case the value")
+    strip_domain: bool = setting(False, "drop everything from the first `@`")
+    table: dict[str, str] = setting(
+        dict, "a static table value → user name, applied after the transforms"
+    )
+    table_only: bool = setting(
+        False, "with `table`: a value missing from the table means the rule does not apply"
+    )
+    require_groups: tuple[str, ...] = setting(
+        (), "the token must carry at least one of these groups"
+    )
+    require_roles: tuple[str, ...] = setting(
+        (),
+        "the token must carry at least one of these roles. Keycloak: a bare name is a realm "
+        "role; a client role is written `<client>:<role>` (a role of the same name on another "
+        "client never counts)",
+    )
+    command: tuple[str, ...] = setting(
+        (),
+        "argv of a lookup command (like Open OnDemand's `user_map_cmd`); prints the user name",
+        check=_argv,
+    )
+    command_input: str = setting(
+        "argv",
+        "`argv`: `--` and then the value are appended as the last two arguments (so a value "
+        "starting with `-` is never an option of the command); `stdin`: written to its input",
+        choices=("argv", "stdin"),
+    )
+    command_timeout: float = setting(
+        5.0, "seconds before the command is killed and the mapping refused", ge=0.1
+    )
+    command_cache_ttl: float = setting(300.0, "seconds a command's answer is cached", ge=0)
 
 
 @dataclass(frozen=True)
 class MappingSettings:
     # Slurm takes a token for a name it cannot resolve as user "nobody" (read access to the
     # queue, and on 22.05 queued jobs): refuse names without a local account by default.
-    require_local_account: bool = True
-    rules: tuple[MappingRule, ...] = ()
+    require_local_account: bool = setting(
+        True,
+        "the result must also resolve with `getpwnam` on the bridge's host. Keep it on: "
+        "slurmctld accepts a token for a name it cannot resolve as user `nobody` (read access "
+        "to the queue; on 22.05 even queued jobs). Turn it off only where the bridge's host "
+        "cannot see the cluster's accounts (a container without SSSD/LDAP) and the mapping "
+        "rules cannot produce a name that is missing on the controller",
+    )
+    rules: tuple[MappingRule, ...] = setting(
+        (), "ordered rules, `[[mapping.rules]]`; the first that matches wins"
+    )
 
 
 @dataclass(frozen=True)
 class ServiceAccount:
     """A service's own IdP token (client credentials) -> one fixed cluster account."""
 
-    issuer: str
-    client_id: str
-    account: str
-    max_lifetime: int | None = None
-    algs: tuple[str, ...] = SIGNING_ALGS
-    identity_claims: bool | None = None  # None: tokens.identity_claims
+    issuer: str = setting(doc="the `name` of an `[[issuers]]` entry", check=_issuer_ref)
+    client_id: str = setting(doc="the service's `azp` / `client_id` / `appid`")
+    account: str = setting(
+        doc="the cluster account its tokens are for (the `[policy]` rules still apply)",
+        check=_username,
+    )
+    max_lifetime: int | None = setting(
+        None, "a lower lifetime cap for this account", ge=60, shown="`tokens.max_lifetime`"
+    )
+    algs: tuple[str, ...] = setting(
+        SIGNING_ALGS,
+        "signing algorithms this account may ask for",
+        choices=SIGNING_ALGS,
+        check=_all_in(SIGNING_ALGS, "RS256 and/or HS256"),
+    )
+    identity_claims: bool | None = setting(
+        None,
+        "`true` or `false`: identity claims for this account's tokens regardless of the global "
+        'setting (with `identity_source = "claims"`, read from the service\'s own token)',
+        shown="`tokens.identity_claims`",
+    )
 
 
 @dataclass(frozen=True)
 class DelegationActor:
     """A trusted portal that may exchange its users' tokens (RFC 8693 actor_token)."""
 
-    issuer: str
-    client_id: str
-    allow_requested_subject: bool = False
-    subject_groups: tuple[str, ...] = ()
-    subject_regex: str = ""
-    max_lifetime: int | None = None
+    issuer: str = setting(
+        doc="the `name` of the `[[issuers]]` entry that issues the portal's token",
+        check=_issuer_ref,
+    )
+    client_id: str = setting(doc="the portal's client id")
+    allow_requested_subject: bool = setting(
+        False,
+        "the portal may name a user with `requested_subject` instead of presenting the user's "
+        "token (an extension, see [http.md](http.md))",
+    )
+    subject_groups: tuple[str, ...] = setting(
+        (), "with `requested_subject`: the named user must be in one of these local groups"
+    )
+    subject_regex: str = setting(
+        "",
+        "with `requested_subject`: or match this regular expression (whole name)",
+        check=_regex,
+    )
+    max_lifetime: int | None = setting(
+        None, "a lower lifetime cap for delegated tokens", ge=60, shown="`tokens.max_lifetime`"
+    )
+
+    def _validate(self, key: Callable[[str], str], present: set[str]) -> None:
+        if self.allow_requested_subject and not (self.subject_groups or self.subject_regex):
+            raise SettingsError(
+                f"{key('allow_requested_subject')}: needs subject_groups or subject_regex "
+                "to bound which users the actor may name"
+            )
 
 
 @dataclass(frozen=True)
 class BrowserSettings:
-    enabled: bool = True
-    session_lifetime: int = 28800
-    secure_cookies: bool = True
-    proxy_url: str = ""
+    enabled: bool = setting(
+        True, "serve the login pages (`/`, `/login`, `/auth/callback`, `/token`, `/logout`)"
+    )
+    session_lifetime: int = setting(
+        28800,
+        "seconds a login lasts at most, counted from the login (not extended by use); tokens "
+        "minted from the page never outlive it",
+        ge=60,
+    )
+    secure_cookies: bool = setting(
+        True,
+        "mark the session cookie `Secure` and name it `__Host-sjb_session` (set `false` only "
+        "for plain-http development; the cookie is then `sjb_session`)",
+    )
+    proxy_url: str = setting(
+        "",
+        "base URL shown in the token page's proxy `curl` example (hidden when empty)",
+        check=_rstrip_slash,
+        shown="`server.public_url` when `[proxy]` is enabled",
+    )
     # Where sessions live: "" = the local directory session_dir; redis://... = shared by replicas
-    session_storage_uri: str = ""
-    session_dir: Path = Path("sessions")
-    slurm_api_version: str = "v0.0.44"
+    session_storage_uri: str = setting(
+        "",
+        "where sessions live: empty = the local directory `session_dir` (one host); "
+        "`redis://host:port/db` (also `rediss://`, `redis+unix://`, same style as "
+        "`[rate_limit] storage_uri`) = shared by several replicas; needs the `redis` extra",
+        check=_session_storage,
+    )
+    session_dir: Path = setting(
+        Path("sessions"),
+        "the local session store; created 0700 (files 0600); the service refuses to start when "
+        "group/other may enter it",
+        check=_session_dir,
+        absent="",
+        shown="`$STATE_DIRECTORY/sessions` under systemd, else `sessions` beside the config file",
+    )
+    slurm_api_version: str = setting(
+        "v0.0.44",
+        "the slurmrestd API version in the token page's examples (`v0.0.38` for Slurm 22.05; "
+        "see [slurm.md](slurm.md)). With `[proxy] passthrough_slurm_tokens`, the page's proxy "
+        "example sends the page's own token (`$SLURM_JWT`)",
+        check=_api_version,
+    )
     # The bridge's own device grant for `slurm-jwt-bridge login` (GET /device)
-    device_login: bool = True
-    device_code_lifetime: int = 600
-    device_poll_interval: int = 5
-    device_max_attempts: int = 5
-    device_max_attempts_per_address: int = 20
+    device_login: bool = setting(
+        True,
+        "serve the bridge's own device grant for `slurm-jwt-bridge login` (`POST "
+        "/oauth/device_authorization`, the device-code grant at `POST /oauth/token`, "
+        "`GET`/`POST /device`) when a login issuer exists; used by `login` when `[cli_login]` "
+        "names no issuer with a device grant",
+    )
+    device_code_lifetime: int = setting(
+        600, "seconds a device code waits for Allow/Deny (60 to 3600)", ge=60, le=3600
+    )
+    device_poll_interval: int = setting(
+        5,
+        "the `interval` the terminal must keep between polls (1 to 60); a faster poll gets "
+        "`slow_down` and 5 s more",
+        ge=1,
+        le=60,
+    )
+    device_max_attempts: int = setting(
+        5,
+        "wrong codes one browser session may type before the device page refuses it (429)",
+        ge=1,
+        le=100,
+    )
+    device_max_attempts_per_address: int = setting(
+        20,
+        "wrong codes one client address may type within `device_code_lifetime` before the page "
+        "refuses it (429)",
+        ge=1,
+        le=10000,
+    )
 
 
 @dataclass(frozen=True)
 class CliLoginSettings:
     """What ``slurm-jwt-bridge login`` needs for the device grant at the IdP."""
 
-    issuer: str = ""
-    client_id: str = ""
-    scopes: tuple[str, ...] = ("openid", "profile", "email")
-    resource: str = ""
+    issuer: str = setting(
+        "",
+        "the `name` of an `[[issuers]]` entry whose discovery has `device_authorization_endpoint`",
+        check=_issuer_ref,
+        shown=NO_DEFAULT,
+    )
+    client_id: str = setting(
+        "", "a public client allowed to use the device grant", shown="required with `issuer`"
+    )
+    scopes: tuple[str, ...] = setting(LOGIN_SCOPES, "scopes requested")
+    resource: str = setting(
+        "",
+        "RFC 8707 resource (so the access token's `aud` is one of the issuer's `audiences`)",
+    )
+
+    def _validate(self, key: Callable[[str], str], present: set[str]) -> None:
+        if not present:
+            return
+        if "issuer" not in present:
+            raise SettingsError(f"{key('issuer')}: is required")
+        if "client_id" not in present:
+            raise SettingsError(f"{key('client_id')}: is required")
 
 
 @dataclass(frozen=True)
 class RateLimitSettings:
-    enabled: bool = True
-    per_address: str = "120/minute"
-    per_subject: str = "60/minute"
-    storage_uri: str = "memory://"
-
-
-AUTH_REQUEST_ALLOW_FROM = ("127.0.0.0/8", "::1/128")
+    enabled: bool = setting(
+        True, "limit `/oauth/token`, `/api/v1/token`, `/login` and `/auth/callback`"
+    )
+    per_address: str = setting(
+        "120/minute",
+        "per client address (`[server] proxy_fix` decides which address that is)",
+        check=_rate,
+    )
+    per_subject: str = setting(
+        "60/minute",
+        "per verified (issuer, subject), on every door that verifies a token",
+        check=_rate,
+    )
+    storage_uri: str = setting(
+        "memory://",
+        "`memory://` (per process) or `redis://host:port` shared by every worker and replica",
+        check=_limiter_storage,
+    )
 
 
 @dataclass(frozen=True)
 class ProxySettings:
     """The reverse proxy to slurmrestd (``/slurm``, ``/slurmdb``, ``/openapi``)."""
 
-    upstream: str = ""
-    auth_style: str = "x-slurm"
-    connect_timeout: float = 5.0
-    read_timeout: float = 60.0
-    pool_size: int = 32
-    max_body: int = 1 << 20
-    passthrough_slurm_tokens: bool = False
-    token_lifetime: int = 0
-    cache_size: int = 10000
-    auth_request: bool = False
-    auth_request_max_age: int = 60
+    upstream: str = setting(
+        "", "`http://host:port` or `unix:/path/to/slurmrestd.socket`", check=_slurmrestd
+    )
+    auth_style: str = setting(
+        "x-slurm",
+        "`x-slurm`: `X-SLURM-USER-NAME` + `X-SLURM-USER-TOKEN` (needed by 22.05); `bearer`: "
+        "`Authorization: Bearer` (23.02+)",
+        choices=("x-slurm", "bearer"),
+    )
+    connect_timeout: float = setting(5.0, "seconds", ge=0.1)
+    read_timeout: float = setting(60.0, "seconds to wait for slurmrestd's answer; then 504", ge=0.1)
+    pool_size: int = setting(32, "keep-alive connections to slurmrestd per worker", ge=1)
+    max_body: int = setting(1 << 20, "largest request body in bytes; larger gets 413", ge=1024)
+    passthrough_slurm_tokens: bool = setting(
+        False, "accept a raw Slurm JWT as the Bearer token and forward it"
+    )
+    token_lifetime: int = setting(
+        0,
+        "lifetime of the Slurm tokens the proxy mints (reused until 80 % of it, only for "
+        "requests whose grant allows the same kind, actor, algorithms and maximum lifetime, and "
+        "never past the presented upstream token's `exp`); 60 to `tokens.max_lifetime`",
+        ge=0,
+        shown="`tokens.default_lifetime`",
+    )
+    cache_size: int = setting(
+        10000, "entries in each of the proxy's caches (verified tokens, Slurm tokens)", ge=1
+    )
+    auth_request: bool = setting(
+        False,
+        "serve `GET /proxy/auth`, the target of nginx's `auth_request` (docs/http.md); works "
+        "without `upstream`",
+    )
+    auth_request_max_age: int = setting(
+        60,
+        "seconds (0 to 3600) nginx may cache a `/proxy/auth` answer (`X-Accel-Expires`); never "
+        "past the Slurm token's reuse or the upstream token's expiry; `0`: never",
+        ge=0,
+        le=3600,
+    )
     # Who may ask GET /proxy/auth (the nginx hosts): the TCP peer address, never a forwarded one.
-    auth_request_allow_from: tuple[str, ...] = AUTH_REQUEST_ALLOW_FROM
+    auth_request_allow_from: tuple[str, ...] = setting(
+        AUTH_REQUEST_ALLOW_FROM,
+        'addresses or networks (`"10.0.0.5"`, `"10.0.0.0/24"`, IPv6 too) of the nginx hosts '
+        "that may ask `GET /proxy/auth`; anyone else gets 403 without a token. The TCP peer "
+        "address counts, never `X-Forwarded-For` (`[server] proxy_fix` does not change it); a "
+        "bad entry stops the start with one line",
+        check=_networks(normalise=True, noun="an IP address or network"),
+    )
 
     @property
     def enabled(self) -> bool:
@@ -262,20 +940,29 @@ class ProxySettings:
 
 @dataclass(frozen=True)
 class Settings:
-    server: ServerSettings = field(default_factory=ServerSettings)
-    keys: KeySettings = field(default_factory=KeySettings)
-    tokens: TokenSettings = field(default_factory=TokenSettings)
-    policy: PolicySettings = field(default_factory=PolicySettings)
-    jwks: JwksSettings = field(default_factory=JwksSettings)
-    audit: AuditSettings = field(default_factory=AuditSettings)
-    issuers: tuple[IssuerSettings, ...] = ()
-    mapping: MappingSettings = field(default_factory=MappingSettings)
-    service_accounts: tuple[ServiceAccount, ...] = ()
-    delegation: tuple[DelegationActor, ...] = ()
-    browser: BrowserSettings = field(default_factory=BrowserSettings)
-    cli_login: CliLoginSettings = field(default_factory=CliLoginSettings)
-    proxy: ProxySettings = field(default_factory=ProxySettings)
-    rate_limit: RateLimitSettings = field(default_factory=RateLimitSettings)
+    # Read in this order: issuers first (the other sections name them), tokens before proxy.
+    issuers: tuple[IssuerSettings, ...] = setting(
+        (), "one `[[issuers]]` table per trusted identity provider"
+    )
+    tokens: TokenSettings = setting(TokenSettings, "the Slurm tokens minted")
+    server: ServerSettings = setting(ServerSettings, "the HTTP service")
+    keys: KeySettings = setting(KeySettings, "the signing keys")
+    policy: PolicySettings = setting(PolicySettings, "who may get a token")
+    jwks: JwksSettings = setting(JwksSettings, "the published JWKS")
+    audit: AuditSettings = setting(AuditSettings, "the audit log")
+    mapping: MappingSettings = setting(MappingSettings, "claims to cluster user names")
+    service_accounts: tuple[ServiceAccount, ...] = setting(
+        (), "services' own tokens, each to one fixed account"
+    )
+    delegation: tuple[DelegationActor, ...] = setting(
+        (), "trusted portals, `[[delegation.actors]]`", inner="actors"
+    )
+    browser: BrowserSettings = setting(BrowserSettings, "the browser login")
+    cli_login: CliLoginSettings = setting(
+        CliLoginSettings, "the identity provider's device grant for `login`"
+    )
+    proxy: ProxySettings = setting(ProxySettings, "the reverse proxy to slurmrestd")
+    rate_limit: RateLimitSettings = setting(RateLimitSettings, "request rate limits")
 
     def with_keys_dir(self, keys_dir: str | os.PathLike[str] | None) -> Settings:
         """Return a copy whose key directory is ``keys_dir`` (the CLI's ``--keys-dir``)."""
@@ -287,616 +974,227 @@ class Settings:
         return next((i for i in self.issuers if i.name == name), None)
 
 
-# ---------------------------------------------------------------- validation helpers
+# ---------------------------------------------------------------- the reader
 
 
-class _Table:
-    """A TOML table being read; remembers the dotted path for error messages."""
+def _spec(f: dataclasses.Field[Any]) -> Spec:
+    return typing.cast(Spec, f.metadata["setting"])
 
-    def __init__(self, data: Any, path: str) -> None:
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _optional(tp: Any) -> Any:
+    """``X`` for ``X | None``, else None."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return None
+
+
+def _item_type(tp: Any) -> Any:
+    """``X`` for ``tuple[X, ...]``, else None."""
+    if typing.get_origin(tp) is tuple:
+        return typing.get_args(tp)[0]
+    return None
+
+
+class _Reader:
+    """Reads a parsed TOML document into the dataclasses above; collects one line per error."""
+
+    def __init__(self, base: Path) -> None:
+        self.ctx = _Context(base)
+        self.errors: list[str] = []
+
+    def table(self, cls: type, data: Any, path: str, partial: bool = False) -> Any:
+        """An instance of ``cls`` from ``data``, or None after recording its errors (``partial``:
+        the instance with defaults for what failed)."""
         if not isinstance(data, dict):
-            raise SettingsError(f"{path}: must be a table")
-        self.data = dict(data)
-        self.path = path
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def _get(self, name: str) -> Any:
-        self.seen.add(name)
-        return self.data.get(name)
-
-    def has(self, name: str) -> bool:
-        return name in self.data
-
-    def str(self, name: str, default: str | None = None, choices: tuple[str, ...] = ()) -> str:
-        value = self._get(name)
-        if value is None:
-            if default is None:
-                raise SettingsError(f"{self.key(name)}: is required")
-            return default
-        if not isinstance(value, str):
-            raise SettingsError(f"{self.key(name)}: must be a string, got {_show(value)}")
-        if choices and value not in choices:
-            raise SettingsError(
-                f"{self.key(name)}: must be one of {', '.join(choices)}, got {_show(value)}"
+            self.errors.append(f"{path}: must be a table")
+            return None
+        if cls is Settings:  # what the other sections may name, even if an entry fails
+            issuers = data.get("issuers")
+            names = (
+                (i.get("name") for i in issuers if isinstance(i, dict))
+                if isinstance(issuers, list)
+                else ()
             )
-        return value
+            self.ctx = replace(
+                self.ctx, issuer_names=frozenset(n for n in names if isinstance(n, str))
+            )
+        before = len(self.errors)
+        hints = _hints(cls)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f"{path}.{f.name}" if path else f.name
+            ok, value = self.value(hints[f.name], f, data.get(f.name), f.name in data, key)
+            if ok:
+                values[f.name] = value
+        for name in sorted(set(data) - {f.name for f in fields(cls)}):
+            self.errors.append(
+                f"{path}.{name}: unknown setting" if path else f"{name}: unknown setting"
+            )
+        if len(self.errors) > before:
+            return cls(**values) if partial else None
+        instance = cls(**values)
+        validate = getattr(instance, "_validate", None)
+        if validate is not None:
+            try:
+                validate(lambda name: f"{path}.{name}" if path else name, set(data))
+            except SettingsError as exc:
+                self.errors.append(str(exc))
+                return None
+        return instance
 
-    def int(
-        self, name: str, default: int, minimum: int | None = None, maximum: int | None = None
-    ) -> int:
-        value = self._get(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SettingsError(f"{self.key(name)}: must be an integer, got {_show(value)}")
-        if minimum is not None and value < minimum:
-            raise SettingsError(f"{self.key(name)}: must be >= {minimum}, got {value}")
-        if maximum is not None and value > maximum:
-            raise SettingsError(f"{self.key(name)}: must be <= {maximum}, got {value}")
-        return value
+    def value(
+        self, tp: Any, f: dataclasses.Field[Any], raw: Any, present: bool, key: str
+    ) -> tuple[bool, Any]:
+        """(True, value) or (False, None) after recording the error; absent: the default."""
+        spec = _spec(f)
+        if spec.inner is not None and present:
+            if not isinstance(raw, dict):
+                self.errors.append(f"{key}: must be a table")
+                return False, None
+            unknown = sorted(set(raw) - {spec.inner})
+            if unknown:
+                self.errors.append(f"{key}.{unknown[0]}: unknown setting")
+                return False, None
+            key, present, raw = f"{key}.{spec.inner}", spec.inner in raw, raw.get(spec.inner)
+        if not present:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                self.errors.append(f"{key}: is required")
+                return False, None
+            if spec.absent is not None:
+                return self.checked(spec, key, spec.absent, tp)
+            if dataclasses.is_dataclass(tp):  # an absent section: its keys' defaults, read
+                return self.value(tp, f, {}, True, key)
+            if f.default_factory is not dataclasses.MISSING:
+                return True, f.default_factory()
+            return True, f.default
+        inner = _optional(tp)
+        if inner is not None:
+            tp = inner
+        try:
+            value = self.typed(tp, raw, key, spec)
+        except Invalid as exc:
+            self.errors.append(f"{key}: {exc}")
+            return False, None
+        if value is _FAILED:
+            return False, None
+        return self.checked(spec, key, value, tp)
 
-    def number(self, name: str, default: float, minimum: float = 0) -> float:
-        value = self._get(name)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SettingsError(f"{self.key(name)}: must be a number, got {_show(value)}")
-        if value < minimum:
-            raise SettingsError(f"{self.key(name)}: must be >= {minimum}, got {value}")
-        return float(value)
+    def checked(self, spec: Spec, key: str, value: Any, tp: Any) -> tuple[bool, Any]:
+        try:
+            if spec.check is not None:
+                value = spec.check(value, self.ctx)
+        except Invalid as exc:
+            self.errors.append(f"{key}: {exc}")
+            return False, None
+        return True, Path(value) if tp is Path else value
 
-    def bool(self, name: str, default: bool) -> bool:
-        value = self._get(name)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise SettingsError(f"{self.key(name)}: must be true or false, got {_show(value)}")
-        return value
+    def typed(self, tp: Any, raw: Any, key: str, spec: Spec) -> Any:
+        """``raw`` as ``tp`` (raising Invalid), or _FAILED after recording nested errors."""
+        if dataclasses.is_dataclass(tp):
+            value = self.table(typing.cast(type, tp), raw, key)
+            return _FAILED if value is None else value
+        item = _item_type(tp)
+        if item is not None and dataclasses.is_dataclass(item):
+            if not isinstance(raw, list):
+                name = key.rsplit(".", 1)[-1]
+                raise Invalid(f"must be an array of tables ([[{name}]])")
+            items = [
+                self.table(typing.cast(type, item), v, f"{key}[{i}]") for i, v in enumerate(raw)
+            ]
+            return _FAILED if any(v is None for v in items) else tuple(items)
+        if item is str:
+            if spec.check is _argv:  # a command: a list only, _argv says what it must be
+                return raw
+            if isinstance(raw, str):
+                raw = [raw]
+            if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+                raise Invalid("must be a list of strings")
+            return tuple(raw)
+        if tp is bool:
+            if not isinstance(raw, bool):
+                raise Invalid(f"must be true or false, got {_show(raw)}")
+            return raw
+        if tp is int:
+            if isinstance(raw, bool) or not isinstance(raw, int):
+                raise Invalid(f"must be an integer, got {_show(raw)}")
+            return _bounded(raw, spec)
+        if tp is float:
+            if isinstance(raw, bool) or not isinstance(raw, int | float):
+                raise Invalid(f"must be a number, got {_show(raw)}")
+            return float(_bounded(raw, spec))
+        if tp is str or tp is Path:
+            if not isinstance(raw, str):
+                raise Invalid(f"must be a string, got {_show(raw)}")
+            if spec.choices and raw not in spec.choices:
+                raise Invalid(f"must be one of {', '.join(spec.choices)}, got {_show(raw)}")
+            return raw
+        if typing.get_origin(tp) is dict:
+            if not isinstance(raw, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
+            ):
+                raise Invalid("must be a table of strings")
+            return dict(raw)
+        raise TypeError(f"{key}: no reader for {tp!r}")  # a declaration the reader lacks
 
-    def strs(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        value = self._get(name)
-        if value is None:
-            return default
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise SettingsError(f"{self.key(name)}: must be a list of strings")
-        return tuple(value)
 
-    def table(self, name: str) -> _Table:
-        value = self._get(name)
-        return _Table({} if value is None else value, self.key(name))
-
-    def tables(self, name: str) -> list[_Table]:
-        value = self._get(name)
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            raise SettingsError(f"{self.key(name)}: must be an array of tables ([[{name}]])")
-        return [_Table(v, f"{self.key(name)}[{i}]") for i, v in enumerate(value)]
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise SettingsError(f"{self.key(unknown[0])}: unknown setting")
+_FAILED = object()
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _username(t: _Table, name: str, value: str) -> str:
-    """A cluster user name, by the policy's own rule (a name it refuses would fail every mint)."""
-    problem = username_problem(value)
-    if problem:
-        raise SettingsError(f"{t.key(name)}: {problem}")
+def _bounded(value: float, spec: Spec) -> float:
+    if spec.ge is not None and value < spec.ge:
+        raise Invalid(f"must be >= {_num(spec.ge)}, got {value}")
+    if spec.le is not None and value > spec.le:
+        raise Invalid(f"must be <= {_num(spec.le)}, got {value}")
     return value
 
 
-def _usernames(t: _Table, name: str) -> tuple[str, ...]:
-    return tuple(_username(t, name, n) for n in t.strs(name))
+def _num(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else str(bound)
 
 
-# ---------------------------------------------------------------- sections
+# ---------------------------------------------------------------- checks across sections
 
 
-def _server(t: _Table, base: Path) -> ServerSettings:
-    s = ServerSettings(
-        host=t.str("host", "127.0.0.1"),
-        port=t.int("port", 8000, minimum=0, maximum=65535),
-        public_url=t.str("public_url", "").rstrip("/"),
-        secret_key_file=_path(base, t.str("secret_key_file", "")),
-        proxy_fix=t.int("proxy_fix", 0, minimum=0),
-        internal_allow=t.strs("internal_allow", ("127.0.0.0/8", "::1/128")),
-    )
-    for net in s.internal_allow:
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise SettingsError(
-                f"{t.key('internal_allow')}: {_show(net)} is not an address or network"
-            ) from None
-    t.done()
-    return s
+def _check_issuer_names(settings: Settings) -> Iterator[str]:
+    names = [i.name for i in settings.issuers]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        yield f"issuers: the name {sorted(dupes)[0]!r} is used twice"
 
 
-def _keys(t: _Table, base: Path) -> KeySettings:
-    raw_dir = t.str("dir", "keys")
-    s = KeySettings(
-        dir=Path(_path(base, raw_dir)),
-        default_alg=t.str("default_alg", RS256, choices=SIGNING_ALGS),
-        rsa_bits=t.int("rsa_bits", 2048),
-        retire_margin=t.int("retire_margin", 300, minimum=0),
-        reload_interval=t.number("reload_interval", 2.0),
-        rotation_period=t.int("rotation_period", 604800, minimum=3600),
-        min_next_age=t.int("min_next_age", 900, minimum=0),
-    )
-    if s.rsa_bits not in (2048, 3072, 4096):
-        raise SettingsError(f"{t.key('rsa_bits')}: must be 2048, 3072 or 4096, got {s.rsa_bits}")
-    t.done()
-    return s
-
-
-def _identity_claim_names(t: _Table) -> IdentityClaimNames:
-    d = IdentityClaimNames()
-    s = IdentityClaimNames(
-        **{name: t.str(name, getattr(d, name)) for name in IdentityClaimNames.__dataclass_fields__}
-    )
-    for name in ("uid", "gid", "home", "shell"):
-        if not getattr(s, name):
-            raise SettingsError(f"{t.key(name)}: is required (the claim holding the {name})")
-    if s.groups and s.gids:
-        raise SettingsError(
-            f"{t.key('gids')}: set groups (an object name -> gid) or gids (a list), not both; "
-            "Slurm takes one of them"
-        )
-    t.done()
-    return s
-
-
-def _tokens(t: _Table) -> TokenSettings:
-    source = t.str("identity_source", "nss", choices=IDENTITY_SOURCES)
-    if t.has("identity_claim_names") and source != "claims":
-        raise SettingsError(
-            f'{t.key("identity_claim_names")}: only read with identity_source = "claims"'
-        )
-    s = TokenSettings(
-        default_lifetime=t.int("default_lifetime", 1800, minimum=60),
-        max_lifetime=t.int("max_lifetime", 3600, minimum=60),
-        include_jti=t.bool("include_jti", True),
-        cap_to_upstream_exp=t.bool("cap_to_upstream_exp", True),
-        identity_claims=t.bool("identity_claims", False),
-        identity_source=source,
-        identity_claim_names=_identity_claim_names(t.table("identity_claim_names")),
-    )
-    if s.default_lifetime > s.max_lifetime:
-        raise SettingsError(
-            f"{t.key('default_lifetime')}: {s.default_lifetime} exceeds "
-            f"tokens.max_lifetime ({s.max_lifetime})"
-        )
-    t.done()
-    return s
-
-
-def _policy(t: _Table) -> PolicySettings:
-    s = PolicySettings(
-        slurm_user=_username(t, "slurm_user", t.str("slurm_user", "slurm")),
-        deny_users=_usernames(t, "deny_users"),
-        allow_users=_usernames(t, "allow_users"),
-        min_uid=t.int("min_uid", 1000, minimum=0),
-    )
-    t.done()
-    return s
-
-
-def _jwks(t: _Table) -> JwksSettings:
-    s = JwksSettings(max_age=t.int("max_age", 300, minimum=0))
-    t.done()
-    return s
-
-
-def _path(base: Path, value: str) -> str:
-    """A path from the file, taken from the file's own directory when relative."""
-    return value if not value or os.path.isabs(value) else str(base / value)
-
-
-def _audit(t: _Table, base: Path) -> AuditSettings:
-    dest = t.str("destination", "stdout")
-    if dest not in ("stdout", "stderr", "none") and not dest.startswith("file:"):
-        raise SettingsError(
-            f"{t.key('destination')}: must be stdout, stderr, none or file:/path, got {_show(dest)}"
-        )
-    if dest.startswith("file:"):
-        dest = "file:" + _path(base, dest[5:])
-    t.done()
-    return AuditSettings(destination=dest)
-
-
-def _url(t: _Table, name: str, value: str) -> str:
-    if value and not re.match(r"^https?://[^\s/]+", value):
-        raise SettingsError(f"{t.key(name)}: must be an http(s) URL, got {_show(value)}")
-    return value
-
-
-def _issuer(t: _Table) -> IssuerSettings:
-    name = t.str("name")
-    kind = t.str("kind", choices=ISSUER_KINDS)
-    issuer = _url(t, "issuer", t.str("issuer"))
-    if kind == KEYCLOAK and issuer.endswith("/"):
-        raise SettingsError(
-            f"{t.key('issuer')}: Keycloak's issuer is <base>/realms/<realm> without a trailing "
-            f"slash (its tokens' iss has none), got {_show(issuer)}"
-        )
-    token_use = t.strs("token_use", ("access",))
-    for use in token_use:
-        if use not in TOKEN_USES:
-            raise SettingsError(f"{t.key('token_use')}: must hold access and/or id, got {use!r}")
-    intro = None
-    if t.has("introspection") and (kind != KEYCLOAK or not KEYCLOAK_ISSUER_RE.match(issuer)):
-        raise SettingsError(
-            f'{t.key("introspection")}: needs kind = "keycloak" and an issuer <base>/realms/<realm>'
-        )
-    if t.has("introspection"):
-        it = t.table("introspection")
-        intro = IntrospectionSettings(it.str("client_id"), it.str("client_secret"))
-        it.done()
-    s = IssuerSettings(
-        name=name,
-        kind=kind,
-        issuer=issuer,
-        audiences=t.strs("audiences"),
-        allowed_clients=t.strs("allowed_clients"),
-        token_use=token_use,
-        tenants=t.strs("tenants"),
-        allow_any_tenant=t.bool("allow_any_tenant", False),
-        service_tokens=t.str("service_tokens", "sub_is_client"),
-        leeway=t.int("leeway", 60, minimum=0),
-        jwks_refetch_interval=t.number("jwks_refetch_interval", 60.0),
-        jwks_stale_window=t.number("jwks_stale_window", 3600.0),
-        http_timeout=t.number("http_timeout", 5.0, minimum=0.1),
-        discovery_url=_url(t, "discovery_url", t.str("discovery_url", "")),
-        jwks_uri=_url(t, "jwks_uri", t.str("jwks_uri", "")),
-        introspection=intro,
-        client_id=t.str("client_id", ""),
-        client_secret=t.str("client_secret", ""),
-        scopes=t.strs("scopes", ("openid", "profile", "email")),
-        display_name=t.str("display_name", ""),
-        allow_insecure_http=t.bool("allow_insecure_http", False),
-    )
-    if not s.audiences and not s.allowed_clients:
-        raise SettingsError(
-            f"{t.key('audiences')}: set audiences or allowed_clients, "
-            "or any token from this issuer would be accepted"
-        )
-    _check_audience_rule(t, s)
-    _check_tenants(t, s)
-    _check_service_tokens(t, s)
-    for what in ("issuer", "discovery_url", "jwks_uri"):
-        url = getattr(s, what)
-        if insecure_url(url) and not s.allow_insecure_http:
-            raise SettingsError(
-                f"{t.key(what)}: plain http to another machine lets anyone on the path inject "
-                f"signing keys; use https (or allow_insecure_http = true), got {_show(url)}"
-            )
-    if s.allow_insecure_http:
-        log.warning(
-            "issuer %r: allow_insecure_http = true: its discovery, JWKS and introspection may "
-            "travel over plain http, where anyone on the path can forge tokens for it",
-            s.name,
-        )
-    t.done()
-    return s
-
-
-def _check_audience_rule(t: _Table, s: IssuerSettings) -> None:
-    """Each kind matches a token to the entry its own way (docs/configuration.md, "Audiences per
-    kind"): refuse an entry under which every token of a kind it accepts would be refused."""
-    if s.kind == ENTRA and not s.audiences:
-        raise SettingsError(
-            f"{t.key('audiences')}: issuer {s.name!r} (kind entra) accepts a token only when its "
-            "aud is one of audiences (allowed_clients only narrows the client applications); "
-            "with none set every token is refused"
-        )
-    if s.kind == COGNITO and "access" in s.token_use and not s.allowed_clients:
-        raise SettingsError(
-            f"{t.key('allowed_clients')}: issuer {s.name!r} (kind cognito) accepts an access "
-            "token only when its client_id is one of allowed_clients (Cognito access tokens "
-            'carry no aud); with none set every access token is refused (or token_use = ["id"])'
+def _check_proxy_lifetime(settings: Settings) -> Iterator[str]:
+    lifetime, maximum = settings.proxy.token_lifetime, settings.tokens.max_lifetime
+    if lifetime and not 60 <= lifetime <= maximum:
+        yield (
+            f"proxy.token_lifetime: must be between 60 and tokens.max_lifetime ({maximum}), "
+            f"got {lifetime}"
         )
 
 
-def _check_tenants(t: _Table, s: IssuerSettings) -> None:
-    """An Entra ``{tenantid}`` issuer trusts every tenant in the world unless ``tenants`` lists
-    the trusted ones; ``allow_any_tenant = true`` says so on purpose."""
-    multi = s.kind == ENTRA and TENANT_PLACEHOLDER in s.issuer
-    if s.allow_any_tenant and not multi:
-        raise SettingsError(
-            f"{t.key('allow_any_tenant')}: only for kind entra with a {TENANT_PLACEHOLDER} issuer"
-        )
-    if s.allow_any_tenant and s.tenants:
-        raise SettingsError(
-            f"{t.key('allow_any_tenant')}: set tenants or allow_any_tenant, not both"
-        )
-    if multi and not s.tenants and not s.allow_any_tenant:
-        raise SettingsError(
-            f"{t.key('tenants')}: list the trusted tenant ids; a {TENANT_PLACEHOLDER} issuer "
-            "without them accepts tokens from every Entra tenant "
-            "(allow_any_tenant = true to mean it)"
-        )
-
-
-def _check_service_tokens(t: _Table, s: IssuerSettings) -> None:
-    rule = s.service_tokens
-    if s.kind != OIDC and t.has("service_tokens"):
-        raise SettingsError(
-            f"{t.key('service_tokens')}: only for kind oidc ({s.kind} tokens say it themselves)"
-        )
-    name, eq, value = rule.removeprefix("claim:").partition("=")
-    if rule in ("sub_is_client", "none") or (rule.startswith("claim:") and name and eq and value):
-        return
-    raise SettingsError(
-        f'{t.key("service_tokens")}: must be "sub_is_client", "none" or "claim:NAME=VALUE", '
-        f"got {_show(rule)}"
-    )
-
-
-def _rule(t: _Table, issuer_names: set[str]) -> MappingRule:
-    issuer = t.str("issuer", "*")
-    if issuer != "*" and issuer not in issuer_names:
-        raise SettingsError(f"{t.key('issuer')}: no [[issuers]] entry is named {issuer!r}")
-    regex = t.str("regex", "")
-    if regex:
-        try:
-            compiled = re.compile(regex)
-        except re.error as exc:
-            raise SettingsError(f"{t.key('regex')}: invalid regular expression: {exc}") from None
-        if "user" not in compiled.groupindex:
-            raise SettingsError(f"{t.key('regex')}: needs a named group (?P<user>...)")
-    table_raw = t._get("table")
-    table: dict[str, str] = {}
-    if table_raw is not None:
-        if not isinstance(table_raw, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in table_raw.items()
-        ):
-            raise SettingsError(f"{t.key('table')}: must be a table of strings")
-        table = dict(table_raw)
-    command = t._get("command")
-    if command is None:
-        cmd: tuple[str, ...] = ()
-    elif isinstance(command, list) and command and all(isinstance(c, str) for c in command):
-        cmd = tuple(command)
-    else:
-        raise SettingsError(f"{t.key('command')}: must be a non-empty list of strings (argv)")
-    s = MappingRule(
-        claim=t.str("claim"),
-        issuer=issuer,
-        regex=regex,
-        lowercase=t.bool("lowercase", False),
-        strip_domain=t.bool("strip_domain", False),
-        table=table,
-        table_only=t.bool("table_only", False),
-        require_groups=t.strs("require_groups"),
-        require_roles=t.strs("require_roles"),
-        command=cmd,
-        command_input=t.str("command_input", "argv", choices=("argv", "stdin")),
-        command_timeout=t.number("command_timeout", 5.0, minimum=0.1),
-        command_cache_ttl=t.number("command_cache_ttl", 300.0),
-    )
-    t.done()
-    return s
-
-
-def _mapping(t: _Table, issuer_names: set[str]) -> MappingSettings:
-    s = MappingSettings(
-        require_local_account=t.bool("require_local_account", True),
-        rules=tuple(_rule(r, issuer_names) for r in t.tables("rules")),
-    )
-    t.done()
-    return s
-
-
-def _issuer_ref(t: _Table, names: set[str]) -> str:
-    name = t.str("issuer")
-    if name not in names:
-        raise SettingsError(f"{t.key('issuer')}: no [[issuers]] entry is named {name!r}")
-    return name
-
-
-def _algs(t: _Table) -> tuple[str, ...]:
-    algs = t.strs("algs", SIGNING_ALGS)
-    for alg in algs:
-        if alg not in SIGNING_ALGS:
-            raise SettingsError(f"{t.key('algs')}: must hold RS256 and/or HS256, got {alg!r}")
-    return algs
-
-
-def _service_account(t: _Table, names: set[str]) -> ServiceAccount:
-    s = ServiceAccount(
-        issuer=_issuer_ref(t, names),
-        client_id=t.str("client_id"),
-        account=_username(t, "account", t.str("account")),
-        max_lifetime=t.int("max_lifetime", 0, minimum=60) or None,
-        algs=_algs(t),
-        identity_claims=t.bool("identity_claims", False) if t.has("identity_claims") else None,
-    )
-    t.done()
-    return s
-
-
-def _actor(t: _Table, names: set[str]) -> DelegationActor:
-    regex = t.str("subject_regex", "")
-    if regex:
-        try:
-            re.compile(regex)
-        except re.error as exc:
-            raise SettingsError(
-                f"{t.key('subject_regex')}: invalid regular expression: {exc}"
-            ) from None
-    s = DelegationActor(
-        issuer=_issuer_ref(t, names),
-        client_id=t.str("client_id"),
-        allow_requested_subject=t.bool("allow_requested_subject", False),
-        subject_groups=t.strs("subject_groups"),
-        subject_regex=regex,
-        max_lifetime=t.int("max_lifetime", 0, minimum=60) or None,
-    )
-    if s.allow_requested_subject and not (s.subject_groups or s.subject_regex):
-        raise SettingsError(
-            f"{t.key('allow_requested_subject')}: needs subject_groups or subject_regex "
-            "to bound which users the actor may name"
-        )
-    t.done()
-    return s
-
-
-def _delegation(t: _Table, names: set[str]) -> tuple[DelegationActor, ...]:
-    actors = tuple(_actor(a, names) for a in t.tables("actors"))
-    t.done()
-    return actors
-
-
-def _browser(t: _Table, base: Path) -> BrowserSettings:
-    raw_dir = t.str("session_dir", "")
-    if not raw_dir:  # systemd's StateDirectory= when there is one, else beside the config file
-        state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-        raw_dir = str(Path(state) / "sessions") if state else "sessions"
-    s = BrowserSettings(
-        enabled=t.bool("enabled", True),
-        session_lifetime=t.int("session_lifetime", 28800, minimum=60),
-        secure_cookies=t.bool("secure_cookies", True),
-        proxy_url=t.str("proxy_url", "").rstrip("/"),
-        session_storage_uri=t.str("session_storage_uri", ""),
-        session_dir=Path(_path(base, raw_dir)),
-        slurm_api_version=t.str("slurm_api_version", "v0.0.44"),
-        device_login=t.bool("device_login", True),
-        device_code_lifetime=t.int("device_code_lifetime", 600, minimum=60, maximum=3600),
-        device_poll_interval=t.int("device_poll_interval", 5, minimum=1, maximum=60),
-        device_max_attempts=t.int("device_max_attempts", 5, minimum=1, maximum=100),
-        device_max_attempts_per_address=t.int(
-            "device_max_attempts_per_address", 20, minimum=1, maximum=10000
-        ),
-    )
-    if not re.fullmatch(r"v\d+\.\d+\.\d+", s.slurm_api_version):
-        raise SettingsError(
-            f"{t.key('slurm_api_version')}: must look like v0.0.44, "
-            f"got {_show(s.slurm_api_version)}"
-        )
-    if s.session_storage_uri and not re.match(
-        r"^(redis|rediss|redis\+unix)://", s.session_storage_uri
-    ):
-        raise SettingsError(
-            f"{t.key('session_storage_uri')}: must be empty (the local session_dir) or "
-            f"redis://host:port, got {_show(s.session_storage_uri)}"
-        )
-    t.done()
-    return s
-
-
-def _cli_login(t: _Table, names: set[str]) -> CliLoginSettings:
-    if not t.data:
-        return CliLoginSettings()
-    s = CliLoginSettings(
-        issuer=_issuer_ref(t, names),
-        client_id=t.str("client_id"),
-        scopes=t.strs("scopes", ("openid", "profile", "email")),
-        resource=t.str("resource", ""),
-    )
-    t.done()
-    return s
-
-
-def _proxy(t: _Table, tokens: TokenSettings) -> ProxySettings:
-    upstream = t.str("upstream", "")
-    if upstream and not (
-        re.fullmatch(r"https?://[^\s/]+/?", upstream) or re.fullmatch(r"unix:/\S+", upstream)
-    ):
-        raise SettingsError(
-            f"{t.key('upstream')}: must be http://host:port or unix:/path, got {_show(upstream)}"
-        )
-    s = ProxySettings(
-        upstream=upstream.rstrip("/"),
-        auth_style=t.str("auth_style", "x-slurm", choices=("x-slurm", "bearer")),
-        connect_timeout=t.number("connect_timeout", 5.0, minimum=0.1),
-        read_timeout=t.number("read_timeout", 60.0, minimum=0.1),
-        pool_size=t.int("pool_size", 32, minimum=1),
-        max_body=t.int("max_body", 1 << 20, minimum=1024),
-        passthrough_slurm_tokens=t.bool("passthrough_slurm_tokens", False),
-        token_lifetime=t.int("token_lifetime", 0, minimum=0),
-        cache_size=t.int("cache_size", 10000, minimum=1),
-        auth_request=t.bool("auth_request", False),
-        auth_request_max_age=t.int("auth_request_max_age", 60, minimum=0, maximum=3600),
-        auth_request_allow_from=_networks(t, "auth_request_allow_from", AUTH_REQUEST_ALLOW_FROM),
-    )
-    if s.token_lifetime and not 60 <= s.token_lifetime <= tokens.max_lifetime:
-        raise SettingsError(
-            f"{t.key('token_lifetime')}: must be between 60 and tokens.max_lifetime "
-            f"({tokens.max_lifetime}), got {s.token_lifetime}"
-        )
-    t.done()
-    return s
-
-
-def _networks(t: _Table, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    """A list of IP addresses or networks (``10.0.0.5``, ``10.0.0.0/24``, ``::1``), normalised."""
-    import ipaddress
-
-    out = []
-    for value in t.strs(name, default):
-        try:
-            out.append(str(ipaddress.ip_network(value, strict=False)))
-        except ValueError:
-            raise SettingsError(
-                f"{t.key(name)}: {_show(value)} is not an IP address or network"
-            ) from None
-    return tuple(out)
-
-
-def _rate_limit(t: _Table) -> RateLimitSettings:
-    from limits import parse_many
-
-    s = RateLimitSettings(
-        enabled=t.bool("enabled", True),
-        per_address=t.str("per_address", "120/minute"),
-        per_subject=t.str("per_subject", "60/minute"),
-        storage_uri=t.str("storage_uri", "memory://"),
-    )
-    for name in ("per_address", "per_subject"):
-        try:
-            parse_many(getattr(s, name))
-        except ValueError:
-            raise SettingsError(
-                f'{t.key(name)}: not a rate limit like "60/minute", got {_show(getattr(s, name))}'
-            ) from None
-    if not re.match(r"^(memory|redis|rediss|redis\+unix|memcached)://", s.storage_uri):
-        raise SettingsError(
-            f"{t.key('storage_uri')}: must be memory:// or redis://host:port, "
-            f"got {_show(s.storage_uri)}"
-        )
-    t.done()
-    return s
-
-
-def _check_login_clients(issuers: tuple[IssuerSettings, ...]) -> None:
+def _check_login_clients(settings: Settings) -> Iterator[str]:
     """A browser-login client's ID tokens must be accepted by its own issuer entry."""
-    for i, iss in enumerate(issuers):
+    for i, iss in enumerate(settings.issuers):
         if not iss.client_id:
             continue
         if iss.client_id not in iss.audiences:
-            raise SettingsError(
+            yield (
                 f"issuers[{i}].audiences: must include client_id {iss.client_id!r} "
                 "(browser login exchanges the ID token issued to it)"
             )
-        if "id" not in iss.token_use:
-            raise SettingsError(
+        elif "id" not in iss.token_use:
+            yield (
                 f'issuers[{i}].token_use: must include "id" when client_id is set for browser login'
             )
 
 
-def _check_actors(settings: Settings) -> None:
+def _check_actors(settings: Settings) -> Iterator[str]:
     """A delegation actor must be a portal's own service client: the bridge's browser-login or
     terminal-login client hands user tokens to everyone who logs in."""
     cli = settings.cli_login
@@ -908,14 +1206,14 @@ def _check_actors(settings: Settings) -> None:
             door = "terminal-login ([cli_login])"
         else:
             continue
-        raise SettingsError(
+        yield (
             f"delegation.actors[{i}].client_id: {actor.client_id!r} is the bridge's {door} "
             "client of issuer "
             f"{actor.issuer!r}; an actor must be a portal's own service client"
         )
 
 
-def _check_any_tenant_rules(settings: Settings) -> None:
+def _check_any_tenant_rules(settings: Settings) -> Iterator[str]:
     """With ``allow_any_tenant``, a rule must not turn a stranger's account into a local name
     by dropping or ignoring the tenant (only exact values of a table_only table can map)."""
     open_issuers = {i.name for i in settings.issuers if i.allow_any_tenant}
@@ -933,10 +1231,13 @@ def _check_any_tenant_rules(settings: Settings) -> None:
             why = f"{rule.claim} without a table_only table can map a stranger's value"
         else:
             continue
-        raise SettingsError(
-            f"mapping.rules[{i}]: issuer {sorted(hit)[0]!r} has allow_any_tenant = true and {why}; "
-            "map exact values with table + table_only"
+        yield (
+            f"mapping.rules[{i}]: issuer {sorted(hit)[0]!r} has allow_any_tenant = true and "
+            f"{why}; map exact values with table + table_only"
         )
+
+
+_CROSS_CHECKS = (_check_login_clients, _check_actors, _check_any_tenant_rules)
 
 
 def parse_settings(data: dict[str, Any], base: Path | None = None) -> Settings:
@@ -944,56 +1245,15 @@ def parse_settings(data: dict[str, Any], base: Path | None = None) -> Settings:
 
     Every section is read even after one fails, so a file with several mistakes names them
     all: the SettingsError then holds one line per mistake."""
-    root = _Table(data, "")
-    base = base or Path.cwd()
-    errors: list[str] = []
-
-    def read(parse: Any, *args: Any, default: Any) -> Any:
-        try:
-            return parse(*args)
-        except SettingsError as exc:
-            errors.append(str(exc))
-            return default
-
-    issuers = tuple(
-        i
-        for i in (read(_issuer, t, default=None) for t in read(root.tables, "issuers", default=[]))
-        if i is not None
-    )
-    names = [i.name for i in issuers]
-    dupes = {n for n in names if names.count(n) > 1}
-    if dupes:
-        errors.append(f"issuers: the name {sorted(dupes)[0]!r} is used twice")
-    tokens = read(_tokens, root.table("tokens"), default=TokenSettings())
-    known = set(names)
-    settings = Settings(
-        server=read(_server, root.table("server"), base, default=ServerSettings()),
-        keys=read(_keys, root.table("keys"), base, default=KeySettings()),
-        tokens=tokens,
-        policy=read(_policy, root.table("policy"), default=PolicySettings()),
-        jwks=read(_jwks, root.table("jwks"), default=JwksSettings()),
-        audit=read(_audit, root.table("audit"), base, default=AuditSettings()),
-        issuers=issuers,
-        mapping=read(_mapping, root.table("mapping"), known, default=MappingSettings()),
-        service_accounts=tuple(
-            a
-            for a in (
-                read(_service_account, t, known, default=None)
-                for t in read(root.tables, "service_accounts", default=[])
-            )
-            if a is not None
-        ),
-        delegation=read(_delegation, root.table("delegation"), known, default=()),
-        browser=read(_browser, root.table("browser"), base, default=BrowserSettings()),
-        cli_login=read(_cli_login, root.table("cli_login"), known, default=CliLoginSettings()),
-        proxy=read(_proxy, root.table("proxy"), tokens, default=ProxySettings()),
-        rate_limit=read(_rate_limit, root.table("rate_limit"), default=RateLimitSettings()),
-    )
-    read(root.done, default=None)
-    if not errors:  # the checks across sections assume each section read cleanly
-        read(_check_login_clients, issuers, default=None)
-        read(_check_actors, settings, default=None)
-        read(_check_any_tenant_rules, settings, default=None)
+    reader = _Reader(base or Path.cwd())
+    settings = reader.table(Settings, data, "", partial=True) or Settings()
+    errors = reader.errors
+    errors += [*_check_issuer_names(settings), *_check_proxy_lifetime(settings)]
+    if not errors:  # these assume each section read cleanly
+        for check in _CROSS_CHECKS:
+            errors += list(check(settings))[:1]
+            if errors:
+                break
     if errors:
         raise SettingsError("\n".join(dict.fromkeys(errors)))
     return settings
@@ -1019,3 +1279,87 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     return parse_settings(data, p.resolve().parent).with_keys_dir(
         os.environ.get(KEYS_DIR_ENV) or None
     )
+
+
+# ---------------------------------------------------------------- the JSON Schema
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the configuration file, from the declarations."""
+    schema = _object_schema(Settings)
+    schema.pop("description", None)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "slurm-jwt-bridge configuration (TOML)",
+        **schema,
+    }
+
+
+def _object_schema(cls: type) -> dict[str, Any]:
+    hints = _hints(cls)
+    props: dict[str, Any] = {}
+    required = []
+    for f in fields(cls):
+        props[f.name] = _field_schema(hints[f.name], f)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            required.append(f.name)
+    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        out["required"] = required
+    return out
+
+
+def _field_schema(tp: Any, f: dataclasses.Field[Any]) -> dict[str, Any]:
+    spec = _spec(f)
+    tp = _optional(tp) or tp
+    out = _type_schema(tp, spec)
+    if spec.inner is not None:
+        out = {
+            "type": "object",
+            "properties": {spec.inner: out},
+            "additionalProperties": False,
+        }
+    out["description"] = spec.doc
+    if spec.shown is not None:
+        out["x-default-shown"] = spec.shown
+    elif f.default is not dataclasses.MISSING and f.default is not None:
+        out["default"] = _jsonable(f.default)
+    elif f.default_factory is not dataclasses.MISSING and not dataclasses.is_dataclass(tp):
+        out["default"] = _jsonable(f.default_factory())
+    return out
+
+
+def _type_schema(tp: Any, spec: Spec) -> dict[str, Any]:
+    if dataclasses.is_dataclass(tp):
+        return _object_schema(typing.cast(type, tp))
+    item = _item_type(tp)
+    if item is not None and dataclasses.is_dataclass(item):
+        return {"type": "array", "items": _object_schema(typing.cast(type, item))}
+    if item is str:
+        items: dict[str, Any] = {"type": "string"}
+        if spec.choices:
+            items["enum"] = list(spec.choices)
+        if spec.check is _argv:
+            return {"type": "array", "items": items, "minItems": 1}
+        return {"type": ["array", "string"], "items": items}
+    if typing.get_origin(tp) is dict:
+        return {"type": "object", "additionalProperties": {"type": "string"}}
+    kind = {bool: "boolean", int: "integer", float: "number", str: "string", Path: "string"}[tp]
+    out: dict[str, Any] = {"type": kind}
+    if spec.choices:
+        out["enum"] = list(spec.choices)
+    if spec.ge is not None:
+        out["minimum"] = spec.ge
+    if spec.le is not None:
+        out["maximum"] = spec.le
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
