@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := tests/oidc-provider/node_modules/.installed
 
-.PHONY: demo test unit lint audit format venv system-deps node-deps go-deps bench-go-deps bench clean
+.PHONY: demo test unit lint audit format venv system-deps node-deps go-deps bench-go-deps bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,11 @@ demo:
 
 bench: system-deps venv node-deps bench-go-deps
 	$(BIN)/python -m bench
+
+# One short round of every part, written to var/bench/quick.md (checks the harness; its figures
+# are not for docs/BENCHMARKS.md).
+bench-quick: system-deps venv node-deps bench-go-deps
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) tests/oidc-provider/node_modules var test-artifacts .pytest_cache

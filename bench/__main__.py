@@ -1,7 +1,8 @@
 """``python -m bench``: run every benchmark and write docs/BENCHMARKS.md.
 
     python -m bench                      # everything (~12 minutes on 2 cores)
-    python -m bench --quick              # 1 round of 3 s each: checks the harness
+    python -m bench --quick              # 1 round of 3 s each: checks the harness, writes
+                                         # var/bench/quick.md (never docs/BENCHMARKS.md)
     python -m bench --only ceiling,exchange --out /tmp/b.md
     python -m bench --remove-users       # delete the sjbb* accounts the benchmark created
 
@@ -53,13 +54,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
     ap.add_argument("--layouts", default="pinned,shared", help="pinned and/or shared")
     ap.add_argument("--slurm", default="26.05", help="Slurm versions: 26.05 and/or 22.05")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "BENCHMARKS.md"))
-    ap.add_argument("--json", default=str(ROOT / "var" / "bench" / "results.json"))
+    ap.add_argument("--out", help="default docs/BENCHMARKS.md (--quick: var/bench/quick.md)")
+    ap.add_argument("--json", help="default var/bench/results.json (--quick: quick.json)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     ap.add_argument("--remove-users", action="store_true")
     ap.add_argument("--from-json", help="only render --out from the results of an earlier run")
     args = ap.parse_args(argv)
 
+    quick = "quick" if args.quick else None
+    args.out = args.out or str(
+        ROOT / "var" / "bench" / "quick.md" if quick else ROOT / "docs" / "BENCHMARKS.md"
+    )
+    args.json = args.json or str(ROOT / "var" / "bench" / f"{quick or 'results'}.json")
     if args.remove_users:
         remove_bench_users(log)
         return 0

@@ -1,15 +1,27 @@
 """Where an exchange's CPU goes: the same work timed in-process, step by step (no HTTP server).
 
 Run pinned in a subprocess by ``python -m bench`` (``python -m bench.breakdown CONFIG.toml
-TOKENS.json``); prints one JSON object of CPU microseconds per call. Comparing "Flask /healthz
-in-process" with the gunicorn figure for /healthz gives the cost of gunicorn and the kernel.
+TOKENS.json USER``); prints one JSON object of CPU microseconds per call. Comparing "Flask
+/healthz in-process" with the gunicorn figure for /healthz gives the cost of gunicorn and the
+kernel.
+
+On its own, for profiling (it starts the local test issuer and makes its own keys)::
+
+    python -m bench.breakdown --standalone                  # the JSON figures
+    python -m bench.breakdown --standalone --profile exchange_RS256   # + cProfile of one case
+
+CPU time per call (``time.process_time``) is meaningful on a busy machine when compared with
+another figure of the same run; wall-clock throughput is not.
 """
 
 from __future__ import annotations
 
+import argparse
+import cProfile
 import io
 import json
 import os
+import pstats
 import sys
 import tempfile
 import time
@@ -29,7 +41,10 @@ def _us(fn: Callable[[], Any], n: int) -> float:
     return best
 
 
-def measure(config: Path, pool: list[str], fresh: list[str], user: str) -> dict[str, float]:
+def cases(
+    config: Path, pool: list[str], fresh: list[str], user: str
+) -> dict[str, tuple[Callable[[], Any], int]]:
+    """name -> (one call, calls per timing): every step measured, built on one app."""
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="sjb-bench-"))
     os.environ["SLURM_JWT_BRIDGE_CONFIG"] = str(config)
     from werkzeug.test import EnvironBuilder
@@ -39,6 +54,7 @@ def measure(config: Path, pool: list[str], fresh: list[str], user: str) -> dict[
     from slurm_jwt_bridge.pipeline import Request
     from slurm_jwt_bridge.policy import check_account
 
+    from .scenarios import forged
     from .servers import exchange_body
 
     app = create_app()
@@ -46,16 +62,20 @@ def measure(config: Path, pool: list[str], fresh: list[str], user: str) -> dict[
     pipeline = bridge.pipeline
     ring = bridge.keys.current()
 
-    def environ(path: str, method: str = "GET", body: str | None = None) -> tuple[dict, bytes]:
+    def environ(
+        path: str, method: str = "GET", body: str | None = None, headers: dict | None = None
+    ) -> tuple[dict, bytes]:
         ct = "application/x-www-form-urlencoded" if body else None
-        env = EnvironBuilder(path=path, method=method, data=body, content_type=ct).get_environ()
+        env = EnvironBuilder(
+            path=path, method=method, data=body, content_type=ct, headers=headers
+        ).get_environ()
         return env, env["wsgi.input"].read()
 
-    def wsgi(cases: list[tuple[dict, bytes]]) -> Callable[[], None]:
+    def wsgi(calls: list[tuple[dict, bytes]]) -> Callable[[], None]:
         state = {"i": 0}
 
         def call() -> None:
-            env, raw = cases[state["i"] % len(cases)]
+            env, raw = calls[state["i"] % len(calls)]
             state["i"] += 1
             env = dict(env)
             env["wsgi.input"] = io.BytesIO(raw)
@@ -64,26 +84,32 @@ def measure(config: Path, pool: list[str], fresh: list[str], user: str) -> dict[
 
         return call
 
-    out: dict[str, float] = {}
-    out["flask_healthz"] = _us(wsgi([environ("/healthz")]), 2000)
+    def form(tokens: list[str], alg: str) -> list[tuple[dict, bytes]]:
+        return [environ("/oauth/token", "POST", exchange_body(t, alg)) for t in tokens]
+
+    out: dict[str, tuple[Callable[[], Any], int]] = {}
+    out["flask_healthz"] = (wsgi([environ("/healthz")]), 2000)
+    jwks = environ("/.well-known/jwks.json")
+    out["flask_jwks"] = (wsgi([jwks]), 2000)
     for alg, n in (("HS256", 2000), ("RS256", 400)):
-        cases = [environ("/oauth/token", "POST", exchange_body(t, alg)) for t in pool]
-        out[f"flask_exchange_{alg}"] = _us(wsgi(cases), n)
+        out[f"flask_exchange_{alg}"] = (wsgi(form(pool, alg)), n)
+    out["flask_refused_signature"] = (wsgi(form(forged(pool), "RS256")), 1000)
     token = pool[0]
     origin = Request("token-exchange", "127.0.0.1")
-    out["pipeline_exchange_HS256"] = _us(
-        lambda: pipeline.exchange(token, alg="HS256", request=origin), 2000
+    out["pipeline_exchange_HS256"] = (
+        lambda: pipeline.exchange(token, alg="HS256", request=origin),
+        2000,
     )
-    out["verify_cached"] = _us(lambda: pipeline.verify(token), 5000)
+    out["verify_cached"] = (lambda: pipeline.verify(token), 5000)
     it = iter(fresh)
-    out["verify_uncached"] = _us(lambda: pipeline.verify(next(it)), (len(fresh) - 10) // 3)
+    out["verify_uncached"] = (lambda: pipeline.verify(next(it)), (len(fresh) - 10) // 4)
     verified = pipeline.verify(token)
-    out["map_grant"] = _us(lambda: pipeline.grant_for(verified), 5000)
+    out["map_grant"] = (lambda: pipeline.grant_for(verified), 5000)
     policy = bridge.settings.policy
     required = bridge.settings.mapping.require_local_account
-    out["policy_getpwnam"] = _us(lambda: check_account(user, policy, required), 5000)
-    out["mint_HS256"] = _us(lambda: mint_slurm_token(ring, user, 1800, "HS256"), 5000)
-    out["mint_RS256"] = _us(lambda: mint_slurm_token(ring, user, 1800, "RS256"), 300)
+    out["policy_getpwnam"] = (lambda: check_account(user, policy, required), 5000)
+    out["mint_HS256"] = (lambda: mint_slurm_token(ring, user, 1800, "HS256"), 5000)
+    out["mint_RS256"] = (lambda: mint_slurm_token(ring, user, 1800, "RS256"), 300)
     fields = {
         "door": "token-exchange",
         "remote_addr": "127.0.0.1",
@@ -97,15 +123,89 @@ def measure(config: Path, pool: list[str], fresh: list[str], user: str) -> dict[
         "jti": "j" * 22,
         "exp": 1700000000,
     }
-    out["audit_line"] = _us(lambda: pipeline.audit.record("exchange", "minted", **fields), 5000)
+    out["audit_line"] = (lambda: pipeline.audit.record("exchange", "minted", **fields), 5000)
     if pipeline.observer is not None:
         obs = pipeline.observer
-        out["metrics"] = _us(lambda: obs.minted(fields, 0.001), 5000)
+        out["metrics"] = (lambda: obs.minted(fields, 0.001), 5000)
     return out
 
 
+def measure(config: Path, pool: list[str], fresh: list[str], user: str) -> dict[str, float]:
+    return {name: _us(fn, n) for name, (fn, n) in cases(config, pool, fresh, user).items()}
+
+
+def profile(fn: Callable[[], Any], n: int, top: int = 35) -> str:
+    """cProfile of ``n`` calls of ``fn``: the functions with the most own time, then the most
+    cumulative time."""
+    fn()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        fn()
+    prof.disable()
+    buf = io.StringIO()
+    stats = pstats.Stats(prof, stream=buf)
+    stats.sort_stats("tottime").print_stats(top)
+    stats.sort_stats("cumulative").print_stats(top)
+    return buf.getvalue()
+
+
+def standalone(args: argparse.Namespace) -> None:
+    """Local issuer, fresh keys, the benchmark's configuration: no gunicorn, no wrk."""
+    import pwd
+
+    from slurm_jwt_bridge.keys import init_keys
+
+    from .scenarios import bench_users
+    from .servers import BridgeConfig, Upstream, bridge_toml
+
+    wd = Path(tempfile.mkdtemp(prefix="sjb-breakdown-"))
+    upstream = Upstream()
+    try:
+        init_keys(wd / "keys")
+        users = bench_users()
+        try:
+            pwd.getpwnam(users[-1])
+            local = True
+        except KeyError:  # python -m bench (as root) creates them
+            local = False
+        cfg = wd / "bridge.toml"
+        cfg.write_text(
+            bridge_toml(
+                wd, 0, wd / "keys", upstream, BridgeConfig(1, 1, "file", local_accounts=local)
+            )
+        )
+        pool = upstream.tokens(users)
+        wanted = args.profile or args.only or "verify_uncached"
+        fresh = upstream.many_tokens(users, 1200 if "verify_uncached" in wanted else 50)
+        user = users[len(users) // 2]
+        if args.profile:
+            table = cases(cfg, pool, fresh, user)
+            fn, n = table[args.profile]
+            print(profile(fn, args.calls or n, args.top))
+            print(f"{args.profile}: {_us(fn, args.calls or n):.1f} us CPU per call (best of 3)")
+            return
+        table = cases(cfg, pool, fresh, user)
+        only = [x for x in (args.only or "").split(",") if x] or list(table)
+        print(json.dumps({name: _us(*table[name]) for name in only}))
+    finally:
+        upstream.stop()
+
+
 if __name__ == "__main__":
-    cfg, tokens_file, user = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    data = json.loads(tokens_file.read_text())
-    print(json.dumps(measure(cfg, data["pool"], data["fresh"], user)))
+    ap = argparse.ArgumentParser(prog="python -m bench.breakdown")
+    ap.add_argument("config", nargs="?")
+    ap.add_argument("tokens", nargs="?")
+    ap.add_argument("user", nargs="?")
+    ap.add_argument("--standalone", action="store_true")
+    ap.add_argument("--profile", help="one case name, e.g. flask_exchange_RS256")
+    ap.add_argument("--only", help="comma list of case names (--standalone)")
+    ap.add_argument("--calls", type=int, default=0)
+    ap.add_argument("--top", type=int, default=35)
+    a = ap.parse_args()
+    if a.standalone:
+        standalone(a)
+    else:
+        data = json.loads(Path(a.tokens).read_text())
+        print(json.dumps(measure(Path(a.config), data["pool"], data["fresh"], a.user)))

@@ -219,14 +219,13 @@ def exchange(ctx: Ctx, upstream: Upstream, keys_dir: Path, local_users: bool) ->
     pool = upstream.tokens(users)
     wd = ctx.workdir / "exchange"
     wd.mkdir(exist_ok=True)
-    extra = "" if local_users else "\n[mapping]\nrequire_local_account = false\n"
     files = {alg: write_requests(_exchange_reqs(pool, alg), wd) for alg in ("RS256", "HS256")}
     out: dict[str, Any] = {"users": len(users), "local_users": local_users, "layouts": {}}
     for name, layout in ctx.layouts.items():
         # workers x threads sweep: one short round each, RS256, token pool
         sweep = []
         for w, t in SWEEP.get(name, [(1, 1)]):
-            cfg = BridgeConfig(w, t, "file", extra=extra)
+            cfg = BridgeConfig(w, t, "file", local_accounts=local_users)
             b = start_bridge(wd, keys_dir, upstream, cfg, layout, ctx.procs)
             try:
                 r = _series(
@@ -243,7 +242,7 @@ def exchange(ctx: Ctx, upstream: Upstream, keys_dir: Path, local_users: bool) ->
                 b.stop()
             sweep.append({"workers": w, "threads": t, **r.as_dict()})
         best = max(sweep, key=lambda s: s["rps"])
-        cfg = BridgeConfig(best["workers"], best["threads"], "file", extra=extra)
+        cfg = BridgeConfig(best["workers"], best["threads"], "file", local_accounts=local_users)
         ctx.log(f"  best on [{name}]: {cfg.describe()}")
         res: dict[str, Any] = {
             "sweep": sweep,
@@ -287,10 +286,11 @@ def exchange(ctx: Ctx, upstream: Upstream, keys_dir: Path, local_users: bool) ->
                     )
                 )
                 f.unlink()
+                res.update(_refusals(ctx, b, upstream, pool, local_users, layout, wd))
         finally:
             b.stop()
         if name == "pinned":
-            cfg_none = BridgeConfig(cfg.workers, cfg.threads, "none", extra=extra)
+            cfg_none = BridgeConfig(cfg.workers, cfg.threads, "none", local_accounts=local_users)
             b = start_bridge(wd, keys_dir, upstream, cfg_none, layout, ctx.procs)
             try:
                 res["RS256-pool-audit-none"] = summarize(
@@ -301,11 +301,47 @@ def exchange(ctx: Ctx, upstream: Upstream, keys_dir: Path, local_users: bool) ->
         out["layouts"][name] = res
     ctx.results["exchange"] = out
     layout = ctx.layouts.get("pinned") or next(iter(ctx.layouts.values()))
-    out["breakdown"] = breakdown(ctx, upstream, keys_dir, extra, pool, layout)
+    out["breakdown"] = breakdown(ctx, upstream, keys_dir, local_users, pool, layout)
+
+
+def forged(tokens: list[str]) -> list[str]:
+    """Each token with the next one's signature: well-formed, the issuer's kid, a signature
+    that does not verify (never cached: every request pays the RSA verify)."""
+    sigs = [t.rsplit(".", 1)[1] for t in tokens]
+    return [t.rsplit(".", 1)[0] + "." + sigs[(i + 1) % len(sigs)] for i, t in enumerate(tokens)]
+
+
+def _refusals(
+    ctx: Ctx,
+    b: Any,
+    upstream: Upstream,
+    pool: list[str],
+    local_users: bool,
+    layout: Layout,
+    wd: Path,
+) -> dict[str, Any]:
+    """Refused exchanges (audited and counted like every decision): a bad signature, and (with
+    the local benchmark accounts) a name with no local account (getpwnam misses)."""
+    cases = {"refused-signature": forged(pool)}
+    if local_users:
+        cases["refused-account"] = upstream.tokens([f"sjbnone{i:03d}" for i in range(200)])
+    out: dict[str, Any] = {}
+    for key, tokens in cases.items():
+        f = write_requests(_exchange_reqs(tokens, "RS256"), wd)
+        out[key] = summarize(_series(ctx, b.url, f, layout, b.pids(), key, duration=ctx.plan.short))
+        answered = sum(r["requests"] for r in out[key]["rounds"])
+        if out[key]["non2xx"] < answered:
+            raise RuntimeError(f"{key}: {answered - out[key]['non2xx']} request(s) not refused")
+    return out
 
 
 def breakdown(
-    ctx: Ctx, upstream: Upstream, keys_dir: Path, extra: str, pool: list[str], layout: Layout
+    ctx: Ctx,
+    upstream: Upstream,
+    keys_dir: Path,
+    local_users: bool,
+    pool: list[str],
+    layout: Layout,
 ) -> dict[str, float]:
     """bench/breakdown.py in a pinned subprocess: the exchange's steps timed in-process."""
     import json
@@ -316,7 +352,11 @@ def breakdown(
     wd = ctx.workdir / "breakdown"
     wd.mkdir(exist_ok=True)
     cfg = wd / "bridge.toml"
-    cfg.write_text(bridge_toml(wd, 0, keys_dir, upstream, BridgeConfig(1, 1, "file", extra=extra)))
+    cfg.write_text(
+        bridge_toml(
+            wd, 0, keys_dir, upstream, BridgeConfig(1, 1, "file", local_accounts=local_users)
+        )
+    )
     tokens = wd / "tokens.json"
     tokens.write_text(json.dumps({"pool": pool, "fresh": upstream.many_tokens(bench_users(), 600)}))
     user = bench_users()[len(pool) // 2 if pool else 0]

@@ -121,6 +121,7 @@ class BridgeConfig:
     proxy_upstream: str = ""
     proxy_auth_style: str = "bearer"
     proxy_auth_request: bool = False
+    local_accounts: bool = False  # [mapping] require_local_account
     extra: str = ""
 
     def describe(self) -> str:
@@ -172,7 +173,7 @@ enabled = false
 enabled = false
 
 [mapping]
-require_local_account = false
+require_local_account = {json.dumps(cfg.local_accounts)}
 """
     if upstream is not None:
         text += f"""
