@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     for blueprint in (jwks.bp, health.bp, api.bp, openapi.bp):
         app.register_blueprint(blueprint)
+    app.wsgi_app = jwks.JwksFastPath(app.wsgi_app, bridge)  # type: ignore[method-assign]
     if settings.browser.enabled:
         browser.init_browser(app, settings)
     if settings.proxy.enabled or settings.proxy.auth_request:
@@ -108,14 +109,10 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.after_request
     def security_headers(resp: Response) -> Response:
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
-        resp.headers.setdefault("X-Frame-Options", "DENY")
-        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        for name, value in jwks.SECURITY_HEADERS:
+            resp.headers.setdefault(name, value)
         if resp.mimetype == "text/html":
-            resp.headers.setdefault(
-                "Content-Security-Policy",
-                "default-src 'self'; frame-ancestors 'none'; form-action 'self' https: http:",
-            )
+            resp.headers.setdefault(*jwks.CONTENT_SECURITY_POLICY)
         return resp
 
     @app.errorhandler(413)

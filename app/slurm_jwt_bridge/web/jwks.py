@@ -2,20 +2,85 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Any
+
 from flask import Blueprint, Response, current_app, request
+from werkzeug.http import parse_etags
 
 bp = Blueprint("jwks", __name__)
 
+PATHS = ("/.well-known/jwks.json", "/jwks.json")
 
-@bp.get("/.well-known/jwks.json")
-@bp.get("/jwks.json")
+# Every answer of the app carries these (the after_request hook in create_app; the fast path
+# below writes them itself).
+SECURITY_HEADERS = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+)
+# ... and an HTML answer this one too (Flask's bodiless answers, such as a 304, count as HTML)
+CONTENT_SECURITY_POLICY = (
+    "Content-Security-Policy",
+    "default-src 'self'; frame-ancestors 'none'; form-action 'self' https: http:",
+)
+
+
+def _headers(etag: str, max_age: int) -> dict[str, str]:
+    return {"ETag": f'"{etag}"', "Cache-Control": f"public, max-age={max_age}"}
+
+
+@bp.get(PATHS[0])
+@bp.get(PATHS[1])
 def jwks() -> Response:
     bridge = current_app.extensions["slurm_jwt_bridge"]
     body, etag = bridge.keys.current().jwks_document()
-    headers = {
-        "ETag": f'"{etag}"',
-        "Cache-Control": f"public, max-age={bridge.settings.jwks.max_age}",
-    }
+    headers = _headers(etag, bridge.settings.jwks.max_age)
     if request.if_none_match.contains(etag):
         return Response(status=304, headers=headers)
     return Response(body, status=200, mimetype="application/json", headers=headers)
+
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class JwksFastPath:
+    """WSGI in front of Flask: ``GET``/``HEAD`` of the JWKS answered with the status line and
+    headers built once per published key set (the view above gives the same answer, a unit
+    test compares them). Everything else, and anything that goes wrong here, goes to Flask."""
+
+    def __init__(self, app: WsgiApp, bridge: Any) -> None:
+        self.app = app
+        self.bridge = bridge
+        self._doc: tuple[bytes, str] | None = None
+        self._full: list[tuple[str, str]] = []
+        self._not_modified: list[tuple[str, str]] = []
+
+    def _answers(self, doc: tuple[bytes, str]) -> None:
+        body, etag = doc
+        common = [*_headers(etag, self.bridge.settings.jwks.max_age).items(), *SECURITY_HEADERS]
+        self._full = [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+            *common,
+        ]
+        self._not_modified = [*common, CONTENT_SECURITY_POLICY]
+        self._doc = doc
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        method = environ.get("REQUEST_METHOD")
+        if environ.get("PATH_INFO") not in PATHS or method not in ("GET", "HEAD"):
+            return self.app(environ, start_response)
+        try:
+            doc = self.bridge.keys.current().jwks_document()
+            if doc is not self._doc:
+                self._answers(doc)
+            body, etag = doc
+            if parse_etags(environ.get("HTTP_IF_NONE_MATCH")).contains(etag):
+                start_response("304 NOT MODIFIED", list(self._not_modified))
+                return [b""]
+            full = list(self._full)
+        except Exception:  # let Flask answer (and log) whatever this was
+            return self.app(environ, start_response)
+        start_response("200 OK", full)
+        return [b""] if method == "HEAD" else [body]
