@@ -22,6 +22,7 @@ import io
 import json
 import os
 import pstats
+import statistics
 import sys
 import tempfile
 import time
@@ -130,6 +131,29 @@ def cases(
     return out
 
 
+def interleaved(
+    call: Callable[[], Any],
+    before: Callable[[], None],
+    after: Callable[[], None],
+    n: int = 200,
+    batches: int = 30,
+) -> tuple[float, float]:
+    """Median CPU µs per ``call`` with ``before()`` then with ``after()`` in force, in
+    alternating batches of ``n`` calls in this one process: how one change was judged on a
+    machine shared with other work (both sides see the same disturbances)."""
+    sides: dict[int, list[float]] = {0: [], 1: []}
+    for i in range(2 * batches):
+        side = (i + i // 2) % 2  # 0 1 1 0 0 1 1 0 ...: neither side always goes first
+        (after if side else before)()
+        call()
+        t0 = time.process_time()
+        for _ in range(n):
+            call()
+        sides[side].append((time.process_time() - t0) / n * 1e6)
+    before()
+    return statistics.median(sides[0]), statistics.median(sides[1])
+
+
 def measure(config: Path, pool: list[str], fresh: list[str], user: str) -> dict[str, float]:
     return {name: _us(fn, n) for name, (fn, n) in cases(config, pool, fresh, user).items()}
 
@@ -150,8 +174,11 @@ def profile(fn: Callable[[], Any], n: int, top: int = 35) -> str:
     return buf.getvalue()
 
 
-def standalone(args: argparse.Namespace) -> None:
-    """Local issuer, fresh keys, the benchmark's configuration: no gunicorn, no wrk."""
+def standalone_cases(
+    wanted: str = "", edit: Callable[[str], str] = str
+) -> tuple[dict[str, tuple[Callable[[], Any], int]], Callable[[], None]]:
+    """The cases on a local issuer with fresh keys and the benchmark's configuration (``edit``
+    may change its TOML text; no gunicorn, no wrk), and the function that stops the issuer."""
     import pwd
 
     from slurm_jwt_bridge.keys import init_keys
@@ -161,35 +188,40 @@ def standalone(args: argparse.Namespace) -> None:
 
     wd = Path(tempfile.mkdtemp(prefix="sjb-breakdown-"))
     upstream = Upstream()
+    init_keys(wd / "keys")
+    users = bench_users()
     try:
-        init_keys(wd / "keys")
-        users = bench_users()
-        try:
-            pwd.getpwnam(users[-1])
-            local = True
-        except KeyError:  # python -m bench (as root) creates them
-            local = False
-        cfg = wd / "bridge.toml"
-        cfg.write_text(
+        pwd.getpwnam(users[-1])
+        local = True
+    except KeyError:  # python -m bench (as root) creates them
+        local = False
+    cfg = wd / "bridge.toml"
+    cfg.write_text(
+        edit(
             bridge_toml(
                 wd, 0, wd / "keys", upstream, BridgeConfig(1, 1, "file", local_accounts=local)
             )
         )
-        pool = upstream.tokens(users)
-        wanted = args.profile or args.only or "verify_uncached"
-        fresh = upstream.many_tokens(users, 1200 if "verify_uncached" in wanted else 50)
-        user = users[len(users) // 2]
+    )
+    pool = upstream.tokens(users)
+    fresh = upstream.many_tokens(
+        users, 1200 if "verify_uncached" in (wanted or "verify_uncached") else 50
+    )
+    return cases(cfg, pool, fresh, users[len(users) // 2]), upstream.stop
+
+
+def standalone(args: argparse.Namespace) -> None:
+    table, stop = standalone_cases(args.profile or args.only or "")
+    try:
         if args.profile:
-            table = cases(cfg, pool, fresh, user)
             fn, n = table[args.profile]
             print(profile(fn, args.calls or n, args.top))
             print(f"{args.profile}: {_us(fn, args.calls or n):.1f} us CPU per call (best of 3)")
             return
-        table = cases(cfg, pool, fresh, user)
         only = [x for x in (args.only or "").split(",") if x] or list(table)
         print(json.dumps({name: _us(*table[name]) for name in only}))
     finally:
-        upstream.stop()
+        stop()
 
 
 if __name__ == "__main__":

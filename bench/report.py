@@ -721,6 +721,11 @@ def render(res: dict[str, Any]) -> str:
             ("in-process: Flask POST /oauth/token, RS256", bd.get("flask_exchange_RS256")),
             ("in-process: Flask POST /oauth/token, HS256", bd.get("flask_exchange_HS256")),
             (
+                "in-process: Flask POST /oauth/token, refused (forged signature)",
+                bd.get("flask_refused_signature"),
+            ),
+            ("in-process: GET /.well-known/jwks.json (in front of Flask)", bd.get("flask_jwks")),
+            (
                 "in-process: pipeline.exchange HS256 (no Flask, no form)",
                 bd.get("pipeline_exchange_HS256"),
             ),
