@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from slurm_jwt_bridge.settings import NO_DEFAULT, json_schema
+from slurm_jwt_bridge.config_fields import NO_DEFAULT
+from slurm_jwt_bridge.settings import json_schema
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 BLOCK = re.compile(r"(<!-- config-keys (\S+) -->\n)(.*?)(<!-- /config-keys -->)", re.S)

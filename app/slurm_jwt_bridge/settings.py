@@ -1,9 +1,9 @@
 """The service configuration: one TOML file, validated at start.
 
 Each setting is declared once, below, as a dataclass field: its default, its bounds and checks,
-and the line that documents it (``setting(...)``). One reader walks the declarations to load a
-file, ``json_schema()`` walks them to describe it, and docs/configuration.md's tables are
-generated from that schema (scripts/gen-config-docs.py).
+and the line that documents it (``setting(...)``, config_fields.py). One reader walks the
+declarations to load a file, ``json_schema()`` walks them to describe it, and
+docs/configuration.md's tables are generated from that schema (scripts/gen-config-docs.py).
 
 Every error is one line that names the key that is wrong, e.g.
 ``tokens.max_lifetime: must be an integer, got 'soon'``; a file with several mistakes gets one
@@ -12,20 +12,27 @@ line for each.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import ipaddress
 import logging
 import os
 import re
 import tomllib
-import types
-import typing
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .config_fields import (
+    NO_DEFAULT,
+    Check,
+    Context,
+    Invalid,
+    Reader,
+    SettingsError,
+    object_schema,
+    setting,
+    show,
+)
 from .names import (
     COGNITO,
     ENTRA,
@@ -54,71 +61,7 @@ TOKEN_USES = ("access", "id")
 IDENTITY_SOURCES = ("nss", "claims")
 AUTH_REQUEST_ALLOW_FROM = ("127.0.0.0/8", "::1/128")
 LOGIN_SCOPES = ("openid", "profile", "email")
-# What the docs show for a key without a default value (an en dash).
-NO_DEFAULT = "\u2013"
-
-
-class SettingsError(ValueError):
-    """A configuration value is missing or wrong; the message names the key."""
-
-
-class Invalid(ValueError):
-    """A field check's refusal; the reader puts the key in front."""
-
-
-@dataclass(frozen=True)
-class _Context:
-    base: Path
-    issuer_names: frozenset[str] = frozenset()
-
-
-Check = Callable[[Any, _Context], Any]
-
-
-@dataclass(frozen=True)
-class Spec:
-    """How one setting is read, checked and documented."""
-
-    doc: str
-    ge: float | None = None
-    le: float | None = None
-    choices: tuple[Any, ...] = ()
-    check: Check | None = None
-    # What the docs show as the default when it is not a plain value ("required", a rule).
-    shown: str | None = None
-    # Read from a sub-table holding only this key ([delegation] actors = [[...]]).
-    inner: str | None = None
-    # Read this raw value, checks and all, when the key is absent (a default taken from the
-    # file's directory or the environment).
-    absent: Any = None
-
-
-def setting(
-    default: Any = dataclasses.MISSING,
-    doc: str = "",
-    *,
-    ge: float | None = None,
-    le: float | None = None,
-    choices: tuple[Any, ...] = (),
-    check: Check | None = None,
-    shown: str | None = None,
-    inner: str | None = None,
-    absent: Any = None,
-) -> Any:
-    """A dataclass field that is also a configuration key. A table default is given as its
-    type (a nested settings class, or ``dict``), made anew for each instance."""
-    meta = {"setting": Spec(doc, ge, le, choices, check, shown, inner, absent)}
-    if isinstance(default, type) and (dataclasses.is_dataclass(default) or default is dict):
-        return field(default_factory=default, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
 # ---------------------------------------------------------------- field checks
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _path(base: Path, value: str) -> str:
@@ -126,15 +69,15 @@ def _path(base: Path, value: str) -> str:
     return value if not value or os.path.isabs(value) else str(base / value)
 
 
-def _relative(value: str, ctx: _Context) -> str:
+def _relative(value: str, ctx: Context) -> str:
     return _path(ctx.base, value)
 
 
-def _rstrip_slash(value: str, ctx: _Context) -> str:
+def _rstrip_slash(value: str, ctx: Context) -> str:
     return value.rstrip("/")
 
 
-def _username(value: str, ctx: _Context) -> str:
+def _username(value: str, ctx: Context) -> str:
     """A cluster user name, by the policy's own rule (a name it refuses would fail every mint)."""
     problem = username_problem(value)
     if problem:
@@ -142,17 +85,17 @@ def _username(value: str, ctx: _Context) -> str:
     return value
 
 
-def _usernames(values: tuple[str, ...], ctx: _Context) -> tuple[str, ...]:
+def _usernames(values: tuple[str, ...], ctx: Context) -> tuple[str, ...]:
     return tuple(_username(v, ctx) for v in values)
 
 
-def _url(value: str, ctx: _Context) -> str:
+def _url(value: str, ctx: Context) -> str:
     if value and not re.match(r"^https?://[^\s/]+", value):
-        raise Invalid(f"must be an http(s) URL, got {_show(value)}")
+        raise Invalid(f"must be an http(s) URL, got {show(value)}")
     return value
 
 
-def _regex(value: str, ctx: _Context) -> str:
+def _regex(value: str, ctx: Context) -> str:
     if value:
         try:
             re.compile(value)
@@ -161,24 +104,24 @@ def _regex(value: str, ctx: _Context) -> str:
     return value
 
 
-def _user_regex(value: str, ctx: _Context) -> str:
+def _user_regex(value: str, ctx: Context) -> str:
     if value and "user" not in re.compile(_regex(value, ctx)).groupindex:
         raise Invalid("needs a named group (?P<user>...)")
     return value
 
 
-def _issuer_ref(value: str, ctx: _Context) -> str:
+def _issuer_ref(value: str, ctx: Context) -> str:
     if value not in ctx.issuer_names:
         raise Invalid(f"no [[issuers]] entry is named {value!r}")
     return value
 
 
-def _issuer_ref_or_any(value: str, ctx: _Context) -> str:
+def _issuer_ref_or_any(value: str, ctx: Context) -> str:
     return value if value == "*" else _issuer_ref(value, ctx)
 
 
 def _all_in(allowed: tuple[str, ...], what: str) -> Check:
-    def check(values: tuple[str, ...], ctx: _Context) -> tuple[str, ...]:
+    def check(values: tuple[str, ...], ctx: Context) -> tuple[str, ...]:
         for value in values:
             if value not in allowed:
                 raise Invalid(f"must hold {what}, got {value!r}")
@@ -190,86 +133,86 @@ def _all_in(allowed: tuple[str, ...], what: str) -> Check:
 def _networks(normalise: bool, noun: str) -> Check:
     """A list of IP addresses or networks (``10.0.0.5``, ``10.0.0.0/24``, ``::1``)."""
 
-    def check(values: tuple[str, ...], ctx: _Context) -> tuple[str, ...]:
+    def check(values: tuple[str, ...], ctx: Context) -> tuple[str, ...]:
         out = []
         for value in values:
             try:
                 net = ipaddress.ip_network(value, strict=False)
             except ValueError:
-                raise Invalid(f"{_show(value)} is not {noun}") from None
+                raise Invalid(f"{show(value)} is not {noun}") from None
             out.append(str(net) if normalise else value)
         return tuple(out)
 
     return check
 
 
-def _rsa_bits(value: int, ctx: _Context) -> int:
+def _rsa_bits(value: int, ctx: Context) -> int:
     if value not in (2048, 3072, 4096):
         raise Invalid(f"must be 2048, 3072 or 4096, got {value}")
     return value
 
 
-def _audit_destination(value: str, ctx: _Context) -> str:
+def _audit_destination(value: str, ctx: Context) -> str:
     if value not in ("stdout", "stderr", "none") and not value.startswith("file:"):
-        raise Invalid(f"must be stdout, stderr, none or file:/path, got {_show(value)}")
+        raise Invalid(f"must be stdout, stderr, none or file:/path, got {show(value)}")
     return "file:" + _path(ctx.base, value[5:]) if value.startswith("file:") else value
 
 
-def _argv(value: Any, ctx: _Context) -> tuple[str, ...]:
+def _argv(value: Any, ctx: Context) -> tuple[str, ...]:
     if isinstance(value, list) and value and all(isinstance(c, str) for c in value):
         return tuple(value)
     raise Invalid("must be a non-empty list of strings (argv)")
 
 
-def _service_tokens(rule: str, ctx: _Context) -> str:
+def _service_tokens(rule: str, ctx: Context) -> str:
     name, eq, value = rule.removeprefix("claim:").partition("=")
     if rule in ("sub_is_client", "none") or (rule.startswith("claim:") and name and eq and value):
         return rule
-    raise Invalid(f'must be "sub_is_client", "none" or "claim:NAME=VALUE", got {_show(rule)}')
+    raise Invalid(f'must be "sub_is_client", "none" or "claim:NAME=VALUE", got {show(rule)}')
 
 
-def _session_dir(value: str, ctx: _Context) -> str:
+def _session_dir(value: str, ctx: Context) -> str:
     if not value:  # systemd's StateDirectory= when there is one, else beside the config file
         state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
         value = str(Path(state) / "sessions") if state else "sessions"
     return _path(ctx.base, value)
 
 
-def _api_version(value: str, ctx: _Context) -> str:
+def _api_version(value: str, ctx: Context) -> str:
     if not re.fullmatch(r"v\d+\.\d+\.\d+", value):
-        raise Invalid(f"must look like v0.0.44, got {_show(value)}")
+        raise Invalid(f"must look like v0.0.44, got {show(value)}")
     return value
 
 
-def _session_storage(value: str, ctx: _Context) -> str:
+def _session_storage(value: str, ctx: Context) -> str:
     if value and not re.match(r"^(redis|rediss|redis\+unix)://", value):
         raise Invalid(
-            f"must be empty (the local session_dir) or redis://host:port, got {_show(value)}"
+            f"must be empty (the local session_dir) or redis://host:port, got {show(value)}"
         )
     return value
 
 
-def _slurmrestd(value: str, ctx: _Context) -> str:
+def _slurmrestd(value: str, ctx: Context) -> str:
     if value and not (
         re.fullmatch(r"https?://[^\s/]+/?", value) or re.fullmatch(r"unix:/\S+", value)
     ):
-        raise Invalid(f"must be http://host:port or unix:/path, got {_show(value)}")
+        raise Invalid(f"must be http://host:port or unix:/path, got {show(value)}")
     return value.rstrip("/")
 
 
-def _rate(value: str, ctx: _Context) -> str:
+def _rate(value: str, ctx: Context) -> str:
     from limits import parse_many
 
     try:
         parse_many(value)
     except ValueError:
-        raise Invalid(f'not a rate limit like "60/minute", got {_show(value)}') from None
+        raise Invalid(f'not a rate limit like "60/minute", got {show(value)}') from None
     return value
 
 
-def _limiter_storage(value: str, ctx: _Context) -> str:
+def _limiter_storage(value: str, ctx: Context) -> str:
     if not re.match(r"^(memory|redis|rediss|redis\+unix|memcached)://", value):
-        raise Invalid(f"must be memory:// or redis://host:port, got {_show(value)}")
+        raise Invalid(f"must be memory:// or redis://host:port, got {show(value)}")
     return value
 
 
@@ -553,7 +496,7 @@ class IssuerSettings:
         if self.kind == KEYCLOAK and self.issuer.endswith("/"):
             raise SettingsError(
                 f"{key('issuer')}: Keycloak's issuer is <base>/realms/<realm> without a trailing "
-                f"slash (its tokens' iss has none), got {_show(self.issuer)}"
+                f"slash (its tokens' iss has none), got {show(self.issuer)}"
             )
         if "introspection" in present and (
             self.kind != KEYCLOAK or not KEYCLOAK_ISSUER_RE.match(self.issuer)
@@ -579,7 +522,7 @@ class IssuerSettings:
             if insecure_url(url) and not self.allow_insecure_http:
                 raise SettingsError(
                     f"{key(what)}: plain http to another machine lets anyone on the path inject "
-                    f"signing keys; use https (or allow_insecure_http = true), got {_show(url)}"
+                    f"signing keys; use https (or allow_insecure_http = true), got {show(url)}"
                 )
         if self.allow_insecure_http:
             log.warning(
@@ -661,6 +604,7 @@ class MappingRule:
         (),
         "argv of a lookup command (like Open OnDemand's `user_map_cmd`); prints the user name",
         check=_argv,
+        raw=True,
     )
     command_input: str = setting(
         "argv",
@@ -974,191 +918,6 @@ class Settings:
         return next((i for i in self.issuers if i.name == name), None)
 
 
-# ---------------------------------------------------------------- the reader
-
-
-def _spec(f: dataclasses.Field[Any]) -> Spec:
-    return typing.cast(Spec, f.metadata["setting"])
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _optional(tp: Any) -> Any:
-    """``X`` for ``X | None``, else None."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return None
-
-
-def _item_type(tp: Any) -> Any:
-    """``X`` for ``tuple[X, ...]``, else None."""
-    if typing.get_origin(tp) is tuple:
-        return typing.get_args(tp)[0]
-    return None
-
-
-class _Reader:
-    """Reads a parsed TOML document into the dataclasses above; collects one line per error."""
-
-    def __init__(self, base: Path) -> None:
-        self.ctx = _Context(base)
-        self.errors: list[str] = []
-
-    def table(self, cls: type, data: Any, path: str, partial: bool = False) -> Any:
-        """An instance of ``cls`` from ``data``, or None after recording its errors (``partial``:
-        the instance with defaults for what failed)."""
-        if not isinstance(data, dict):
-            self.errors.append(f"{path}: must be a table")
-            return None
-        if cls is Settings:  # what the other sections may name, even if an entry fails
-            issuers = data.get("issuers")
-            names = (
-                (i.get("name") for i in issuers if isinstance(i, dict))
-                if isinstance(issuers, list)
-                else ()
-            )
-            self.ctx = replace(
-                self.ctx, issuer_names=frozenset(n for n in names if isinstance(n, str))
-            )
-        before = len(self.errors)
-        hints = _hints(cls)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            key = f"{path}.{f.name}" if path else f.name
-            ok, value = self.value(hints[f.name], f, data.get(f.name), f.name in data, key)
-            if ok:
-                values[f.name] = value
-        for name in sorted(set(data) - {f.name for f in fields(cls)}):
-            self.errors.append(
-                f"{path}.{name}: unknown setting" if path else f"{name}: unknown setting"
-            )
-        if len(self.errors) > before:
-            return cls(**values) if partial else None
-        instance = cls(**values)
-        validate = getattr(instance, "_validate", None)
-        if validate is not None:
-            try:
-                validate(lambda name: f"{path}.{name}" if path else name, set(data))
-            except SettingsError as exc:
-                self.errors.append(str(exc))
-                return None
-        return instance
-
-    def value(
-        self, tp: Any, f: dataclasses.Field[Any], raw: Any, present: bool, key: str
-    ) -> tuple[bool, Any]:
-        """(True, value) or (False, None) after recording the error; absent: the default."""
-        spec = _spec(f)
-        if spec.inner is not None and present:
-            if not isinstance(raw, dict):
-                self.errors.append(f"{key}: must be a table")
-                return False, None
-            unknown = sorted(set(raw) - {spec.inner})
-            if unknown:
-                self.errors.append(f"{key}.{unknown[0]}: unknown setting")
-                return False, None
-            key, present, raw = f"{key}.{spec.inner}", spec.inner in raw, raw.get(spec.inner)
-        if not present:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                self.errors.append(f"{key}: is required")
-                return False, None
-            if spec.absent is not None:
-                return self.checked(spec, key, spec.absent, tp)
-            if dataclasses.is_dataclass(tp):  # an absent section: its keys' defaults, read
-                return self.value(tp, f, {}, True, key)
-            if f.default_factory is not dataclasses.MISSING:
-                return True, f.default_factory()
-            return True, f.default
-        inner = _optional(tp)
-        if inner is not None:
-            tp = inner
-        try:
-            value = self.typed(tp, raw, key, spec)
-        except Invalid as exc:
-            self.errors.append(f"{key}: {exc}")
-            return False, None
-        if value is _FAILED:
-            return False, None
-        return self.checked(spec, key, value, tp)
-
-    def checked(self, spec: Spec, key: str, value: Any, tp: Any) -> tuple[bool, Any]:
-        try:
-            if spec.check is not None:
-                value = spec.check(value, self.ctx)
-        except Invalid as exc:
-            self.errors.append(f"{key}: {exc}")
-            return False, None
-        return True, Path(value) if tp is Path else value
-
-    def typed(self, tp: Any, raw: Any, key: str, spec: Spec) -> Any:
-        """``raw`` as ``tp`` (raising Invalid), or _FAILED after recording nested errors."""
-        if dataclasses.is_dataclass(tp):
-            value = self.table(typing.cast(type, tp), raw, key)
-            return _FAILED if value is None else value
-        item = _item_type(tp)
-        if item is not None and dataclasses.is_dataclass(item):
-            if not isinstance(raw, list):
-                name = key.rsplit(".", 1)[-1]
-                raise Invalid(f"must be an array of tables ([[{name}]])")
-            items = [
-                self.table(typing.cast(type, item), v, f"{key}[{i}]") for i, v in enumerate(raw)
-            ]
-            return _FAILED if any(v is None for v in items) else tuple(items)
-        if item is str:
-            if spec.check is _argv:  # a command: a list only, _argv says what it must be
-                return raw
-            if isinstance(raw, str):
-                raw = [raw]
-            if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
-                raise Invalid("must be a list of strings")
-            return tuple(raw)
-        if tp is bool:
-            if not isinstance(raw, bool):
-                raise Invalid(f"must be true or false, got {_show(raw)}")
-            return raw
-        if tp is int:
-            if isinstance(raw, bool) or not isinstance(raw, int):
-                raise Invalid(f"must be an integer, got {_show(raw)}")
-            return _bounded(raw, spec)
-        if tp is float:
-            if isinstance(raw, bool) or not isinstance(raw, int | float):
-                raise Invalid(f"must be a number, got {_show(raw)}")
-            return float(_bounded(raw, spec))
-        if tp is str or tp is Path:
-            if not isinstance(raw, str):
-                raise Invalid(f"must be a string, got {_show(raw)}")
-            if spec.choices and raw not in spec.choices:
-                raise Invalid(f"must be one of {', '.join(spec.choices)}, got {_show(raw)}")
-            return raw
-        if typing.get_origin(tp) is dict:
-            if not isinstance(raw, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
-            ):
-                raise Invalid("must be a table of strings")
-            return dict(raw)
-        raise TypeError(f"{key}: no reader for {tp!r}")  # a declaration the reader lacks
-
-
-_FAILED = object()
-
-
-def _bounded(value: float, spec: Spec) -> float:
-    if spec.ge is not None and value < spec.ge:
-        raise Invalid(f"must be >= {_num(spec.ge)}, got {value}")
-    if spec.le is not None and value > spec.le:
-        raise Invalid(f"must be <= {_num(spec.le)}, got {value}")
-    return value
-
-
-def _num(bound: float) -> str:
-    return str(int(bound)) if float(bound).is_integer() else str(bound)
-
-
 # ---------------------------------------------------------------- checks across sections
 
 
@@ -1245,7 +1004,13 @@ def parse_settings(data: dict[str, Any], base: Path | None = None) -> Settings:
 
     Every section is read even after one fails, so a file with several mistakes names them
     all: the SettingsError then holds one line per mistake."""
-    reader = _Reader(base or Path.cwd())
+    raw = data.get("issuers") if isinstance(data, dict) else None
+    entries = raw if isinstance(raw, list) else []
+    # What the other sections may name, even when an entry fails.
+    names = frozenset(
+        n for i in entries if isinstance(i, dict) and isinstance(n := i.get("name"), str)
+    )
+    reader = Reader(Context(base or Path.cwd(), names))
     settings = reader.table(Settings, data, "", partial=True) or Settings()
     errors = reader.errors
     errors += [*_check_issuer_names(settings), *_check_proxy_lifetime(settings)]
@@ -1286,80 +1051,10 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the configuration file, from the declarations."""
-    schema = _object_schema(Settings)
+    schema = object_schema(Settings)
     schema.pop("description", None)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "slurm-jwt-bridge configuration (TOML)",
         **schema,
     }
-
-
-def _object_schema(cls: type) -> dict[str, Any]:
-    hints = _hints(cls)
-    props: dict[str, Any] = {}
-    required = []
-    for f in fields(cls):
-        props[f.name] = _field_schema(hints[f.name], f)
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            required.append(f.name)
-    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
-    if required:
-        out["required"] = required
-    return out
-
-
-def _field_schema(tp: Any, f: dataclasses.Field[Any]) -> dict[str, Any]:
-    spec = _spec(f)
-    tp = _optional(tp) or tp
-    out = _type_schema(tp, spec)
-    if spec.inner is not None:
-        out = {
-            "type": "object",
-            "properties": {spec.inner: out},
-            "additionalProperties": False,
-        }
-    out["description"] = spec.doc
-    if spec.shown is not None:
-        out["x-default-shown"] = spec.shown
-    elif f.default is not dataclasses.MISSING and f.default is not None:
-        out["default"] = _jsonable(f.default)
-    elif f.default_factory is not dataclasses.MISSING and not dataclasses.is_dataclass(tp):
-        out["default"] = _jsonable(f.default_factory())
-    return out
-
-
-def _type_schema(tp: Any, spec: Spec) -> dict[str, Any]:
-    if dataclasses.is_dataclass(tp):
-        return _object_schema(typing.cast(type, tp))
-    item = _item_type(tp)
-    if item is not None and dataclasses.is_dataclass(item):
-        return {"type": "array", "items": _object_schema(typing.cast(type, item))}
-    if item is str:
-        items: dict[str, Any] = {"type": "string"}
-        if spec.choices:
-            items["enum"] = list(spec.choices)
-        if spec.check is _argv:
-            return {"type": "array", "items": items, "minItems": 1}
-        return {"type": ["array", "string"], "items": items}
-    if typing.get_origin(tp) is dict:
-        return {"type": "object", "additionalProperties": {"type": "string"}}
-    kind = {bool: "boolean", int: "integer", float: "number", str: "string", Path: "string"}[tp]
-    out: dict[str, Any] = {"type": kind}
-    if spec.choices:
-        out["enum"] = list(spec.choices)
-    if spec.ge is not None:
-        out["minimum"] = spec.ge
-    if spec.le is not None:
-        out["maximum"] = spec.le
-    return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
