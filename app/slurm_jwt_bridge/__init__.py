@@ -107,12 +107,20 @@ def create_app(settings: Settings | None = None) -> Flask:
         n = settings.server.proxy_fix
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n)  # type: ignore[method-assign]
 
+    # (lower-case name, name, value): one pass over the answer's headers instead of a
+    # case-insensitive scan per header (setdefault), on every answer
+    security = [(n.lower(), n, v) for n, v in jwks.SECURITY_HEADERS]
+    csp = jwks.CONTENT_SECURITY_POLICY
+
     @app.after_request
     def security_headers(resp: Response) -> Response:
-        for name, value in jwks.SECURITY_HEADERS:
-            resp.headers.setdefault(name, value)
-        if resp.mimetype == "text/html":
-            resp.headers.setdefault(*jwks.CONTENT_SECURITY_POLICY)
+        headers = resp.headers
+        present = {name.lower() for name in headers.keys()}
+        for lower, name, value in security:
+            if lower not in present:
+                headers.add(name, value)
+        if csp[0].lower() not in present and resp.mimetype == "text/html":
+            headers.add(*csp)
         return resp
 
     @app.errorhandler(413)
