@@ -12,6 +12,7 @@ Whichever the source, ``policy.check_identity`` decides whether the uid may get 
 
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
@@ -124,17 +125,18 @@ def identity_from_nss(name: str) -> PosixIdentity:
             "claims need both",
             metric="no_identity",
         )
-    common = {
-        "name": name,
-        "uid": pw.pw_uid,
-        "gid": pw.pw_gid,
-        "gecos": pw.pw_gecos,
-        "dir": pw.pw_dir,
-        "shell": pw.pw_shell,
-    }
+    identity = functools.partial(
+        PosixIdentity,
+        name=name,
+        uid=pw.pw_uid,
+        gid=pw.pw_gid,
+        gecos=pw.pw_gecos,
+        dir=pw.pw_dir,
+        shell=pw.pw_shell,
+    )
     if len(names) == len(gids) and len(set(names)) == len(names):
-        return PosixIdentity(**common, groups=tuple(zip(names, gids, strict=True)))
-    return PosixIdentity(**common, gids=gids)
+        return identity(groups=tuple(zip(names, gids, strict=True)))
+    return identity(gids=gids)
 
 
 def identity_from_claims(
@@ -156,12 +158,14 @@ def _identity_from_claims(
     home = _path(claims, names.home, "home")
     shell = _path(claims, names.shell, "shell")
     gecos = _text(claims, names.gecos, "gecos") if names.gecos else ""
-    common = {"name": name, "uid": uid, "gid": gid, "gecos": gecos, "dir": home, "shell": shell}
+    identity = functools.partial(
+        PosixIdentity, name=name, uid=uid, gid=gid, gecos=gecos, dir=home, shell=shell
+    )
     if names.groups:
-        return PosixIdentity(**common, groups=_group_map(claims, names.groups))
+        return identity(groups=_group_map(claims, names.groups))
     if names.gids:
-        return PosixIdentity(**common, gids=_gid_list(claims, names.gids))
-    return PosixIdentity(**common, gids=(gid,))
+        return identity(gids=_gid_list(claims, names.gids))
+    return identity(gids=(gid,))
 
 
 # ---------------------------------------------------------------- strict claim readers

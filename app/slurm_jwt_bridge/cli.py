@@ -11,12 +11,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from limits.errors import ConfigurationError
 
 from . import keys as keyring
+from .config_fields import SettingsError
 from .errors import BridgeError
 from .jwks_file import (
     EXIT_CHANGED,
@@ -27,10 +28,13 @@ from .jwks_file import (
     write_jwks,
 )
 from .names import SIGNING_ALGS
-from .settings import CONFIG_ENV, Settings, SettingsError, json_schema, load_settings
+from .settings import CONFIG_ENV, Settings, json_schema, load_settings
+
+if TYPE_CHECKING:
+    from .audit import AuditLog
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     """One line per error (a configuration with several mistakes names each)."""
     for line in message.splitlines() or [""]:
         click.echo(f"slurm-jwt-bridge: error: {line}", err=True)
@@ -57,7 +61,7 @@ def _errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class Seconds(click.ParamType):
+class Seconds(click.ParamType[int]):
     """A number of seconds on the command line: 1-9 ASCII digits (what the service takes)."""
 
     name = "seconds"
@@ -109,7 +113,7 @@ def keys() -> None:
     """Manage the key ring (RS256 keys next/active/retired, the HS256 key)."""
 
 
-def _key_audit(s: Settings) -> Any:
+def _key_audit(s: Settings) -> AuditLog:
     """The audit log of a key command: stdout carries the command's own lines, so an audit
     destination of stdout becomes stderr."""
     from .audit import AuditLog
@@ -451,6 +455,9 @@ def doctor(
             published = fetch_jwks(url, verify=ca_file or True)
         except JwksError as exc:
             _fail(f"cannot compare with the bridge: {exc}")
+        keys = published.get("keys") if isinstance(published, dict) else None
+        if not isinstance(keys, list) or not all(isinstance(k, dict) for k in keys):
+            _fail(f"cannot compare with the bridge: {url}: not a JWKS (a list of key objects)")
     if config_path or keys_dir:
         try:
             ring = keyring.KeyRing.load(_settings(config_path, keys_dir).keys.dir)
@@ -533,8 +540,8 @@ def login(
     # line is meant for eval.
     prefix = "export SLURM_JWT=" if as_export else "SLURM_JWT="
     sys.stdout.write(f"{prefix}{shlex.quote(answer['access_token'])}\n")
-    user, lifetime = printable(answer.get("slurm_user"), 64), printable(answer.get("expires_in"))
-    click.echo(f"token for {user}, valid {lifetime} s", err=True)
+    user, valid = printable(answer.get("slurm_user"), 64), printable(answer.get("expires_in"))
+    click.echo(f"token for {user}, valid {valid} s", err=True)
 
 
 def _exec_target(run_command: bool, as_export: bool, command: tuple[str, ...]) -> str | None:

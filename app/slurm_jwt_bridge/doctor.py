@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from jwt.algorithms import RSAAlgorithm
 
 from .jwks_file import slurm_jwks_problems
@@ -547,7 +548,9 @@ def _explain_signature(
         )
         return
     try:
-        public = RSAAlgorithm.from_jwk(json.dumps(key))
+        jwk = RSAAlgorithm.from_jwk(json.dumps(key))
+        # A key with private members (reported above as unusable) still has its public half.
+        public = jwk.public_key() if isinstance(jwk, RSAPrivateKey) else jwk
         jwt.decode(
             token,
             public,

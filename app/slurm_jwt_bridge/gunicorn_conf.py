@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gunicorn.arbiter import Arbiter
+    from gunicorn.workers.base import Worker
 
 
 def _configured_bind() -> str:
@@ -61,7 +65,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="slurm-jwt-bridge-metrics-")
 
 
-def on_starting(server: Any) -> None:
+def on_starting(server: Arbiter) -> None:
     # The workers' in-memory rate limits each take 1/N of a limit (ratelimit.py).
     from slurm_jwt_bridge.settings import WORKERS_ENV
 
@@ -73,7 +77,7 @@ def on_starting(server: Any) -> None:
             os.unlink(os.path.join(path, name))
 
 
-def child_exit(server: Any, worker: Any) -> None:
+def child_exit(server: Arbiter, worker: Worker) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)

@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import MutableMapping
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gunicorn.glogging import Logger
+
+if TYPE_CHECKING:
+    from gunicorn.http import Request
+    from gunicorn.http.wsgi import Response
 
 AGENT_MAX = 256
 
@@ -31,15 +36,19 @@ def _iso_utc(now: float) -> str:
 class JsonAccessLogger(Logger):
     """``logger_class`` for gunicorn: errors as gunicorn writes them, access lines as JSON."""
 
-    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: timedelta) -> None:
+    def access(
+        self,
+        resp: Response,
+        req: Request,
+        environ: MutableMapping[str, Any],
+        request_time: timedelta,
+    ) -> None:
         if not self.access_log_enabled:
             return
-        status = resp.status
-        if isinstance(status, str):
-            status = status.split(None, 1)[0]
+        words = (resp.status or "").split(None, 1)  # "200 OK"; None before start_response
         try:
-            code = int(status)
-        except (TypeError, ValueError):
+            code = int(words[0]) if words else 0
+        except ValueError:
             code = 0
         line = {
             "time": _iso_utc(time.time()),

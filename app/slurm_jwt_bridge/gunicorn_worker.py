@@ -17,9 +17,8 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from typing import Any
 
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
 CLIENT_TIMEOUT_ENV = "GUNICORN_CLIENT_TIMEOUT"
 
@@ -39,7 +38,7 @@ class BoundedReadWorker(ThreadWorker):
         self._rcvtimeo = struct.pack("ll", int(seconds), int((seconds % 1) * 1_000_000))
         super().init_process()
 
-    def enqueue_req(self, conn: Any) -> None:
+    def enqueue_req(self, conn: TConn) -> None:
         # SO_RCVTIMEO holds whatever blocking mode gunicorn puts the socket in later: a blocking
         # recv() that waited this long fails with EAGAIN instead of waiting on.
         conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, self._rcvtimeo)

@@ -105,7 +105,8 @@ def check_jwks_url(url: str, allow_http: bool = False) -> None:
     raise JwksError(f"{url[:200]}: the JWKS URL must be https://")
 
 
-def fetch_jwks(url: str, timeout: float = 10.0, verify: bool | str = True) -> dict[str, Any]:
+def fetch_jwks(url: str, timeout: float = 10.0, verify: bool | str = True) -> Any:
+    """The JSON document at ``url``, unchecked: ``slurm_jwks_problems`` says what it lacks."""
     try:
         with httpx.Client(timeout=timeout, verify=verify) as client:
             with client.stream("GET", url, headers={"Accept": "application/json"}) as resp:

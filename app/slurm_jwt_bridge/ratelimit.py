@@ -72,7 +72,9 @@ def init_rate_limits(app: Flask, cfg: RateLimitSettings, endpoints: list[str]) -
     for endpoint in endpoints:
         view = app.view_functions.get(endpoint)
         if view is not None:
-            app.view_functions[endpoint] = limiter.limit(per_address)(view)
+            # Callable[P, R] -> Callable[P, R] solved over Flask's sync-or-async view union
+            # gives Callable[..., R1 | R2], which mypy does not see as that union again.
+            app.view_functions[endpoint] = limiter.limit(per_address)(view)  # type: ignore[assignment]
 
     @app.errorhandler(429)
     def too_many(exc: Exception) -> tuple[Response, int]:

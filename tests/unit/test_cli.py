@@ -191,3 +191,22 @@ def test_jwks_sync_unreachable(tmp_path: Path) -> None:
         "--allow-http",
     )
     assert r.returncode == 1 and "ConnectError" in r.stderr
+
+
+@pytest.mark.parametrize("body", [b'[{"keys": []}]', b'{"keys": [1]}', b'{"keys": 5}'])
+def test_doctor_refuses_a_bridge_document_that_is_not_a_jwks(tmp_path: Path, body: bytes) -> None:
+    """A JSON document from --url that is no JWKS is one line and exit 1 (it once ended in a
+    traceback)."""
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=t\nAuthAltTypes=auth/jwt\n")
+    srv = StubServer(body)
+    try:
+        r = run(
+            "doctor", "--slurm-conf", str(conf), "--slurm-version", "26.05",
+            "--url", srv.url + "/jwks.json",
+        )  # fmt: skip
+    finally:
+        srv.close()
+    assert r.returncode == 1, r.stderr
+    assert "cannot compare with the bridge" in r.stderr and "not a JWKS" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -99,6 +99,29 @@ def test_healthy_files_and_token(controller: Path, keys_dir: Path) -> None:
     assert any("may act as any user" in ln for ln in text)  # sun=root is flagged
 
 
+def test_token_checked_against_a_jwks_file_with_private_members(
+    controller: Path, keys_dir: Path
+) -> None:
+    """A JWKS file that also holds the private key is reported, and the token's signature is
+    still checked against its public half (the check once crashed with an AttributeError)."""
+    from jwt.algorithms import RSAAlgorithm
+
+    ring = KeyRing.load(keys_dir)
+    assert ring.active is not None
+    private = json.loads(RSAAlgorithm.to_jwk(ring.active.private_key))
+    path = controller.parent / "jwks.json"
+    doc = json.loads(path.read_text())
+    for key in doc["keys"]:
+        if key["kid"] == ring.active.kid:
+            key.update(private)
+    path.write_text(json.dumps(doc))
+    now = int(time.time())
+    token = signed(keys_dir, {"exp": now + 600, "iat": now, "sun": "alice"})
+    text = lines(run_doctor(controller, version=V2605, token=token))
+    assert any("contains private key material" in ln for ln in text), text
+    assert any(f"RS256 signature verifies with key {ring.active.kid}" in ln for ln in text), text
+
+
 @pytest.mark.parametrize(
     ("mode", "kind", "version", "level"),
     [
