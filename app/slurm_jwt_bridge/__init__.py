@@ -23,8 +23,7 @@ class Bridge:
 
     settings: Settings
     keys: KeyRingSource
-    audit: AuditLog
-    pipeline: Pipeline
+    pipeline: Pipeline  # its audit log is the one every door writes to
 
     def discovery(self, issuer: IssuerSettings) -> dict[str, Any]:
         """The issuer's OpenID discovery document (cached by the upstream verifier)."""
@@ -54,7 +53,7 @@ def build_bridge(settings: Settings, metrics: Any = None) -> Bridge:
 
         limiter = SubjectLimiter(settings.rate_limit)
     pipeline = Pipeline(settings, keys, audit, verifier, observer=metrics, subject_limiter=limiter)
-    return Bridge(settings, keys, audit, pipeline)
+    return Bridge(settings, keys, pipeline)
 
 
 def create_app(settings: Settings | None = None) -> Flask:

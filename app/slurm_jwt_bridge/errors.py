@@ -22,6 +22,29 @@ class BridgeError(Exception):
     def oauth_body(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.reason}
 
+    def with_status(self, status: int) -> BridgeError:
+        """The same refusal answered with another HTTP status (a door's own convention)."""
+        copy = BridgeError(self.error, self.reason, status, metric=self.metric)
+        copy.retry_after = self.retry_after
+        return copy
+
+    def challenge(self) -> str:
+        """The ``WWW-Authenticate`` value of a 401 (RFC 6750 section 3), the same at every
+        door: the reason travels in the challenge too, so it survives a front proxy (nginx
+        auth_request) that answers with its own body but passes this header on."""
+        return (
+            f'Bearer realm="slurm-jwt-bridge", error="{quotable(self.error)}", '
+            f'error_description="{quotable(self.reason)}"'
+        )
+
+
+def quotable(text: str, limit: int = 300) -> str:
+    """``text`` as an RFC 6750 quoted value: printable ASCII without ``"`` and ``\\``."""
+    out = "".join(
+        c if " " <= c <= "~" and c not in '"\\' else "'" if c == '"' else "?" for c in text
+    )
+    return out[:limit]
+
 
 def invalid_request(reason: str, metric: str = "invalid_request") -> BridgeError:
     return BridgeError("invalid_request", reason, 400, metric=metric)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import threading
 import time
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from .cache import ExpiringCache
 from .errors import BridgeError, access_denied
 from .policy import username_problem
 from .settings import MappingRule, MappingSettings
@@ -24,6 +24,9 @@ from .settings import MappingRule, MappingSettings
 Runner = Callable[..., subprocess.CompletedProcess[str]]
 
 # ASCII letters only: str.lower() would fold look-alikes such as KELVIN SIGN (U+212A) into 'k'.
+# Lookup-command answers kept (each for its rule's command_cache_ttl): the most recent ones.
+LOOKUP_CACHE_SIZE = 10000
+_MISS = object()
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
@@ -59,8 +62,10 @@ class IdentityMapper:
         self.mapping = mapping
         self._compiled = [re.compile(r.regex) if r.regex else None for r in mapping.rules]
         self._runner = runner
-        self._cache: dict[tuple[int, str], tuple[float, str | None]] = {}
-        self._lock = threading.Lock()
+        # (rule index, claim value) -> the lookup command's answer, for its command_cache_ttl
+        self._cache: ExpiringCache[tuple[int, str], str | None] = ExpiringCache(
+            LOOKUP_CACHE_SIZE, timer=time.monotonic
+        )
 
     def map(
         self,
@@ -136,11 +141,9 @@ class IdentityMapper:
                 metric="invalid_claim",
             )
         key = (index, value)
-        now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(key)
-            if hit and hit[0] > now:
-                return hit[1]
+        hit = self._cache.get(key, _MISS)
+        if hit is not _MISS:
+            return cast("str | None", hit)
         argv = list(rule.command)
         stdin = None
         if rule.command_input == "argv":
@@ -174,6 +177,5 @@ class IdentityMapper:
             ) from None
         lines = proc.stdout.splitlines()
         result = lines[0].strip() if proc.returncode == 0 and lines else None
-        with self._lock:
-            self._cache[key] = (now + rule.command_cache_ttl, result)
+        self._cache.put(key, result or None, time.monotonic() + rule.command_cache_ttl)
         return result or None

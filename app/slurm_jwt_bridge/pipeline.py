@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .accounts import PosixIdentity, identity_from_claims, identity_from_nss
@@ -35,7 +36,7 @@ from .settings import DelegationActor, ServiceAccount, Settings
 if TYPE_CHECKING:
     from .upstream import UpstreamVerifier, VerifiedToken
 
-__all__ = ["BridgeError", "Exchange", "Grant", "Pipeline", "Request"]
+__all__ = ["BridgeError", "Exchange", "Grant", "GrantKind", "Pipeline", "Request"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,15 @@ class Request:
 
     door: str = "api"
     remote_addr: str | None = None
+
+
+class GrantKind(StrEnum):
+    """Whose token a grant stands for (the ``kind`` of its audit lines)."""
+
+    USER = "user"  # mapped from a user's upstream token
+    SERVICE = "service"  # a listed [[service_accounts]] client
+    DELEGATED = "delegated"  # a listed portal acting for a user
+    OPERATOR = "operator"  # the admin CLI's mint
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,7 @@ class Grant:
     issuer: str | None = None
     subject: str | None = None
     client: str | None = None
-    kind: str = "user"  # user | service | delegated | operator
+    kind: GrantKind = GrantKind.USER
     actor: str | None = None
     max_lifetime: int | None = None
     algs: tuple[str, ...] = SIGNING_ALGS
@@ -68,6 +78,10 @@ class Grant:
     # ``identity`` is what the upstream token stated (identity_source = "claims").
     identity_claims: bool | None = None
     identity: PosixIdentity | None = None
+
+    def __post_init__(self) -> None:
+        # A grant read back from a session holds the kind's value: ValueError for any other.
+        object.__setattr__(self, "kind", GrantKind(self.kind))
 
     def audit_fields(self) -> dict[str, Any]:
         return {
@@ -136,7 +150,7 @@ class Pipeline:
         request = request or Request()
         with self._audited("exchange", request) as decision:
             if actor_token:
-                grant = self.delegated_grant(
+                grant = self._delegated_grant(
                     actor_token, subject_token, requested_subject, expected_use, decision
                 )
             else:
@@ -146,10 +160,10 @@ class Pipeline:
                     )
                 if not subject_token:
                     raise invalid_request("subject_token is missing")
-                verified = self.verify(subject_token, expected_use)
+                verified = self._verify(subject_token, expected_use)
                 decision.fields.update(_verified_fields(verified))
-                grant = self.grant_for(verified)
-            return self.issue(grant, lifetime=lifetime, alg=alg, decision=decision)
+                grant = self._grant_for(verified)
+            return self._issue(grant, lifetime=lifetime, alg=alg, decision=decision)
 
     def operator_mint(
         self,
@@ -161,8 +175,8 @@ class Pipeline:
         """The admin CLI door: the operator is trusted, the account policy still applies."""
         request = request or Request(door="cli")
         with self._audited("mint", request) as decision:
-            grant = Grant(user=user, kind="operator")
-            return self.issue(grant, lifetime=lifetime, alg=alg, decision=decision).token
+            grant = Grant(user=user, kind=GrantKind.OPERATOR)
+            return self._issue(grant, lifetime=lifetime, alg=alg, decision=decision).token
 
     def login(
         self,
@@ -181,7 +195,7 @@ class Pipeline:
         identity providers such as Keycloak put roles and groups there, not in the ID token.
         Otherwise from the ID token. A refusal says which token was checked."""
         with self._audited(event, request) as decision:
-            verified = self.verify(id_token, "id")
+            verified = self._verify(id_token, "id")
             decision.fields.update(_verified_fields(verified))
             mapped_from, checked = verified, "ID token"
             if access_token and self.verifier is not None:
@@ -193,20 +207,20 @@ class Pipeline:
                     ):
                         mapped_from, checked = candidate, "access token"
             try:
-                grant = self.grant_for(mapped_from)
+                grant = self._grant_for(mapped_from)
             except BridgeError as exc:
                 exc.reason = f"{exc.reason} (claims of the login's {checked})"
                 exc.args = (exc.reason,)
                 raise
             grant = replace(grant, not_after=min(not_after, verified.exp, mapped_from.exp))
-            return self.issue(grant, lifetime=lifetime, decision=decision)
+            return self._issue(grant, lifetime=lifetime, decision=decision)
 
     def grant_from_token(self, token: str, request: Request) -> tuple[Grant, int]:
         """verify -> map only (the proxy mints later, per user); a refusal is audited.
 
         Returns the grant and the upstream token's exp (how long the grant may be cached)."""
         with self._audited("exchange", request, record_success=False) as decision:
-            verified = self.verify(token)
+            verified = self._verify(token)
             decision.fields.update(_verified_fields(verified))
             until = verified.exp
             if token.count(".") not in (2, 4):
@@ -215,7 +229,7 @@ class Pipeline:
                 # An opaque token was introspected: the identity provider may revoke it at any
                 # time, so the grant is asked for again once the introspection answer is stale.
                 until = min(until, int(time.time()) + INTROSPECTION_CACHE_SECONDS)
-            return self.grant_for(verified), until
+            return self._grant_for(verified), until
 
     def remint(
         self,
@@ -228,16 +242,30 @@ class Pipeline:
         """A new token for a grant decided earlier (the browser session, a device code approved
         in it); policy re-applies."""
         with self._audited(event, request) as decision:
-            return self.issue(grant, lifetime=lifetime, alg=alg, decision=decision)
+            return self._issue(grant, lifetime=lifetime, alg=alg, decision=decision)
 
-    def refuse_input(self, event: str, request: Request, exc: BridgeError) -> NoReturn:
-        """A door refused its input before the pipeline ran: audit the refusal, raise ``exc``."""
-        with self._audited(event, request):
+    def refuse_input(
+        self, event: str, request: Request, exc: BridgeError, **fields: Any
+    ) -> NoReturn:
+        """A door refused its input before the pipeline ran: audit the refusal (with ``fields``
+        the door knows, such as the session's user), count it, raise ``exc``."""
+        with self._audited(event, request) as decision:
+            decision.fields.update(fields)
             raise exc
 
-    # ------------------------------------------------------------ steps
+    @contextlib.contextmanager
+    def parsing(self, event: str, request: Request, **fields: Any) -> Iterator[None]:
+        """A door parses its input inside this block: a refusal there is audited and counted
+        as ``refuse_input`` does, then raised."""
+        try:
+            yield
+        except BridgeError as exc:
+            self.refuse_input(event, request, exc, **fields)
 
-    def verify(self, token: str, expected_use: str | None = None) -> VerifiedToken:
+    # ------------------------------------------------------------ steps (private: only the
+    # doors above decide, and each decision is one audit line)
+
+    def _verify(self, token: str, expected_use: str | None = None) -> VerifiedToken:
         if self.verifier is None or not self.settings.issuers:
             raise BridgeError(
                 "invalid_grant",
@@ -250,7 +278,7 @@ class Pipeline:
             self.subject_limiter(verified.issuer.name, verified.subject)
         return verified
 
-    def grant_for(self, verified: VerifiedToken) -> Grant:
+    def _grant_for(self, verified: VerifiedToken) -> Grant:
         """Map a verified token to a cluster user: service account or mapping rules."""
         cap = verified.exp if self.settings.tokens.cap_to_upstream_exp else None
         base = {
@@ -263,7 +291,7 @@ class Pipeline:
         if service is not None:
             return Grant(
                 user=service.account,
-                kind="service",
+                kind=GrantKind.SERVICE,
                 max_lifetime=service.max_lifetime,
                 algs=service.algs,
                 identity_claims=service.identity_claims,
@@ -283,7 +311,7 @@ class Pipeline:
             user=mapped.name, identity=self._claimed_identity(mapped.name, verified), **base
         )
 
-    def delegated_grant(
+    def _delegated_grant(
         self,
         actor_token: str,
         subject_token: str | None,
@@ -292,7 +320,7 @@ class Pipeline:
         decision: _Decision,
     ) -> Grant:
         """RFC 8693 delegation: a listed portal acts for a user."""
-        actor_verified = self.verify(actor_token, "access")
+        actor_verified = self._verify(actor_token, "access")
         actor_name = f"{actor_verified.issuer.name}:{actor_verified.client_id}"
         decision.fields.update(
             actor=actor_name,
@@ -321,7 +349,7 @@ class Pipeline:
             user = self._requested_subject(actor, requested_subject)
             return Grant(
                 user=user,
-                kind="delegated",
+                kind=GrantKind.DELEGATED,
                 actor=actor_name,
                 issuer=actor_verified.issuer.name,
                 client=actor_verified.client_id,
@@ -330,36 +358,35 @@ class Pipeline:
             )
         if not subject_token:
             raise invalid_request("subject_token is missing")
-        verified = self.verify(subject_token, expected_use)
+        verified = self._verify(subject_token, expected_use)
         decision.fields.update(_verified_fields(verified))
         if verified.is_service:
             raise access_denied(
                 "delegation yields tokens for users; the subject_token is a service token",
                 metric="delegated_service",
             )
-        grant = self.grant_for(verified)
+        grant = self._grant_for(verified)
         return Grant(
             user=grant.user,
             issuer=grant.issuer,
             subject=grant.subject,
             client=grant.client,
-            kind="delegated",
+            kind=GrantKind.DELEGATED,
             actor=actor_name,
             max_lifetime=actor.max_lifetime,
             not_after=grant.not_after,
             identity=grant.identity,
         )
 
-    def issue(
+    def _issue(
         self,
         grant: Grant,
         *,
         lifetime: int | None = None,
         alg: str | None = None,
-        decision: _Decision | None = None,
+        decision: _Decision,
     ) -> Exchange:
         """authorize -> mint: account policy, lifetime policy, allowed algorithms, signature."""
-        decision = decision or _Decision()
         decision.fields.update({k: v for k, v in grant.audit_fields().items() if v is not None})
         chosen = alg or self.settings.keys.default_alg
         if chosen not in SIGNING_ALGS:

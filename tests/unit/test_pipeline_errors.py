@@ -10,6 +10,7 @@ from typing import Any
 
 from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.settings import parse_settings
+from tests.helpers.proxy_settings import proxy_settings_data
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
 AT = "urn:ietf:params:oauth:token-type:access_token"
@@ -88,3 +89,28 @@ def test_an_unexpected_exception_is_audited_counted_and_answered_in_json(
     assert line["reason"] == "internal error"
     assert line["issuer"] == "idp"
     assert refused_count(client, "internal_error") == before + 1
+
+
+def test_an_unknown_alg_at_the_api_door_is_decided_audited_and_counted_by_the_pipeline(
+    idp: Any, keys_dir: Path, tmp_path: Path
+) -> None:
+    """The API door parses only the body's syntax: the value of ``alg`` is the pipeline's to
+    refuse, so the refusal names who asked and counts as ``bad_alg`` like the form door's."""
+    data = proxy_settings_data(keys_dir, tmp_path, idp, None)
+    client = create_app(parse_settings(data, keys_dir.parent)).test_client()
+    token = idp.mint(idp.oidc_claims(sub="s-1", aud="bridge", preferred_username="alice"))
+    before = refused_count(client, "bad_alg")
+    r = client.post(
+        "/api/v1/token", json={"alg": "none"}, headers={"Authorization": f"Bearer {token}"}
+    )
+    assert r.status_code == 400 and r.json["error"] == "invalid_request"
+    assert r.json["error_description"].startswith("alg must be RS256 or HS256")
+    line = audit(tmp_path)[-1]
+    assert (line["event"], line["outcome"], line["door"]) == ("exchange", "refused", "api")
+    assert line["user"] == "alice" and line["issuer"] == "oidc"
+    assert refused_count(client, "bad_alg") == before + 1
+    # a value of the wrong type is still the door's syntax error, audited before the pipeline
+    r = client.post("/api/v1/token", json={"alg": 5}, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 400 and r.json["error_description"] == "alg must be RS256 or HS256"
+    assert audit(tmp_path)[-1]["outcome"] == "refused"
+    assert refused_count(client, "bad_alg") == before + 1

@@ -154,7 +154,7 @@ def test_raw_slurm_token_refused_unless_passthrough_and_never_cached(
 
 
 def test_challenge_values_are_quoted_safely() -> None:
-    from slurm_jwt_bridge.web.proxy import _quotable
+    from slurm_jwt_bridge.errors import quotable as _quotable
 
     assert _quotable('a "b" \\ c\x00\n\u00e9') == "a 'b' ? c???"
     assert len(_quotable("x" * 1000)) == 300

@@ -8,7 +8,6 @@ from urllib.parse import parse_qsl
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from ..errors import BridgeError, invalid_request
-from ..names import SIGNING_ALGS
 from ..pipeline import Exchange, Request
 from ..policy import parse_seconds
 from .device import GRANT_DEVICE_CODE, device_authorization, device_login_enabled, device_token
@@ -29,10 +28,13 @@ def oauth_error(exc: BridgeError) -> Response:
     resp.status_code = exc.status
     resp.headers.update(NO_STORE)
     if exc.status == 401:
-        resp.headers["WWW-Authenticate"] = f'Bearer error="{exc.error}"'
+        resp.headers["WWW-Authenticate"] = exc.challenge()
     if exc.retry_after:
         resp.headers["Retry-After"] = str(exc.retry_after)
     return resp
+
+
+bp.register_error_handler(BridgeError, oauth_error)
 
 
 def token_answer(result: Exchange) -> Response:
@@ -41,7 +43,7 @@ def token_answer(result: Exchange) -> Response:
         access_token=t.token,
         issued_token_type=TT_JWT,
         token_type="Bearer",
-        expires_in=t.exp - t.iat,
+        expires_in=t.lifetime,
         slurm_user=t.user,
     )
     resp.headers.update(NO_STORE)
@@ -53,7 +55,8 @@ def _bridge() -> Any:
 
 
 def _json_options() -> tuple[int | None, str | None]:
-    """``{"lifetime": int, "alg": "RS256"|"HS256"}``, both optional, typed strictly."""
+    """``{"lifetime": int, "alg": str}``, both optional, typed strictly; which algorithms a
+    token may have is the pipeline's decision."""
     if not request.content_length:
         return None, None
     try:
@@ -69,7 +72,7 @@ def _json_options() -> tuple[int | None, str | None]:
     if "lifetime" in data and (isinstance(lifetime, bool) or not isinstance(lifetime, int)):
         raise invalid_request("lifetime must be an integer number of seconds", "bad_number")
     alg = data.get("alg")
-    if "alg" in data and alg not in SIGNING_ALGS:
+    if "alg" in data and not isinstance(alg, str):
         raise invalid_request("alg must be RS256 or HS256")
     return lifetime, alg
 
@@ -95,79 +98,60 @@ def _origin(door: str) -> Request:
 
 @bp.post("/oauth/token")
 def oauth_token() -> Response:
-    try:
-        if request.mimetype != "application/x-www-form-urlencoded":
-            raise invalid_request(
-                "send the request form-encoded (application/x-www-form-urlencoded)"
-            )
-        form = _form()
-        grant = form.get("grant_type", "")
-        if grant == GRANT_DEVICE_CODE and device_login_enabled(current_app):
-            lifetime = parse_seconds(form.get("requested_lifetime"), "requested_lifetime")
-            return device_token(form, lifetime)
-        if grant != GRANT_TOKEN_EXCHANGE:
-            raise BridgeError(
-                "unsupported_grant_type",
-                f"grant_type must be {GRANT_TOKEN_EXCHANGE}",
-                400,
-            )
-        subject_token = form.get("subject_token", "")
-        if not subject_token and not form.get("requested_subject"):
-            raise invalid_request("subject_token is missing")
-        stt = form.get("subject_token_type", "")
-        if (subject_token or stt) and stt not in SUBJECT_TOKEN_TYPES:
-            raise invalid_request(
-                "subject_token_type must be one of " + ", ".join(SUBJECT_TOKEN_TYPES)
-            )
-        rtt = form.get("requested_token_type")
-        if rtt and rtt not in REQUESTED_TOKEN_TYPES:
-            raise invalid_request(f"requested_token_type must be {TT_JWT}")
-        actor_token = form.get("actor_token") or None
-        if actor_token and form.get("actor_token_type") not in (TT_ACCESS, TT_JWT):
-            raise invalid_request(f"actor_token_type must be {TT_ACCESS} or {TT_JWT}")
-        origin = _origin("token-exchange")
-        try:
-            lifetime = parse_seconds(form.get("requested_lifetime"), "requested_lifetime")
-        except BridgeError as exc:
-            _bridge().pipeline.refuse_input("exchange", origin, exc)
-        result = _bridge().pipeline.exchange(
-            subject_token or None,
-            expected_use=SUBJECT_TOKEN_TYPES[stt] if stt else None,
-            lifetime=lifetime,
-            alg=form.get("alg") or None,
-            request=origin,
-            actor_token=actor_token,
-            requested_subject=form.get("requested_subject") or None,
+    if request.mimetype != "application/x-www-form-urlencoded":
+        raise invalid_request("send the request form-encoded (application/x-www-form-urlencoded)")
+    form = _form()
+    grant = form.get("grant_type", "")
+    if grant == GRANT_DEVICE_CODE and device_login_enabled(current_app):
+        lifetime = parse_seconds(form.get("requested_lifetime"), "requested_lifetime")
+        return device_token(form, lifetime)
+    if grant != GRANT_TOKEN_EXCHANGE:
+        raise BridgeError(
+            "unsupported_grant_type", f"grant_type must be {GRANT_TOKEN_EXCHANGE}", 400
         )
-    except BridgeError as exc:
-        return oauth_error(exc)
+    subject_token = form.get("subject_token", "")
+    if not subject_token and not form.get("requested_subject"):
+        raise invalid_request("subject_token is missing")
+    stt = form.get("subject_token_type", "")
+    if (subject_token or stt) and stt not in SUBJECT_TOKEN_TYPES:
+        raise invalid_request("subject_token_type must be one of " + ", ".join(SUBJECT_TOKEN_TYPES))
+    rtt = form.get("requested_token_type")
+    if rtt and rtt not in REQUESTED_TOKEN_TYPES:
+        raise invalid_request(f"requested_token_type must be {TT_JWT}")
+    actor_token = form.get("actor_token") or None
+    if actor_token and form.get("actor_token_type") not in (TT_ACCESS, TT_JWT):
+        raise invalid_request(f"actor_token_type must be {TT_ACCESS} or {TT_JWT}")
+    origin = _origin("token-exchange")
+    with _bridge().pipeline.parsing("exchange", origin):
+        lifetime = parse_seconds(form.get("requested_lifetime"), "requested_lifetime")
+    result = _bridge().pipeline.exchange(
+        subject_token or None,
+        expected_use=SUBJECT_TOKEN_TYPES[stt] if stt else None,
+        lifetime=lifetime,
+        alg=form.get("alg") or None,
+        request=origin,
+        actor_token=actor_token,
+        requested_subject=form.get("requested_subject") or None,
+    )
     return token_answer(result)
 
 
 @bp.post("/api/v1/token")
 def api_token() -> Response:
-    try:
-        auth = request.headers.get("Authorization", "")
-        scheme, _, credentials = auth.partition(" ")
-        if scheme.lower() != "bearer" or not credentials.strip():
-            raise BridgeError(
-                "invalid_request",
-                "send the identity provider's token as 'Authorization: Bearer <token>'",
-                401,
-            )
-        origin = _origin("api")
-        try:
-            lifetime, alg = _json_options()
-        except BridgeError as exc:
-            _bridge().pipeline.refuse_input("exchange", origin, exc)
-        result = _bridge().pipeline.exchange(
-            credentials.strip(),
-            lifetime=lifetime,
-            alg=alg,
-            request=origin,
+    auth = request.headers.get("Authorization", "")
+    scheme, _, credentials = auth.partition(" ")
+    if scheme.lower() != "bearer" or not credentials.strip():
+        raise BridgeError(
+            "invalid_request",
+            "send the identity provider's token as 'Authorization: Bearer <token>'",
+            401,
         )
-    except BridgeError as exc:
-        return oauth_error(exc)
+    origin = _origin("api")
+    with _bridge().pipeline.parsing("exchange", origin):
+        lifetime, alg = _json_options()
+    result = _bridge().pipeline.exchange(
+        credentials.strip(), lifetime=lifetime, alg=alg, request=origin
+    )
     return token_answer(result)
 
 
@@ -184,12 +168,10 @@ def _own_url(endpoint: str) -> str:
 def oauth_device_authorization() -> Response:
     """RFC 8628 for the bridge's own device page ([browser] device_login)."""
     if not device_login_enabled(current_app):
-        return oauth_error(
-            BridgeError(
-                "invalid_request",
-                "the device page is off (no login issuer, or [browser] device_login = false)",
-                404,
-            )
+        raise BridgeError(
+            "invalid_request",
+            "the device page is off (no login issuer, or [browser] device_login = false)",
+            404,
         )
     return device_authorization()
 
@@ -205,9 +187,9 @@ def cli_login() -> Response:
     if iss is not None:
         try:
             meta = bridge.discovery(iss)
-        except BridgeError as exc:
+        except BridgeError:
             if not device_login_enabled(current_app):
-                return oauth_error(exc)
+                raise
             meta = {}
         device = meta.get("device_authorization_endpoint")
     if not device:
@@ -221,17 +203,13 @@ def cli_login() -> Response:
             resp.headers.update(NO_STORE)
             return resp
         if iss is None:
-            return oauth_error(
-                BridgeError(
-                    "invalid_request", "terminal login is not configured ([cli_login])", 404
-                )
+            raise BridgeError(
+                "invalid_request", "terminal login is not configured ([cli_login])", 404
             )
-        return oauth_error(
-            BridgeError(
-                "invalid_request",
-                f"issuer {iss.name!r} does not offer the device authorization grant",
-                404,
-            )
+        raise BridgeError(
+            "invalid_request",
+            f"issuer {iss.name!r} does not offer the device authorization grant",
+            404,
         )
     resp = jsonify(
         grant="idp",

@@ -248,7 +248,7 @@ def _csrf() -> str:
 def _audit_refusal(event: str, reason: str) -> None:
     """An audit line for a refusal the pipeline never saw (forms, callback, session state)."""
     grant = session.get("grant")
-    _bridge().audit.record(
+    _bridge().pipeline.audit.record(
         event,
         "refused",
         reason=reason,
@@ -546,7 +546,7 @@ def new_token() -> ResponseReturnValue:
 
 
 def _refused(grant: Grant, reason: str) -> None:
-    _bridge().audit.record(
+    _bridge().pipeline.audit.record(
         "remint",
         "refused",
         reason=reason,

@@ -90,15 +90,9 @@ def _device_key(device_code: str) -> str:
 
 
 def _audit(outcome: str, reason: str | None = None, **fields: Any) -> None:
-    _bridge().audit.record(
+    _bridge().pipeline.audit.record(
         "device", outcome, reason=reason, door="device", remote_addr=request.remote_addr, **fields
     )
-
-
-def _json_error(exc: BridgeError) -> Response:
-    from .api import oauth_error
-
-    return oauth_error(exc)
 
 
 def _printable(value: str) -> str:
@@ -114,7 +108,7 @@ def device_authorization() -> Response:
     if request.mimetype != "application/x-www-form-urlencoded":
         exc = invalid_request("send the request form-encoded (application/x-www-form-urlencoded)")
         _audit("refused", exc.reason)
-        return _json_error(exc)
+        raise exc
     client = _printable(request.form.get("client_id", "") or "slurm-jwt-bridge login")
     now = int(time.time())
     device_code = secrets.token_urlsafe(32)
@@ -135,7 +129,7 @@ def device_authorization() -> Response:
     else:
         exc = BridgeError("temporarily_unavailable", "no free user code; try again", 503)
         _audit("refused", exc.reason)
-        return _json_error(exc)
+        raise exc
     record["user_code"] = user_code
     _store().put(key, record, cfg.device_code_lifetime)
     _audit("issued", user_code=shown(user_code), client=client)
@@ -185,30 +179,23 @@ def device_token(form: dict[str, str], lifetime: int | None) -> Response:
     if not device_code or len(device_code) > 128:
         exc = invalid_request("device_code is missing")
         _audit("refused", exc.reason)
-        return _json_error(exc)
+        raise exc
     outcome = _store().update(_device_key(device_code), _poll)
     if isinstance(outcome, BridgeError):
         if outcome.error != "authorization_pending":
             _audit("refused", outcome.reason, error=outcome.error)
-        return _json_error(outcome)
+        raise outcome
     from .browser import grant_from_dict, session_revoked
 
     if session_revoked(outcome.get("session")):
         # The person who allowed the code has logged out since: the code dies with the login.
         exc = BridgeError("access_denied", "the login that allowed this code has ended", 400)
         _audit("refused", exc.reason)
-        return _json_error(exc)
+        raise exc
     grant = grant_from_dict(outcome["grant"])
-    try:
-        result = _bridge().pipeline.remint(
-            grant,
-            lifetime,
-            None,
-            Request(door="device", remote_addr=request.remote_addr),
-            event="device",
-        )
-    except BridgeError as exc:
-        return _json_error(exc)
+    result = _bridge().pipeline.remint(
+        grant, lifetime, None, Request(door="device", remote_addr=request.remote_addr), "device"
+    )
     return token_answer(result)
 
 

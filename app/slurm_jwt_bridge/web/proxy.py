@@ -9,20 +9,18 @@ forwards (examples/nginx/slurmrestd-auth-request.conf), or 401 with the reason.
 Steady traffic costs no signature: the verified upstream token maps to its user from a cache
 (until the upstream token expires) and the user's Slurm token is reused until 80 % of its
 lifetime. Whatever X-SLURM-* or Authorization header the client sent is dropped: slurmrestd only
-ever sees the bridge's token for the mapped user.
+ever sees the bridge's token for the mapped user. The view authenticates, sends with the
+SlurmRestClient (slurmrest.py) and relays the answer.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import ipaddress
 import json
 import logging
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,19 +28,15 @@ from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import urllib3
-from cachetools import TLRUCache
 from flask import Blueprint, Flask, Response, current_app, request, session
-from urllib3.connection import HTTPConnection
-from urllib3.connectionpool import HTTPConnectionPool
-from urllib3.exceptions import HTTPError as TransportError
-from urllib3.exceptions import NewConnectionError, ProtocolError
-from urllib3.exceptions import TimeoutError as TransportTimeout
 
+from ..cache import ExpiringCache
 from ..errors import BridgeError
 from ..minting import SlurmToken
 from ..pipeline import Grant, Request
 from ..policy import username_problem
 from ..settings import ProxySettings, Settings
+from ..slurmrest import DROP_RESPONSE, SlurmRestClient, TransportError, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +44,6 @@ bp = Blueprint("proxy", __name__)
 
 PREFIXES = ("slurm", "slurmdb", "openapi")
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-# RFC 9110 section 7.6.1 hop-by-hop headers, plus what the proxy sets itself.
-HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-}
-DROP_REQUEST = HOP_BY_HOP | {"host", "authorization", "cookie", "content-length", "forwarded"}
-DROP_RESPONSE = HOP_BY_HOP | {"content-length", "set-cookie"}
 REUSE_FRACTION = 0.8
 ERROR_PEEK = 64 * 1024
 WHOLE_BODY = 256 * 1024  # answers up to this size are read whole, larger ones streamed
@@ -78,12 +58,7 @@ def _json_error(
     if retry_after:
         resp.headers["Retry-After"] = str(retry_after)
     if status == 401:
-        # RFC 6750 section 3: the reason travels in the challenge too, so it survives a front
-        # proxy (nginx auth_request) that answers with its own body but passes this header.
-        resp.headers["WWW-Authenticate"] = (
-            f'Bearer realm="slurm-jwt-bridge", error="{_quotable(error)}", '
-            f'error_description="{_quotable(description)}"'
-        )
+        resp.headers["WWW-Authenticate"] = BridgeError(error, description).challenge()
     return resp
 
 
@@ -92,18 +67,7 @@ def _refused(exc: BridgeError, status: int | None = None) -> Response:
     return _json_error(status or exc.status, exc.error, exc.reason, exc.retry_after)
 
 
-def _no_credentials() -> Response:
-    return _json_error(
-        401, "invalid_request", "send 'Authorization: Bearer <identity provider token>'"
-    )
-
-
-def _quotable(text: str, limit: int = 300) -> str:
-    """``text`` as an RFC 6750 quoted value: printable ASCII without ``"`` and ``\\``."""
-    out = "".join(
-        c if " " <= c <= "~" and c not in '"\\' else "'" if c == '"' else "?" for c in text
-    )
-    return out[:limit]
+bp.register_error_handler(BridgeError, _refused)
 
 
 # Percent-encodings that would change where a path goes once slurmrestd (or anything on the way)
@@ -205,43 +169,6 @@ class _Cached:
     reuse_until: float
 
 
-class _UnixConnection(HTTPConnection):
-    """An HTTP connection over slurmrestd's Unix socket (``slurmrestd unix:/path``)."""
-
-    def __init__(self, *args: Any, socket_path: str, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.socket_path = socket_path
-
-    def _new_conn(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)  # type: ignore[arg-type]
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        return sock
-
-
-class _UnixPool(HTTPConnectionPool):
-    ConnectionCls = _UnixConnection  # type: ignore[assignment]
-
-
-def _pool(cfg: ProxySettings) -> HTTPConnectionPool:
-    """A keep-alive pool to slurmrestd. urllib3 rather than a richer client: it is the thin
-    layer over http.client, and the proxy's cost per request is mostly its HTTP client."""
-    timeout = urllib3.Timeout(connect=cfg.connect_timeout, read=cfg.read_timeout)
-    common = {"maxsize": cfg.pool_size, "block": False, "timeout": timeout, "retries": False}
-    if cfg.upstream.startswith("unix:"):
-        return _UnixPool("localhost", socket_path=cfg.upstream[5:], **common)
-    url = urllib3.util.parse_url(cfg.upstream)
-    if url.scheme == "https":
-        from urllib3.connectionpool import HTTPSConnectionPool
-
-        return HTTPSConnectionPool(url.host, url.port or 443, **common)
-    return HTTPConnectionPool(url.host, url.port or 80, **common)
-
-
 def _token_key(grant: Grant) -> tuple[Any, ...]:
     """Tokens are shared per user, never across differing identity claims from the IdP, and
     only between grants that bound a token alike (everything but ``not_after``)."""
@@ -257,39 +184,32 @@ def _token_key(grant: Grant) -> tuple[Any, ...]:
 
 
 class SlurmRestProxy:
-    """Connection pool, caches and header rules; one per process."""
+    """The door's state, one per process: the client to slurmrestd and the two caches."""
 
     def __init__(self, settings: Settings, pipeline: Any) -> None:
         self.settings = settings
         self.cfg: ProxySettings = settings.proxy
         self.pipeline = pipeline
         cfg = self.cfg
-        self.pool = _pool(cfg) if cfg.enabled else None
+        self.client = SlurmRestClient.from_settings(cfg) if cfg.enabled else None
         self.lifetime = cfg.token_lifetime or None
-        self._lock = threading.Lock()
-        # upstream token hash -> Grant, until the upstream token's exp
-        self._grants: TLRUCache[str, tuple[Grant, float]] = TLRUCache(
-            cfg.cache_size, ttu=lambda _k, v, _now: v[1], timer=time.time
-        )
+        # upstream token hash -> (Grant, the upstream token's exp), until that exp
+        self._grants: ExpiringCache[str, tuple[Grant, float]] = ExpiringCache(cfg.cache_size)
         # what a grant allows (issuer, user, identity claims, kind, actor, algorithms, maximum
         # lifetime) -> Slurm token, reused until 80 % of its lifetime
-        self._tokens: TLRUCache[tuple[Any, ...], _Cached] = TLRUCache(
-            cfg.cache_size, ttu=lambda _k, v, _now: v.reuse_until, timer=time.time
-        )
+        self._tokens: ExpiringCache[tuple[Any, ...], _Cached] = ExpiringCache(cfg.cache_size)
 
     # ------------------------------------------------------------ tokens
 
     def verified_bearer(self, token: str, origin: Request) -> tuple[Grant, float]:
         """(grant, the upstream token's exp) for an identity-provider token, cached by hash."""
         key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
-        with self._lock:
-            hit = self._grants.get(key)
+        hit = self._grants.get(key)
         if hit is not None:
             return hit
         grant, upstream_exp = self.pipeline.grant_from_token(token, origin)
         entry = (grant, float(upstream_exp))
-        with self._lock:
-            self._grants[key] = entry
+        self._grants.put(key, entry, entry[1])
         return entry
 
     def slurm_token(self, grant: Grant, origin: Request) -> SlurmToken:
@@ -301,21 +221,17 @@ class SlurmRestProxy:
         Shared only between grants that allow the same (kind, actor, algorithms, maximum
         lifetime), and never past the grant's own ``not_after`` (its upstream token's exp)."""
         cache_key = _token_key(grant)
-        now = time.time()
-        with self._lock:
-            hit = self._tokens.get(cache_key)
+        hit = self._tokens.get(cache_key)
         if (
             hit is not None
-            and hit.reuse_until > now
+            and hit.reuse_until > time.time()
             and (grant.not_after is None or hit.token.exp <= grant.not_after)
             and self._key_still_listed(hit.token)
         ):
             return hit
-        result = self.pipeline.remint(grant, self.lifetime, None, origin)
-        token = result.token
-        entry = _Cached(token, token.iat + (token.exp - token.iat) * REUSE_FRACTION)
-        with self._lock:
-            self._tokens[cache_key] = entry
+        token = self.pipeline.remint(grant, self.lifetime, None, origin).token
+        entry = _Cached(token, token.iat + token.lifetime * REUSE_FRACTION)
+        self._tokens.put(cache_key, entry, entry.reuse_until)
         return entry
 
     def _key_still_listed(self, token: SlurmToken) -> bool:
@@ -325,34 +241,15 @@ class SlurmRestProxy:
         return any(k.kid == token.kid for k in self.pipeline.keys.current().rsa_keys)
 
     def forget(self, grant: Grant) -> None:
-        with self._lock:
-            self._tokens.pop(_token_key(grant), None)
+        self._tokens.pop(_token_key(grant))
 
     # ------------------------------------------------------------ forwarding
 
-    def forward_headers(self, user: str, token: str) -> dict[str, str]:
-        connection_named = {
-            h.strip().lower() for h in request.headers.get("Connection", "").split(",") if h.strip()
-        }
-        out: dict[str, str] = {}
-        for name, value in request.headers.items():
-            low = name.lower()
-            if low in DROP_REQUEST or low in connection_named or low.startswith("x-slurm-"):
-                continue
-            out[name] = value
-        if self.cfg.auth_style == "bearer":
-            out["Authorization"] = f"Bearer {token}"
-        else:
-            out["X-SLURM-USER-NAME"] = user
-            out["X-SLURM-USER-TOKEN"] = token
-        forwarded = request.remote_addr or ""
-        prior = request.headers.get("X-Forwarded-For")
-        out["X-Forwarded-For"] = f"{prior}, {forwarded}" if prior else forwarded
-        return out
-
-    def send(self, path: str, query: str, user: str, token: str) -> urllib3.BaseHTTPResponse:
-        """Forward the current request to ``path?query`` (raw, as the client sent them); the
-        answer's body is left unread (streamed)."""
+    def send(self, target: str, user: str, token: str) -> urllib3.BaseHTTPResponse:
+        """The current request to slurmrestd at ``target`` (raw, as the client sent it), with
+        ``user``'s Slurm token; the answer's body is left unread (streamed)."""
+        if self.client is None:
+            raise BridgeError("server_error", "no [proxy] upstream is configured", 500)
         length = request.content_length
         body: Any = None
         chunked = False
@@ -360,22 +257,12 @@ class SlurmRestProxy:
             body = request.stream
         elif request.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body, chunked = _limited(request.stream, self.cfg.max_body), True
-        headers = self.forward_headers(user, token)
+        headers = self.client.headers_for(
+            request.headers.items(), user=user, token=token, remote_addr=request.remote_addr
+        )
         if length is not None:
             headers["Content-Length"] = str(length)
-        if self.pool is None:
-            raise BridgeError("server_error", "no [proxy] upstream is configured", 500)
-        return self.pool.urlopen(
-            request.method,
-            f"{path}?{query}" if query else path,
-            body=body,
-            headers=headers,
-            chunked=chunked,
-            preload_content=False,
-            decode_content=False,
-            redirect=False,
-            assert_same_host=False,
-        )
+        return self.client.send(request.method, target, headers, body, chunked=chunked)
 
 
 def _limited(stream: Any, limit: int) -> Iterator[bytes]:
@@ -417,7 +304,7 @@ def _auth_failure(status: int, body: str) -> bool:
     return any(marker in text for marker in AUTH_FAILURE_MARKERS)
 
 
-def _refusal(grant: Grant, token: SlurmToken, status: int) -> Response:
+def _refusal(user: str, token: SlurmToken, status: int) -> Response:
     causes = []
     if token.kid:
         causes.append(
@@ -428,15 +315,14 @@ def _refusal(grant: Grant, token: SlurmToken, status: int) -> Response:
     else:
         causes.append("the controller's jwt_key differs from the bridge's jwt_hs256.key")
     causes.append(
-        f"user {grant.user!r} is unknown on the controller (getpwnam fails there) "
-        "or the token expired"
+        f"user {user!r} is unknown on the controller (getpwnam fails there) or the token expired"
     )
     return _json_error(
         401,
         "slurm_token_refused",
-        f"slurmrestd refused the Slurm token for {grant.user!r} (HTTP {status}); likely: "
+        f"slurmrestd refused the Slurm token for {user!r} (HTTP {status}); likely: "
         + "; or ".join(causes),
-        slurm_user=grant.user,
+        slurm_user=user,
         kid=token.kid,
         likely_causes=causes,
     )
@@ -444,64 +330,56 @@ def _refusal(grant: Grant, token: SlurmToken, status: int) -> Response:
 
 @dataclass(frozen=True)
 class _Caller:
-    """Who a request comes from: a grant, plus the raw Slurm token for a passthrough and the
-    upstream token's exp for an identity-provider token (None for a browser session)."""
+    """Who a request comes from: the pipeline's grant (an identity-provider token, with its
+    exp; a browser session, without), or a raw Slurm token passed through for its ``sun``."""
 
-    grant: Grant
+    user: str
+    grant: Grant | None = None
     passthrough: str | None = None
     upstream_exp: float | None = None
 
 
-def _door_refusal(origin: Request, exc: BridgeError) -> BridgeError:
-    """Audit a refusal decided here, before the pipeline ran; returns ``exc`` to raise."""
-    with contextlib.suppress(BridgeError):
-        _proxy().pipeline.refuse_input("exchange", origin, exc)
-    return exc
+def _origin() -> Request:
+    return Request(door="proxy", remote_addr=request.remote_addr)
 
 
 def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
-    """The caller from the Authorization header or the browser session; None for neither."""
+    """The caller from the Authorization header or the browser session; None for neither.
+    Every refusal here is audited."""
     auth = request.headers.get("Authorization", "")
     scheme, _, credentials = auth.partition(" ")
     credentials = credentials.strip()
     if scheme.lower() == "bearer" and credentials:
         sun = _looks_like_slurm_token(credentials)
-        if sun is not None:
+        if sun is None:
+            grant, upstream_exp = proxy.verified_bearer(credentials, origin)
+            return _Caller(grant.user, grant, upstream_exp=upstream_exp)
+        with proxy.pipeline.parsing("exchange", origin):
             if not proxy.cfg.passthrough_slurm_tokens:
-                raise _door_refusal(
-                    origin,
-                    BridgeError(
-                        "invalid_token",
-                        "a raw Slurm token was presented; send your identity provider's token "
-                        "(passthrough_slurm_tokens is off)",
-                        401,
-                        metric="slurm_token_presented",
-                    ),
+                raise BridgeError(
+                    "invalid_token",
+                    "a raw Slurm token was presented; send your identity provider's token "
+                    "(passthrough_slurm_tokens is off)",
+                    401,
+                    metric="slurm_token_presented",
                 )
             if username_problem(sun):
-                raise _door_refusal(
-                    origin,
-                    BridgeError("invalid_token", "the Slurm token's sun is not a user name", 401),
-                )
-            current_app.extensions["slurm_jwt_bridge"].audit.record(
-                "passthrough",
-                "forwarded",
-                door=origin.door,
-                remote_addr=origin.remote_addr,
-                user=sun,
-            )
-            return _Caller(Grant(user=sun, kind="passthrough"), passthrough=credentials)
-        grant, upstream_exp = proxy.verified_bearer(credentials, origin)
-        return _Caller(grant, upstream_exp=upstream_exp)
+                raise BridgeError("invalid_token", "the Slurm token's sun is not a user name", 401)
+        proxy.pipeline.audit.record(
+            "passthrough", "forwarded", door=origin.door, remote_addr=origin.remote_addr, user=sun
+        )
+        return _Caller(sun, passthrough=credentials)
     if auth:
-        raise _door_refusal(
-            origin, BridgeError("invalid_request", "use 'Authorization: Bearer <token>'", 401)
+        proxy.pipeline.refuse_input(
+            "exchange",
+            origin,
+            BridgeError("invalid_request", "use 'Authorization: Bearer <token>'", 401),
         )
     if current_app.extensions.get("slurm_jwt_bridge_sessions") and "grant" in session:
         from .browser import session_grant
 
         grant = session_grant(usable=True)
-        try:
+        with proxy.pipeline.parsing("exchange", origin, user=grant.user if grant else None):
             if grant is None:
                 raise BridgeError(
                     "invalid_token",
@@ -510,18 +388,25 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
                     metric="session_expired",
                 )
             _check_same_origin()
-        except BridgeError as exc:
-            current_app.extensions["slurm_jwt_bridge"].audit.record(
-                "exchange",
-                "refused",
-                reason=exc.reason,
-                door=origin.door,
-                remote_addr=origin.remote_addr,
-                user=grant.user if grant else None,
-            )
-            raise
-        return _Caller(grant)
+        return _Caller(grant.user, grant)
     return None
+
+
+def _credentials(proxy: SlurmRestProxy, origin: Request) -> tuple[_Caller, _Cached | None]:
+    """The caller and, unless a raw Slurm token passes through, the Slurm token minted (or
+    reused) for it. A refusal answers 401 where the pipeline says 400: to the proxy's client
+    the token it sent is what is wrong. No credentials at all: the 401 that asks for them."""
+    try:
+        caller = _authenticate(proxy, origin)
+        if caller is None:
+            raise BridgeError(
+                "invalid_request", "send 'Authorization: Bearer <identity provider token>'", 401
+            )
+        if caller.grant is None:
+            return caller, None
+        return caller, proxy.reusable_token(caller.grant, origin)
+    except BridgeError as exc:
+        raise exc.with_status(401) if exc.status == 400 else exc from None
 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -570,51 +455,25 @@ def _origin_of(url: str) -> str:
 
 
 def handle(prefix: str, rest: str) -> Response:
+    """authenticate -> send -> relay."""
     proxy = _proxy()
-    origin = Request(door="proxy", remote_addr=request.remote_addr)
-    try:
+    origin = _origin()
+    with proxy.pipeline.parsing("exchange", origin):
         path, query = forwardable_target(_raw_target())
         request.max_content_length = proxy.cfg.max_body
         if request.content_length and request.content_length > proxy.cfg.max_body:
             raise BridgeError(
                 "invalid_request", f"request body larger than {proxy.cfg.max_body} bytes", 413
             )
-    except BridgeError as exc:
-        _door_refusal(origin, exc)
-        return _refused(exc)
-    try:
-        caller = _authenticate(proxy, origin)
-        if caller is None:
-            return _no_credentials()
-        grant, raw = caller.grant, caller.passthrough
-        token = None
-        if raw is None:
-            token = proxy.slurm_token(grant, origin)
-            raw = token.token
-    except BridgeError as exc:
-        return _refused(exc, 401 if exc.status == 400 else None)
+    caller, cached = _credentials(proxy, origin)
+    token = cached.token if cached else None
+    target = f"{path}?{query}" if query else path
     started = time.perf_counter()
-    try:
-        upstream = proxy.send(path, query, grant.user, raw)
-    except BridgeError as exc:
-        return _refused(exc)
-    except (NewConnectionError, ProtocolError) as exc:  # NewConnectionError is a timeout too
-        return _json_error(
-            502, "upstream_unavailable", f"slurmrestd is unreachable ({type(exc).__name__})"
-        )
-    except TransportTimeout as exc:
-        return _json_error(
-            504, "upstream_timeout", f"slurmrestd did not answer in time ({type(exc).__name__})"
-        )
-    except (TransportError, OSError) as exc:
-        return _json_error(
-            502, "upstream_unavailable", f"slurmrestd is unreachable ({type(exc).__name__})"
-        )
-    observer = current_app.extensions.get("slurm_jwt_bridge_metrics")
+    upstream = proxy.send(target, caller.user, token.token if token else caller.passthrough or "")
     status = upstream.status
     chunks = upstream.stream(65536, decode_content=False)  # one iterator over the body
     peek = b""
-    if status in (401, 500, 511) and token is not None:
+    if status in (401, 500, 511) and token is not None and caller.grant is not None:
         try:
             for chunk in chunks:
                 peek += chunk
@@ -624,22 +483,32 @@ def handle(prefix: str, rest: str) -> Response:
             pass
         if _auth_failure(status, peek.decode("utf-8", "replace")):
             upstream.close()
-            proxy.forget(grant)
-            retry = _fresh_token_once(proxy, grant, token, origin)
+            proxy.forget(caller.grant)
+            retry = _fresh_token_once(proxy, caller.grant, token, origin)
             if retry is None:
-                if observer is not None:
-                    observer.proxied(status, time.perf_counter() - started)
-                return _refusal(grant, token, status)
-            token, raw = retry, retry.token
-            try:
-                upstream = proxy.send(path, query, grant.user, raw)
-            except (BridgeError, TransportError, OSError) as exc:
-                return _json_error(
-                    502, "upstream_unavailable", f"slurmrestd is unreachable ({type(exc).__name__})"
-                )
+                _observe(status, started)
+                return _refusal(caller.user, token, status)
+            upstream = proxy.send(target, caller.user, retry.token)
             status = upstream.status
             chunks = upstream.stream(65536, decode_content=False)
             peek = b""
+    return _relayed(upstream, status, peek, chunks, started)
+
+
+def _observe(status: int, started: float) -> None:
+    observer = current_app.extensions.get("slurm_jwt_bridge_metrics")
+    if observer is not None:
+        observer.proxied(status, time.perf_counter() - started)
+
+
+def _relayed(
+    upstream: urllib3.BaseHTTPResponse,
+    status: int,
+    peek: bytes,
+    chunks: Iterator[bytes],
+    started: float,
+) -> Response:
+    """slurmrestd's answer (after any ``peek``-ed start) as the client's."""
     headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in DROP_RESPONSE]
     length = _declared_length(upstream)
     if length is not None and length <= WHOLE_BODY and request.method != "HEAD":
@@ -649,15 +518,11 @@ def handle(prefix: str, rest: str) -> Response:
             data = peek + b"".join(chunks)
         except (TransportError, OSError) as exc:
             upstream.close()
-            return _json_error(
-                502, "upstream_unavailable", f"slurmrestd's answer was cut ({type(exc).__name__})"
-            )
+            raise unreachable(exc, "slurmrestd's answer was cut") from None
         upstream.release_conn()
-        if observer is not None:
-            observer.proxied(status, time.perf_counter() - started)
+        _observe(status, started)
         return Response(data, status=status, headers=headers)
-    if observer is not None:
-        observer.proxied(status, time.perf_counter() - started)
+    _observe(status, started)
     if length is not None:
         headers.append(("Content-Length", str(length)))  # relayed byte for byte
     body = _relay(peek, chunks, upstream)
@@ -742,6 +607,26 @@ AUTH_USER_HEADER = "X-Slurm-User-Name"
 AUTH_TOKEN_HEADER = "X-Slurm-User-Token"
 
 
+def _auth_refused(exc: BridgeError) -> Response:
+    # nginx passes 401 and 403 on; anything else becomes its own 500
+    return _refused(exc, 403 if exc.metric == "bad_path" else None)
+
+
+auth_bp.register_error_handler(BridgeError, _auth_refused)
+
+
+@auth_bp.after_request
+def _count_auth_answer(resp: Response) -> Response:
+    observer = current_app.extensions.get("slurm_jwt_bridge_metrics")
+    if observer is not None:
+        observer.auth_answered(resp.status_code)
+    return resp
+
+
+# The client's original request target, as nginx passes it (proxy_set_header ... $request_uri).
+ORIGINAL_URI_HEADER = "X-Original-URI"
+
+
 @auth_bp.route("/proxy/auth", methods=METHODS)
 def proxy_auth() -> Response:
     """nginx ``auth_request``: 200 + the Slurm user and token as headers, or 401 + the reason.
@@ -753,20 +638,8 @@ def proxy_auth() -> Response:
     For a Bearer token the answer carries ``X-Accel-Expires``: how long nginx may cache it
     (``auth_request_max_age``, never past the Slurm token's reuse time or the upstream token's
     expiry). nginx honours it only where the example's ``proxy_cache`` is configured."""
-    resp = _auth_answer()
-    observer = current_app.extensions.get("slurm_jwt_bridge_metrics")
-    if observer is not None:
-        observer.auth_answered(resp.status_code)
-    return resp
-
-
-# The client's original request target, as nginx passes it (proxy_set_header ... $request_uri).
-ORIGINAL_URI_HEADER = "X-Original-URI"
-
-
-def _auth_answer() -> Response:
     proxy = _proxy()
-    origin = Request(door="proxy", remote_addr=request.remote_addr)
+    origin = _origin()
     if not _peer_allowed(proxy.cfg.auth_request_allow_from):
         return _json_error(
             403,
@@ -774,30 +647,18 @@ def _auth_answer() -> Response:
             "this address may not use /proxy/auth ([proxy] auth_request_allow_from)",
         )
     original = request.headers.get(ORIGINAL_URI_HEADER)
-    try:
-        if original is not None:
-            try:
-                forwardable_target(original)
-            except BridgeError as exc:
-                raise _door_refusal(origin, exc) from None
-        caller = _authenticate(proxy, origin)
-        if caller is None:
-            return _no_credentials()
-        # max_age stays 0 (nginx asks every time) for raw Slurm tokens and browser sessions
-        grant, raw, max_age = caller.grant, caller.passthrough, 0
-        if raw is None:
-            cached = proxy.reusable_token(grant, origin)
-            raw = cached.token.token
-            limit, now = proxy.cfg.auth_request_max_age, time.time()
-            if limit and caller.upstream_exp is not None:
-                max_age = int(min(limit, cached.reuse_until - now, caller.upstream_exp - now))
-    except BridgeError as exc:
-        if exc.metric == "bad_path":  # nginx passes 401 and 403 on, anything else is its 500
-            return _refused(exc, 403)
-        return _refused(exc, 401 if exc.status == 400 else None)
+    if original is not None:
+        with proxy.pipeline.parsing("exchange", origin):
+            forwardable_target(original)
+    caller, cached = _credentials(proxy, origin)
+    # max_age stays 0 (nginx asks every time) for raw Slurm tokens and browser sessions
+    max_age = 0
+    limit, now = proxy.cfg.auth_request_max_age, time.time()
+    if cached is not None and limit and caller.upstream_exp is not None:
+        max_age = int(min(limit, cached.reuse_until - now, caller.upstream_exp - now))
     resp = Response(status=200)
-    resp.headers[AUTH_USER_HEADER] = grant.user
-    resp.headers[AUTH_TOKEN_HEADER] = raw
+    resp.headers[AUTH_USER_HEADER] = caller.user
+    resp.headers[AUTH_TOKEN_HEADER] = cached.token.token if cached else caller.passthrough or ""
     # X-Accel-Expires before Cache-Control: nginx reads them in order, and a no-store seen
     # first would forbid the caching that X-Accel-Expires allows.
     resp.headers["X-Accel-Expires"] = str(max(max_age, 0))
@@ -811,24 +672,3 @@ def init_proxy(app: Flask, settings: Settings, pipeline: Any) -> None:
         app.register_blueprint(bp)
     if settings.proxy.auth_request:
         app.register_blueprint(auth_bp)
-
-
-def create_proxy_app(settings: Settings | None = None) -> Flask:
-    """The proxy alone (``'slurm_jwt_bridge.web.proxy:create_proxy_app()'``), health, JWKS."""
-    from .. import build_bridge
-    from ..settings import load_settings
-    from . import health, jwks
-
-    settings = settings or load_settings()
-    if not (settings.proxy.enabled or settings.proxy.auth_request):
-        raise SystemExit(
-            "slurm-jwt-bridge: error: proxy.upstream: is required for the proxy app "
-            "(or proxy.auth_request = true)"
-        )
-    bridge = build_bridge(settings)
-    app = Flask("app")
-    app.extensions["slurm_jwt_bridge"] = bridge
-    app.register_blueprint(health.bp)
-    app.register_blueprint(jwks.bp)
-    init_proxy(app, settings, bridge.pipeline)
-    return app
