@@ -245,23 +245,24 @@ def _csrf() -> str:
     return session["csrf"]
 
 
-def _audit_refusal(event: str, reason: str) -> None:
-    """An audit line for a refusal the pipeline never saw (forms, callback, session state)."""
-    grant = session.get("grant")
-    _bridge().pipeline.audit.record(
-        event,
-        "refused",
-        reason=reason,
-        door="browser",
-        remote_addr=request.remote_addr,
-        user=grant.get("user") if isinstance(grant, dict) else None,
-    )
+def _audit_refusal(event: str, reason: str, metric: str, **fields: Any) -> None:
+    """The audit line and metric of a refusal decided here, before or beside the pipeline
+    (forms, callback, session state); the page that says so is the caller's."""
+    if not fields:
+        grant = session.get("grant")
+        fields = {"user": grant.get("user") if isinstance(grant, dict) else None}
+    with contextlib.suppress(BridgeError):
+        _bridge().pipeline.refuse_input(
+            event, _origin(), BridgeError("access_denied", reason, metric=metric), **fields
+        )
 
 
 def _check_csrf() -> None:
     sent = request.form.get("csrf", "")
     if not sent or not hmac.compare_digest(sent, session.get("csrf", "")):
-        _audit_refusal(request.endpoint or "form", "CSRF token of the form did not match")
+        _audit_refusal(
+            request.endpoint or "form", "CSRF token of the form did not match", "csrf_mismatch"
+        )
         abort(
             error_page("Form expired", "The form's CSRF token did not match; reload the page.", 400)
         )
@@ -313,7 +314,11 @@ def session_grant(usable: bool = False) -> Grant | None:
     if not isinstance(raw, dict):
         return None
     if not _session_valid():
-        _audit_refusal("session", "browser session revoked at logout or altered in its store")
+        _audit_refusal(
+            "session",
+            "browser session revoked at logout or altered in its store",
+            "session_invalid",
+        )
         return None
     now = time.time()
     if int(session.get("ends", 0)) <= now:
@@ -426,7 +431,9 @@ def callback() -> ResponseReturnValue:
         session.pop("login_issuer", None)
         error = request.args.get("error", "")[:64]
         desc = request.args.get("error_description", "")[:200]
-        _audit_refusal("login", f"the identity provider refused the login: {error}")
+        _audit_refusal(
+            "login", f"the identity provider refused the login: {error}", "idp_refused_login"
+        )
         return error_page("Login refused by the identity provider", f"{error}: {desc}".strip(": "))
     if not name:
         return error_page("Login expired", "No login is in progress in this browser; start again.")
@@ -436,15 +443,12 @@ def callback() -> ResponseReturnValue:
     mixup = _mixup_reason(client, name)
     if mixup:
         session.pop("login_issuer", None)
-        origin = _origin()
-        _bridge().pipeline.audit.record(
-            "login", "refused", reason=mixup, door=origin.door, remote_addr=origin.remote_addr
-        )
+        _audit_refusal("login", mixup, "issuer_mixup", user=None)
         return error_page("Login refused", mixup)
     try:
         tokens = client.authorize_access_token()
     except OAuthError as exc:
-        _audit_refusal("login", f"login answer refused: {exc.error}"[:200])
+        _audit_refusal("login", f"login answer refused: {exc.error}"[:200], "login_answer_refused")
         return error_page("Login failed", f"{exc.error}: {exc.description or ''}".strip(": "))
     except Exception as exc:
         log.warning("code exchange with %s failed: %s", name, type(exc).__name__)
@@ -530,7 +534,11 @@ def new_token() -> ResponseReturnValue:
     if session.get("refresh_token"):
         return _refreshed_token(grant, lifetime)
     if grant.not_after is None or grant.not_after <= time.time():
-        _refused(grant, "the ID token expired and the identity provider gave no refresh token")
+        _refused(
+            grant,
+            "the ID token expired and the identity provider gave no refresh token",
+            "grant_expired",
+        )
         return _ended(
             "Login expired",
             "Your login at the identity provider has expired (it gave this service no refresh "
@@ -545,15 +553,9 @@ def new_token() -> ResponseReturnValue:
     return redirect(url_for("browser.index"))
 
 
-def _refused(grant: Grant, reason: str) -> None:
-    _bridge().pipeline.audit.record(
-        "remint",
-        "refused",
-        reason=reason,
-        door="browser",
-        remote_addr=request.remote_addr,
-        **{k: v for k, v in grant.audit_fields().items() if v is not None},
-    )
+def _refused(grant: Grant, reason: str, metric: str) -> None:
+    fields = {k: v for k, v in grant.audit_fields().items() if v is not None}
+    _audit_refusal("remint", reason, metric, **fields)
 
 
 def _refreshed_token(grant: Grant, lifetime: int | None) -> ResponseReturnValue:
@@ -567,7 +569,7 @@ def _refreshed_token(grant: Grant, lifetime: int | None) -> ResponseReturnValue:
             grant_type="refresh_token", refresh_token=session["refresh_token"]
         )
     except OAuthError as exc:
-        _refused(grant, f"refresh refused by the identity provider: {exc.error}")
+        _refused(grant, f"refresh refused by the identity provider: {exc.error}", "refresh_refused")
         return _ended(
             "Login ended",
             "Your identity provider no longer accepts this login "
@@ -582,7 +584,7 @@ def _refreshed_token(grant: Grant, lifetime: int | None) -> ResponseReturnValue:
         )
     id_token = tokens.get("id_token")
     if not id_token:
-        _refused(grant, "the identity provider's refresh answer has no ID token")
+        _refused(grant, "the identity provider's refresh answer has no ID token", "no_id_token")
         return _ended(
             "Login ended",
             "The identity provider renewed the login without an ID token: log in again.",

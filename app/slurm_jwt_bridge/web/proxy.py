@@ -379,14 +379,18 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
         from .browser import session_grant
 
         grant = session_grant(usable=True)
-        with proxy.pipeline.parsing("exchange", origin, user=grant.user if grant else None):
-            if grant is None:
-                raise BridgeError(
+        if grant is None:
+            proxy.pipeline.refuse_input(
+                "exchange",
+                origin,
+                BridgeError(
                     "invalid_token",
                     "the browser login has expired: get a new token on the start page",
                     401,
                     metric="session_expired",
-                )
+                ),
+            )
+        with proxy.pipeline.parsing("exchange", origin, user=grant.user):
             _check_same_origin()
         return _Caller(grant.user, grant)
     return None
