@@ -60,7 +60,7 @@ class GrantKind(StrEnum):
 
 @dataclass(frozen=True)
 class Grant:
-    """Who gets a token, as decided by verify + map; what ``issue`` authorizes and mints.
+    """Who gets a token, as decided by verify + map; what ``_issue`` authorizes and mints.
 
     Small and plain so the browser door can keep it in a session cookie.
     """

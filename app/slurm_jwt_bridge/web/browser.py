@@ -279,7 +279,7 @@ def grant_to_dict(grant: Grant) -> dict[str, Any]:
         "issuer": grant.issuer,
         "subject": grant.subject,
         "client": grant.client,
-        "kind": grant.kind,
+        "kind": grant.kind.value,
         "max_lifetime": grant.max_lifetime,
         "algs": list(grant.algs),
         "not_after": grant.not_after,
