@@ -388,7 +388,7 @@ class Pipeline:
     ) -> Exchange:
         """authorize -> mint: account policy, lifetime policy, allowed algorithms, signature."""
         decision.fields.update({k: v for k, v in grant.audit_fields().items() if v is not None})
-        chosen = alg or self.settings.keys.default_alg
+        chosen = self.settings.keys.default_alg if alg is None else alg
         if chosen not in SIGNING_ALGS:
             raise invalid_request(f"alg must be RS256 or HS256, got {chosen[:16]!r}", "bad_alg")
         decision.fields["alg"] = chosen
