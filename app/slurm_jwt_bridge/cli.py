@@ -394,6 +394,12 @@ def config_check(config_path: Path | None, keys_dir: Path | None) -> None:
     except (SettingsError, keyring.KeyRingError) as exc:
         _fail(str(exc))
         return
+    from .web.urls import public_url_problem  # gunicorn refuses the same (gunicorn_conf.py)
+
+    problem = public_url_problem(s)
+    if problem:
+        _fail(problem)
+        return
     click.echo("ok")
 
 

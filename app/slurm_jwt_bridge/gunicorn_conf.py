@@ -22,20 +22,37 @@ if TYPE_CHECKING:
     from gunicorn.workers.base import Worker
 
 
-def _configured_bind() -> str:
-    """[server] host:port of the configuration file, else loopback: never every interface by
-    default. A file that does not load is reported by create_app, with its one-line reason."""
+def _configured_settings() -> Any:
+    """The settings of $SLURM_JWT_BRIDGE_CONFIG, or None: a file that does not load is reported
+    by create_app, with its one-line reason."""
     try:
         from slurm_jwt_bridge.settings import load_settings
 
-        server = load_settings(None).server
+        return load_settings(None)
     except Exception:  # the app factory reports it, with its one-line reason
+        return None
+
+
+def _configured_bind(settings: Any) -> str:
+    """[server] host:port of the configuration file, else loopback: never every interface by
+    default."""
+    if settings is None:
         return "127.0.0.1:8000"
+    server = settings.server
     host = f"[{server.host}]" if ":" in server.host else server.host
     return f"{host}:{server.port}"
 
 
-bind = os.environ.get("GUNICORN_BIND") or _configured_bind()
+_settings = _configured_settings()
+if _settings is not None:
+    # Refused before gunicorn logs or binds anything: one line, exit 1.
+    from slurm_jwt_bridge.web.urls import public_url_problem
+
+    _problem = public_url_problem(_settings)
+    if _problem:
+        raise SystemExit(f"slurm-jwt-bridge: error: {_problem}")
+
+bind = os.environ.get("GUNICORN_BIND") or _configured_bind(_settings)
 workers = int(os.environ.get("GUNICORN_WORKERS", str(2 * (os.cpu_count() or 1) + 1)))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 worker_class = (

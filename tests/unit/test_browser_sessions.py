@@ -86,6 +86,7 @@ def _serve(
         'audiences = ["bridge"]\ntoken_use = ["id"]\nclient_id = "bridge"\n'
         '[[mapping.rules]]\nclaim = "preferred_username"\n'
         f'[browser]\nenabled = true\n[server]\nhost = "127.0.0.1"\nport = {free_port()}\n'
+        'public_url = "https://bridge.example.org"\n'
     )
     exe = Path(sys.executable).parent / "slurm-jwt-bridge"
     try:

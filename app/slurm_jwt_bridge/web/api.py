@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..errors import BridgeError, invalid_request
 from ..pipeline import Exchange, Request
 from ..policy import parse_seconds
 from .device import GRANT_DEVICE_CODE, device_authorization, device_login_enabled, device_token
+from .urls import own_url
 
 bp = Blueprint("api", __name__)
 
@@ -155,15 +156,6 @@ def api_token() -> Response:
     return token_answer(result)
 
 
-def _own_url(endpoint: str) -> str:
-    """One of the bridge's own endpoints, never from the request's Host header (the client
-    sends the user's tokens there): ``[server] public_url`` + path, else the path alone (the
-    client resolves it against the URL it asked)."""
-    public = _bridge().settings.server.public_url
-    path = url_for(endpoint)
-    return public + path if public else path
-
-
 @bp.post("/oauth/device_authorization")
 def oauth_device_authorization() -> Response:
     """RFC 8628 for the bridge's own device page ([browser] device_login)."""
@@ -197,8 +189,10 @@ def cli_login() -> Response:
             resp = jsonify(
                 grant="bridge",
                 client_id="slurm-jwt-bridge-cli",
-                device_authorization_endpoint=_own_url("api.oauth_device_authorization"),
-                token_endpoint=_own_url("api.oauth_token"),
+                device_authorization_endpoint=own_url(
+                    "api.oauth_device_authorization", relative=True
+                ),
+                token_endpoint=own_url("api.oauth_token", relative=True),
             )
             resp.headers.update(NO_STORE)
             return resp
@@ -219,7 +213,7 @@ def cli_login() -> Response:
         resource=cfg.resource or None,
         device_authorization_endpoint=device,
         token_endpoint=meta["token_endpoint"],
-        token_exchange_endpoint=_own_url("api.oauth_token"),
+        token_exchange_endpoint=own_url("api.oauth_token", relative=True),
     )
     resp.headers.update(NO_STORE)
     return resp

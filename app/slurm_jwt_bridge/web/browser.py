@@ -50,6 +50,7 @@ from ..pipeline import Grant, Request
 from ..policy import parse_seconds
 from ..settings import TENANT_PLACEHOLDER, IssuerSettings, Settings
 from ..upstream import discovery_url
+from .urls import own_url
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +368,7 @@ def index() -> ResponseReturnValue:
         return _page("index.html", issuers=login_issuers(settings))
     token = session.get("token", "")
     exp = int(session.get("exp", 0))
-    public = settings.server.public_url or request.host_url.rstrip("/")
+    public = own_url("browser.index").rstrip("/")
     proxy = settings.browser.proxy_url or (public if settings.proxy.enabled else "")
     return _page(
         "token.html",
@@ -412,7 +413,7 @@ def login() -> ResponseReturnValue:
         )
     session["login_issuer"] = chosen.name
     client = _oauth().create_client(chosen.name)
-    redirect_uri = url_for("browser.callback", _external=True)
+    redirect_uri = own_url("browser.callback")
     try:
         return client.authorize_redirect(redirect_uri)
     except Exception as exc:  # discovery failed: the IdP is unreachable
@@ -634,7 +635,7 @@ def logout() -> ResponseReturnValue:
         iss = _bridge().settings.issuer_named(name)
         params = {
             "client_id": iss.client_id if iss else "",
-            "post_logout_redirect_uri": url_for("browser.index", _external=True),
+            "post_logout_redirect_uri": own_url("browser.index"),
         }
         return redirect(f"{end_session}?{urlencode(params)}")
     return redirect(url_for("browser.index"))

@@ -34,6 +34,7 @@ from ..device_store import DeviceStore, DirectoryStore, RedisStore
 from ..errors import BridgeError, invalid_grant, invalid_request
 from ..pipeline import Request
 from ..settings import Settings
+from .urls import own_url
 
 bp = Blueprint("device", __name__)
 
@@ -133,8 +134,7 @@ def device_authorization() -> Response:
     record["user_code"] = user_code
     _store().put(key, record, cfg.device_code_lifetime)
     _audit("issued", user_code=shown(user_code), client=client)
-    public = _bridge().settings.server.public_url or request.host_url.rstrip("/")
-    page = public.rstrip("/") + url_for("device.page")
+    page = own_url("device.page")
     resp = jsonify(
         device_code=device_code,
         user_code=shown(user_code),
