@@ -1,6 +1,7 @@
 """docs/http.md's table of token-endpoint refusals, walked: every documented (status, error)
 is produced through the Flask test client at /oauth/token or /api/v1/token, and every pair
-the walk produces is documented. Each refusal carries ``Cache-Control: no-store``.
+the walk produces is documented. Each refusal carries ``Cache-Control: no-store``. The rows of
+"Keys and operations" (JWKS, health, readiness, metrics) are walked the same way.
 """
 
 from __future__ import annotations
@@ -154,3 +155,48 @@ def test_each_documented_refusal_is_produced(
         as_text=True
     )[:300]
     assert r.headers.get("Cache-Control") == "no-store", dict(r.headers)
+
+
+# ---------------------------------------------------------------- keys and operations
+
+
+def operations_table() -> dict[str, set[int]]:
+    """path -> the statuses its row of "Keys and operations" names (200 for every path)."""
+    text = DOC.read_text().split("## Keys and operations", 1)[1].split("\n\n", 2)[1]
+    rows: dict[str, set[int]] = {}
+    for line in text.splitlines()[2:]:
+        paths, _, meaning = line.partition(" | ")
+        statuses = {200} | {int(n) for n in re.findall(r"`(\d{3})\b", meaning)}
+        for path in re.findall(r"`GET (/[\w./-]*)`", paths):
+            rows[path] = statuses
+    return rows
+
+
+def _operations(tmp: Path, idp: Any) -> dict[str, set[int]]:
+    produced: dict[str, set[int]] = {}
+    client = _app(tmp, idp).test_client()
+    for path in ("/.well-known/jwks.json", "/jwks.json"):
+        r = client.get(path)
+        r2 = client.get(path, headers={"If-None-Match": r.headers["ETag"]})
+        produced[path] = {r.status_code, r2.status_code}
+    produced["/healthz"] = {client.get("/healthz").status_code}
+    outside = {"REMOTE_ADDR": "192.0.2.7"}  # not in [server] internal_allow
+    produced["/metrics"] = {
+        client.get("/metrics").status_code,
+        client.get("/metrics", environ_base=outside).status_code,
+    }
+    ready = client.get("/readyz").status_code  # the issuer's keys are fetched at first use
+    client.post(
+        "/oauth/token",
+        data={"grant_type": TE, "subject_token": _user(idp), "subject_token_type": AT},
+    )
+    produced["/readyz"] = {ready, client.get("/readyz").status_code}
+    return produced
+
+
+def test_keys_and_operations_statuses_are_the_documented_ones(
+    tmp_path: Path, idp: Any, keys: Path
+) -> None:
+    documented = operations_table()
+    assert set(documented) >= {"/jwks.json", "/healthz", "/readyz", "/metrics"}, documented
+    assert _operations(tmp_path, idp) == documented
