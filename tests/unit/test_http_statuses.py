@@ -1,20 +1,31 @@
 """docs/http.md's table of token-endpoint refusals, walked: every documented (status, error)
 is produced through the Flask test client at /oauth/token or /api/v1/token, and every pair
-the walk produces is documented. Each refusal carries ``Cache-Control: no-store``. The rows of
-"Keys and operations" (JWKS, health, readiness, metrics) are walked the same way.
+the walk produces is documented. Each refusal carries ``Cache-Control: no-store``. The reverse
+proxy's table, the statuses of ``GET /proxy/auth`` and the rows of "Keys and operations" (JWKS,
+health, readiness, metrics) are walked the same way.
+
+slurmrestd's answers (511, slow, closed port) come from a stub upstream here; the proxy against
+real slurmrestd runs in tests/integration/test_proxy_slurm.py.
 """
 
 from __future__ import annotations
 
+import io
 import re
-from collections.abc import Callable
+import secrets
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from slurm_jwt_bridge import create_app
+from slurm_jwt_bridge.keys import KeyRing
+from slurm_jwt_bridge.minting import mint_slurm_token
 from slurm_jwt_bridge.settings import parse_settings
+from tests.helpers.slurm import free_port
+from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import forge
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "http.md"
@@ -22,11 +33,20 @@ TE = "urn:ietf:params:oauth:grant-type:token-exchange"
 AT = "urn:ietf:params:oauth:token-type:access_token"
 
 
-def token_endpoint_table() -> set[tuple[int, str]]:
-    """The (status, error) rows of the first table of docs/http.md (token-endpoint refusals)."""
-    text = DOC.read_text()
+def status_table(after: str = "") -> set[tuple[int, str]]:
+    """The (status, error) rows of the first status table of docs/http.md after the line
+    ``after`` (the top one: token-endpoint refusals)."""
+    text = DOC.read_text().split(after, 1)[1] if after else DOC.read_text()
     table = text.split("| status | `error` | when |", 1)[1].split("\n\n", 1)[0]
     return {(int(s), e) for s, e in re.findall(r"^\| (\d{3}) \| `(\w+)` \|", table, re.M)}
+
+
+def assert_walk_covers(documented: set[tuple[int, str]], walked: set[tuple[int, str]]) -> None:
+    assert len(documented) >= 8, documented  # the table is still found
+    assert walked == documented, (
+        f"documented, no producer: {sorted(documented - walked)}; "
+        f"produced, undocumented: {sorted(walked - documented)}"
+    )
 
 
 def _app(tmp_path: Path, idp: Any, **extra: Any) -> Any:
@@ -63,7 +83,9 @@ def keys(tmp_path: Path) -> Path:
 
 
 def _user(idp: Any, name: str = "alice") -> str:
-    return str(idp.mint(idp.oidc_claims(aud="bridge", preferred_username=name)))
+    """A new token each time (a token already verified is cached and not counted again)."""
+    claims = idp.oidc_claims(aud="bridge", preferred_username=name, jti=secrets.token_hex(8))
+    return str(idp.mint(claims))
 
 
 def _exchange(client: Any, token: str, **extra: str) -> Any:
@@ -138,12 +160,7 @@ PRODUCERS: dict[tuple[int, str], Producer] = {
 
 
 def test_the_walk_covers_the_documented_table() -> None:
-    documented = token_endpoint_table()
-    assert len(documented) >= 8, documented
-    assert set(PRODUCERS) == documented, (
-        f"documented, no producer: {sorted(documented - set(PRODUCERS))}; "
-        f"produced, undocumented: {sorted(set(PRODUCERS) - documented)}"
-    )
+    assert_walk_covers(status_table(), set(PRODUCERS))
 
 
 @pytest.mark.parametrize("row", sorted(PRODUCERS), ids=lambda r: f"{r[0]}-{r[1]}")
@@ -200,3 +217,194 @@ def test_keys_and_operations_statuses_are_the_documented_ones(
     documented = operations_table()
     assert set(documented) >= {"/jwks.json", "/healthz", "/readyz", "/metrics"}, documented
     assert _operations(tmp_path, idp) == documented
+
+
+# ---------------------------------------------------------------- reverse proxy, /proxy/auth
+
+JOBS = "/slurm/v0.0.44/jobs"
+
+
+def auth_request_statuses() -> set[int]:
+    """The statuses the ``GET /proxy/auth`` section names in bold."""
+    section = DOC.read_text().split("### `GET /proxy/auth`", 1)[1].split("\n## ", 1)[0]
+    return {int(s) for s in re.findall(r"\*\*(\d{3})\*\*", section)}
+
+
+@pytest.fixture
+def upstream() -> Iterator[StubServer]:
+    u = StubServer(b'{"jobs": []}')
+    yield u
+    u.close()
+
+
+def _proxy(tmp: Path, idp: Any, upstream: StubServer, **extra: Any) -> Any:
+    proxy = {
+        "upstream": upstream.url,
+        "read_timeout": 1.0,
+        "connect_timeout": 1.0,
+        "max_body": 4096,
+        "auth_request": True,
+        **extra.pop("proxy", {}),
+    }
+    return _app(tmp, idp, proxy=proxy, **extra).test_client()
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _short_lived(idp: Any) -> str:
+    claims = idp.oidc_claims(aud="bridge", preferred_username="alice")
+    return str(idp.mint({**claims, "exp": int(time.time()) + 30}))
+
+
+Door = Callable[[Path, Any, StubServer], Any]
+
+
+def _slurm_refused(tmp: Path, idp: Any, up: StubServer) -> Any:
+    up.status, up.body = 511, b'{"errors":[{"error":"Protocol authentication error"}]}'
+    return _proxy(tmp, idp, up).get(JOBS, headers=_bearer(_user(idp)))
+
+
+def _bad_path(tmp: Path, idp: Any, up: StubServer) -> Any:
+    return _proxy(tmp, idp, up).get("/slurm/v0.0.44/%2e%2e/jobs", headers=_bearer(_user(idp)))
+
+
+def _raw_slurm_token(tmp: Path, idp: Any, up: StubServer) -> Any:
+    raw = mint_slurm_token(KeyRing.load(tmp / "keys"), "alice", 600).token
+    return _proxy(tmp, idp, up).get(JOBS, headers=_bearer(raw))
+
+
+def _expires_too_soon(tmp: Path, idp: Any, up: StubServer) -> Any:
+    return _proxy(tmp, idp, up).get(JOBS, headers=_bearer(_short_lived(idp)))
+
+
+def _proxy_root(tmp: Path, idp: Any, up: StubServer) -> Any:
+    return _proxy(tmp, idp, up).get(JOBS, headers=_bearer(_user(idp, "root")))
+
+
+def _body_stopped(tmp: Path, idp: Any, up: StubServer) -> Any:
+    """What the worker's read timeout leaves (gunicorn_worker.py): a body shorter than its
+    Content-Length."""
+    return _proxy(tmp, idp, up).post(
+        "/slurm/v0.0.44/job/submit",
+        input_stream=io.BytesIO(b"{"),
+        environ_overrides={"CONTENT_LENGTH": "100"},
+        headers=_bearer(_user(idp)),
+    )
+
+
+def _no_credentials(tmp: Path, idp: Any, up: StubServer) -> Any:
+    return _proxy(tmp, idp, up).get(JOBS)
+
+
+def _proxy_too_large(tmp: Path, idp: Any, up: StubServer) -> Any:
+    return _proxy(tmp, idp, up).post(
+        "/slurm/v0.0.44/job/submit", data=b"x" * 5000, headers=_bearer(_user(idp))
+    )
+
+
+def _proxy_rate_limited(tmp: Path, idp: Any, up: StubServer) -> Any:
+    client = _proxy(tmp, idp, up, rate_limit={"enabled": True, "per_subject": "1/minute"})
+    client.get(JOBS, headers=_bearer(_user(idp)))
+    return client.get(JOBS, headers=_bearer(_user(idp)))
+
+
+def _proxy_lookup_cannot_start(tmp: Path, idp: Any, up: StubServer) -> Any:
+    rule = {"claim": "preferred_username", "command": [str(tmp / "no-such-command")]}
+    return _proxy(tmp, idp, up, mapping={"rules": [rule]}).get(JOBS, headers=_bearer(_user(idp)))
+
+
+def _upstream_down(tmp: Path, idp: Any, up: StubServer) -> Any:
+    client = _app(tmp, idp, proxy={"upstream": f"http://127.0.0.1:{free_port()}"}).test_client()
+    return client.get(JOBS, headers=_bearer(_user(idp)))
+
+
+def _proxy_issuer_down(tmp: Path, idp: Any, up: StubServer) -> Any:
+    client = _proxy(tmp, idp, up)
+    token = _user(idp)
+    idp.mode = "down"
+    return client.get(JOBS, headers=_bearer(token))
+
+
+def _upstream_slow(tmp: Path, idp: Any, up: StubServer) -> Any:
+    up.delay = 3  # read_timeout is 1 s
+    return _proxy(tmp, idp, up).get(JOBS, headers=_bearer(_user(idp)))
+
+
+PROXY: dict[tuple[int, str], Door] = {
+    (401, "slurm_token_refused"): _slurm_refused,
+    (400, "invalid_request"): _bad_path,
+    (401, "invalid_token"): _raw_slurm_token,
+    (401, "invalid_grant"): _expires_too_soon,
+    (403, "access_denied"): _proxy_root,
+    (408, "invalid_request"): _body_stopped,
+    (401, "invalid_request"): _no_credentials,
+    (413, "invalid_request"): _proxy_too_large,
+    (429, "rate_limited"): _proxy_rate_limited,
+    (500, "server_error"): _proxy_lookup_cannot_start,
+    (502, "upstream_unavailable"): _upstream_down,
+    (503, "temporarily_unavailable"): _proxy_issuer_down,
+    (504, "upstream_timeout"): _upstream_slow,
+}
+
+
+def test_the_proxy_walk_covers_the_documented_table() -> None:
+    assert_walk_covers(status_table("## Reverse proxy"), set(PROXY))
+
+
+@pytest.mark.parametrize("row", sorted(PROXY), ids=lambda r: f"{r[0]}-{r[1]}")
+def test_each_documented_proxy_refusal_is_produced(
+    tmp_path: Path, idp: Any, keys: Path, upstream: StubServer, row: tuple[int, str]
+) -> None:
+    r = PROXY[row](tmp_path, idp, upstream)
+    assert (r.status_code, (r.get_json(silent=True) or {}).get("error")) == row, r.get_data(
+        as_text=True
+    )[:300]
+
+
+AUTH = "/proxy/auth"
+
+
+def _auth(client: Any, token: str | None = None, **headers: str) -> Any:
+    return client.get(AUTH, headers={**(_bearer(token) if token else {}), **headers})
+
+
+def _auth_statuses(tmp: Path, idp: Any, up: StubServer) -> dict[int, set[str | None]]:
+    """Every answer /proxy/auth gives in this walk: status -> the errors seen with it."""
+    answers = []
+    client = _proxy(tmp, idp, up)
+    answers.append(_auth(client, _user(idp)))  # 200
+    answers.append(_auth(client))  # 401, no credentials
+    answers.append(_auth(client, _short_lived(idp)))  # 401 invalid_grant
+    answers.append(_auth(client, _user(idp, "root")))  # 403 access_denied
+    answers.append(_auth(client, _user(idp), **{"X-Original-URI": "/slurm/%2e%2e/x"}))  # 403
+    stranger = client.get(
+        AUTH, headers=_bearer(_user(idp)), environ_base={"REMOTE_ADDR": "192.0.2.7"}
+    )
+    answers.append(stranger)  # 403, not in auth_request_allow_from
+    limited = _proxy(tmp, idp, up, rate_limit={"enabled": True, "per_subject": "1/minute"})
+    _auth(limited, _user(idp, "bob"))
+    answers.append(_auth(limited, _user(idp, "bob")))  # 429
+    rule = {"claim": "preferred_username", "command": [str(tmp / "no-such-command")]}
+    answers.append(_auth(_proxy(tmp, idp, up, mapping={"rules": [rule]}), _user(idp)))  # 500
+    down = _proxy(tmp, idp, up)
+    token = _user(idp)
+    idp.mode = "down"
+    answers.append(_auth(down, token))  # 503
+    seen: dict[int, set[str | None]] = {}
+    for r in answers:
+        seen.setdefault(r.status_code, set()).add((r.get_json(silent=True) or {}).get("error"))
+    return seen
+
+
+def test_proxy_auth_statuses_are_the_documented_ones(
+    tmp_path: Path, idp: Any, keys: Path, upstream: StubServer
+) -> None:
+    documented = auth_request_statuses()
+    assert len(documented) >= 5, documented
+    seen = _auth_statuses(tmp_path, idp, upstream)
+    assert set(seen) == documented, seen
+    assert seen[403] == {"access_denied", "invalid_request"}, seen
+    assert seen[429] == {"rate_limited"} and seen[500] == {"server_error"}, seen
+    assert seen[503] == {"temporarily_unavailable"}, seen
