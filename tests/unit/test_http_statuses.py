@@ -11,12 +11,14 @@ real slurmrestd runs in tests/integration/test_proxy_slurm.py.
 from __future__ import annotations
 
 import io
+import json
 import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -24,6 +26,8 @@ from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.keys import KeyRing
 from slurm_jwt_bridge.minting import mint_slurm_token
 from slurm_jwt_bridge.settings import parse_settings
+from tests.helpers.login_session import login_grant, login_issuer
+from tests.helpers.sessions import plant_session
 from tests.helpers.slurm import free_port
 from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import forge
@@ -67,7 +71,7 @@ def _app(tmp_path: Path, idp: Any, **extra: Any) -> Any:
         "rate_limit": {"enabled": False},
     }
     for section, values in extra.items():
-        data[section] = {**data.get(section, {}), **values}
+        data[section] = {**data.get(section, {}), **values} if isinstance(values, dict) else values
     return create_app(parse_settings(data, tmp_path))
 
 
@@ -408,3 +412,108 @@ def test_proxy_auth_statuses_are_the_documented_ones(
     assert seen[403] == {"access_denied", "invalid_request"}, seen
     assert seen[429] == {"rate_limited"} and seen[500] == {"server_error"}, seen
     assert seen[503] == {"temporarily_unavailable"}, seen
+
+
+# ---------------------------------------------------------------- browser and device pages
+
+PUBLIC = "https://bridge.example.org"
+
+
+def page_statuses(after: str) -> set[int]:
+    """The statuses of the first ``| status | page | when |`` table after the line ``after``."""
+    text = DOC.read_text().split(after, 1)[1]
+    table = text.split("| status | page | when |", 1)[1].split("\n\n", 1)[0]
+    return {int(s) for s in re.findall(r"^\| (\d{3}) \|", table, re.M)}
+
+
+def _browser(tmp: Path, idp: Any, **extra: Any) -> Any:
+    return _app(
+        tmp,
+        idp,
+        issuers=[login_issuer(idp.issuer)],
+        server={"public_url": PUBLIC},
+        browser={"enabled": True, "secure_cookies": False, **extra.pop("browser", {})},
+        **extra,
+    ).test_client()
+
+
+def _logged_in(client: Any, **grant: Any) -> Any:
+    plant_session(client, grant=login_grant(**grant), ends=int(time.time()) + 3600, csrf="x")
+    return client
+
+
+def _callback(client: Any, idp: Any, token_endpoint: StubServer, user: str = "alice") -> Any:
+    """A login through /login and /auth/callback; the provider's token endpoint answers an ID
+    token for ``user`` carrying the login's nonce."""
+    start = parse_qs(urlsplit(client.get("/login").headers["Location"]).query)
+    claims = idp.oidc_claims(aud="bridge", preferred_username=user, nonce=start["nonce"][0])
+    answer = {"access_token": "opaque", "token_type": "Bearer", "id_token": idp.mint(claims)}
+    token_endpoint.body = json.dumps(answer).encode()
+    return client.get(f"/auth/callback?code=c&state={start['state'][0]}")
+
+
+def _browser_statuses(tmp: Path, idp: Any, up: StubServer) -> dict[int, Any]:
+    idp.extra_discovery = {"token_endpoint": up.url + "/token"}
+    seen: dict[int, Any] = {}
+
+    def saw(r: Any) -> None:
+        seen.setdefault(r.status_code, r)
+
+    saw(_logged_in(_browser(tmp, idp)).post("/token", data={"csrf": "forged"}))  # 400
+    saw(_logged_in(_browser(tmp, idp), not_after=1).post("/token", data={"csrf": "x"}))  # 401
+    saw(_callback(_browser(tmp, idp), idp, up, "root"))  # 403
+    saw(_browser(tmp, idp).get("/login?issuer=nope"))  # 404
+    limited = _browser(tmp, idp, rate_limit={"enabled": True, "per_address": "1/minute"})
+    limited.get("/login")
+    saw(limited.get("/login"))  # 429
+    rule = {"claim": "preferred_username", "command": [str(tmp / "no-such-command")]}
+    saw(_callback(_browser(tmp, idp, mapping={"rules": [rule]}), idp, up))  # 500
+    closed = StubServer()
+    closed.close()  # the token endpoint cannot be reached
+    idp.extra_discovery = {"token_endpoint": closed.url + "/token"}
+    client = _browser(tmp, idp)
+    start = parse_qs(urlsplit(client.get("/login").headers["Location"]).query)
+    saw(client.get(f"/auth/callback?code=c&state={start['state'][0]}"))  # 502
+    idp.mode = "down"
+    saw(_browser(tmp, idp).get("/login"))  # 503
+    return seen
+
+
+def test_browser_page_statuses_are_the_documented_ones(
+    tmp_path: Path, idp: Any, keys: Path, upstream: StubServer
+) -> None:
+    documented = page_statuses("## Browser")
+    assert len(documented) >= 6, documented
+    seen = _browser_statuses(tmp_path, idp, upstream)
+    assert set(seen) == documented, {s: r.get_data(as_text=True)[:200] for s, r in seen.items()}
+    assert seen[429].json["error"] == "rate_limited"
+
+
+def _device_statuses(tmp: Path, idp: Any, monkeypatch: pytest.MonkeyPatch) -> set[int]:
+    seen = set()
+    client = _logged_in(_browser(tmp, idp))
+    seen.add(client.get("/device?code=BCDF-GHJK").status_code)  # 400: no login waits for it
+    code = client.post("/oauth/device_authorization", data={"client_id": "cli"}).json
+    allow = {"code": code["user_code"], "decision": "allow", "csrf": "x"}
+    assert client.post("/device", data=allow).status_code == 200
+    seen.add(client.post("/device", data=allow).status_code)  # 409
+    off = _browser(tmp, idp, browser={"device_login": False})
+    seen.add(off.get("/device").status_code)  # 404
+    seen.add(off.post("/oauth/device_authorization").status_code)
+    locked = _logged_in(_browser(tmp, idp, browser={"device_max_attempts": 1}))
+    locked.get("/device?code=BCDF-GHJK")
+    seen.add(locked.get("/device?code=BCDF-GHJK").status_code)  # 429
+    import slurm_jwt_bridge.web.device as device
+
+    monkeypatch.setattr(device.secrets, "choice", lambda alphabet: alphabet[0])
+    clash = _browser(tmp, idp)
+    clash.post("/oauth/device_authorization", data={"client_id": "cli"})
+    seen.add(clash.post("/oauth/device_authorization", data={"client_id": "cli"}).status_code)
+    return seen
+
+
+def test_device_page_statuses_are_the_documented_ones(
+    tmp_path: Path, idp: Any, keys: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    documented = page_statuses("The device page and its endpoint:")
+    assert _device_statuses(tmp_path, idp, monkeypatch) == documented

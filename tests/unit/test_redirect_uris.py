@@ -24,6 +24,7 @@ from click.testing import CliRunner
 from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.cli import main
 from slurm_jwt_bridge.settings import parse_settings
+from tests.helpers.login_session import login_grant, login_issuer
 from tests.helpers.sessions import plant_session
 
 PUBLIC = "https://bridge.example.org"
@@ -38,16 +39,7 @@ def _data(keys_dir: Path, tmp_path: Path, idp: Any, public_url: str) -> dict[str
         "audit": {"destination": "none"},
         "server": {"public_url": public_url, "proxy_fix": 1},
         "browser": {"secure_cookies": False},
-        "issuers": [
-            {
-                "name": "oidc",
-                "kind": "oidc",
-                "issuer": idp.issuer,
-                "audiences": ["bridge"],
-                "token_use": ["access", "id"],
-                "client_id": "bridge",
-            }
-        ],
+        "issuers": [login_issuer(idp.issuer)],
         "mapping": {"require_local_account": False, "rules": [{"claim": "preferred_username"}]},
         "rate_limit": {"enabled": False},
     }
@@ -79,19 +71,9 @@ def test_a_forged_host_does_not_steer_the_post_logout_redirect_uri(
     keys_dir: Path, tmp_path: Path, idp: Any
 ) -> None:
     client = _app(keys_dir, tmp_path, idp).test_client()
-    grant = {
-        "user": "alice",
-        "issuer": "oidc",
-        "subject": "alice",
-        "client": "bridge",
-        "kind": "user",
-        "max_lifetime": None,
-        "algs": ["RS256"],
-        "not_after": int(time.time()) + 600,
-    }
     plant_session(
         client,
-        grant=grant,
+        grant=login_grant(),
         ends=int(time.time()) + 3600,
         csrf="x",
         issuer="oidc",
