@@ -26,6 +26,7 @@ from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.keys import KeyRing
 from slurm_jwt_bridge.minting import mint_slurm_token
 from slurm_jwt_bridge.settings import parse_settings
+from slurm_jwt_bridge.web.device import _device_key
 from tests.helpers.login_session import login_grant, login_issuer
 from tests.helpers.sessions import plant_session
 from tests.helpers.slurm import free_port
@@ -517,3 +518,47 @@ def test_device_page_statuses_are_the_documented_ones(
 ) -> None:
     documented = page_statuses("The device page and its endpoint:")
     assert _device_statuses(tmp_path, idp, monkeypatch) == documented
+
+
+# ---------------------------------------------------------------- the device-code grant
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+
+
+def device_grant_errors() -> set[tuple[int, str]]:
+    """The (status, error) pairs the device-code grant's paragraph names."""
+    text = DOC.read_text().split("answers the device-code grant", 1)[1].split("\n\n", 1)[0]
+    return {(int(s), e) for s, e in re.findall(r"(\d{3}) `(\w+)`", text)}
+
+
+def _device_grant_errors(tmp: Path, idp: Any) -> set[tuple[int, str]]:
+    client = _logged_in(_browser(tmp, idp, browser={"device_poll_interval": 1}))
+    store = client.application.extensions["slurm_jwt_bridge_device_store"]
+    seen = set()
+
+    def start() -> dict[str, Any]:
+        return dict(client.post("/oauth/device_authorization", data={"client_id": "cli"}).json)
+
+    def poll(dev: dict[str, Any]) -> None:
+        form = {"grant_type": DEVICE_GRANT, "device_code": dev["device_code"]}
+        r = client.post("/oauth/token", data=form)
+        seen.add((r.status_code, r.json["error"]))
+
+    dev = start()
+    time.sleep(1.1)  # device_poll_interval = 1: a poll that keeps the interval
+    poll(dev)  # authorization_pending
+    poll(dev)  # slow_down: polled again at once
+    poll({"device_code": "no-such-code"})  # invalid_grant
+    denied = start()
+    client.post("/device", data={"code": denied["user_code"], "decision": "deny", "csrf": "x"})
+    poll(denied)  # access_denied
+    expired = start()
+    store.update(_device_key(expired["device_code"]), lambda rec: ({**rec, "expires": 1}, None))
+    poll(expired)  # expired_token
+    return seen
+
+
+def test_device_grant_errors_are_the_documented_ones(tmp_path: Path, idp: Any, keys: Path) -> None:
+    documented = device_grant_errors()
+    assert len(documented) >= 4, documented
+    assert _device_grant_errors(tmp_path, idp) == documented
