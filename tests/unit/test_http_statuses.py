@@ -562,3 +562,23 @@ def test_device_grant_errors_are_the_documented_ones(tmp_path: Path, idp: Any, k
     documented = device_grant_errors()
     assert len(documented) >= 4, documented
     assert _device_grant_errors(tmp_path, idp) == documented
+
+
+def cli_login_statuses() -> set[int]:
+    """The statuses the ``GET /api/v1/cli-login`` section names (200 is the answer)."""
+    text = DOC.read_text().split("### `GET /api/v1/cli-login`", 1)[1].split("\n### ", 1)[0]
+    return {200} | {int(s) for s in re.findall(r"\b(\d{3})\b", text)}
+
+
+def test_cli_login_statuses_are_the_documented_ones(tmp_path: Path, idp: Any, keys: Path) -> None:
+    seen = set()
+    for device_login in (True, False):
+        off = {"browser": {"device_login": device_login}}
+        seen.add(_browser(tmp_path, idp, **off).get("/api/v1/cli-login").status_code)
+    cli = {"cli_login": {"issuer": "oidc", "client_id": "cli"}, "browser": {"device_login": False}}
+    client = _browser(tmp_path, idp, **cli)
+    idp.mode = "down"
+    r = client.get("/api/v1/cli-login")
+    assert r.json["error"] == "temporarily_unavailable", r.json
+    seen.add(r.status_code)
+    assert seen == cli_login_statuses()
