@@ -173,16 +173,18 @@ def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}", **extra}
 
 
-def test_readme_setup_block_runs(tmp_path: Path) -> None:
-    """keys init, jwks export + install, mint, serve --prod: as written, in a temp root."""
-    (tmp_path / "tmp").mkdir()
-    lines = [_local(cmd, tmp_path) for cmd in _of_kind(RUN) if not cmd.startswith("printf")]
+def run_setup_block(root: Path) -> tuple[str, str]:
+    """The README's setup block up to ``serve``, as written under ``root``: the ``serve``
+    line, and alice's token from its ``mint`` line. The JWKS lands in
+    ``root/etc/slurm/jwks/jwks.json`` (checked here: mode 0644, with a kid)."""
+    (root / "tmp").mkdir(parents=True, exist_ok=True)
+    lines = [_local(cmd, root) for cmd in _of_kind(RUN) if not cmd.startswith("printf")]
     assert len(lines) == 7, lines
     *setup, serve = lines
-    env = _env()
+    token = ""
     for line in setup:
         r = subprocess.run(
-            ["bash", "-c", line], env=env, capture_output=True, text=True, timeout=120
+            ["bash", "-c", line], env=_env(), capture_output=True, text=True, timeout=120
         )
         if "mint alice" in line and r.returncode == 1 and "alice" in r.stderr:
             # require_local_account (the default) refuses a user this machine does not have
@@ -190,8 +192,17 @@ def test_readme_setup_block_runs(tmp_path: Path) -> None:
         assert r.returncode == 0, (line, r.stdout, r.stderr)
         if "mint alice" in line:
             assert r.stdout.startswith("SLURM_JWT=eyJ"), r.stdout[:40]
-    jwks = tmp_path / "etc/slurm/jwks/jwks.json"
+            token = r.stdout.strip().removeprefix("SLURM_JWT=")
+    jwks = root / "etc/slurm/jwks/jwks.json"
     assert oct(jwks.stat().st_mode & 0o777) == "0o644" and '"kid"' in jwks.read_text()
+    return serve, token
+
+
+def test_readme_setup_block_runs(tmp_path: Path) -> None:
+    """keys init, jwks export + install, mint, serve --prod: as written, in a temp root
+    (slurmctld taking the token: tests/integration/test_doc_commands_slurm.py)."""
+    serve, _token = run_setup_block(tmp_path)
+    env = _env()
 
     # serve --prod reads the configuration the line names; the block does not write one.
     port = free_port()
