@@ -144,10 +144,9 @@ def _lookup_cannot_start(tmp: Path, idp: Any) -> Any:
 
 
 def _issuer_down(tmp: Path, idp: Any) -> Any:
-    client = _app(tmp, idp).test_client()
     token = _user(idp)
-    idp.mode = "down"  # the bridge has not fetched the issuer's keys yet
-    return _exchange(client, token)
+    idp.mode = "down"  # before the bridge starts: it never has the issuer's keys
+    return _exchange(_app(tmp, idp).test_client(), token)
 
 
 PRODUCERS: dict[tuple[int, str], Producer] = {
@@ -207,12 +206,13 @@ def _operations(tmp: Path, idp: Any) -> dict[str, set[int]]:
         client.get("/metrics").status_code,
         client.get("/metrics", environ_base=outside).status_code,
     }
-    ready = client.get("/readyz").status_code  # the issuer's keys are fetched at first use
-    client.post(
+    client.post(  # the issuer's keys are fetched by the first token they verify
         "/oauth/token",
         data={"grant_type": TE, "subject_token": _user(idp), "subject_token_type": AT},
     )
-    produced["/readyz"] = {ready, client.get("/readyz").status_code}
+    ready = client.get("/readyz").status_code
+    idp.mode = "down"  # a bridge that cannot fetch its issuer's keys is not ready
+    produced["/readyz"] = {ready, _app(tmp, idp).test_client().get("/readyz").status_code}
     return produced
 
 
@@ -326,10 +326,9 @@ def _upstream_down(tmp: Path, idp: Any, up: StubServer) -> Any:
 
 
 def _proxy_issuer_down(tmp: Path, idp: Any, up: StubServer) -> Any:
-    client = _proxy(tmp, idp, up)
     token = _user(idp)
-    idp.mode = "down"
-    return client.get(JOBS, headers=_bearer(token))
+    idp.mode = "down"  # before the bridge starts: it never has the issuer's keys
+    return _proxy(tmp, idp, up).get(JOBS, headers=_bearer(token))
 
 
 def _upstream_slow(tmp: Path, idp: Any, up: StubServer) -> Any:
@@ -393,10 +392,9 @@ def _auth_statuses(tmp: Path, idp: Any, up: StubServer) -> dict[int, set[str | N
     answers.append(_auth(limited, _user(idp, "bob")))  # 429
     rule = {"claim": "preferred_username", "command": [str(tmp / "no-such-command")]}
     answers.append(_auth(_proxy(tmp, idp, up, mapping={"rules": [rule]}), _user(idp)))  # 500
-    down = _proxy(tmp, idp, up)
     token = _user(idp)
-    idp.mode = "down"
-    answers.append(_auth(down, token))  # 503
+    idp.mode = "down"  # before the bridge starts: it never has the issuer's keys
+    answers.append(_auth(_proxy(tmp, idp, up), token))  # 503
     seen: dict[int, set[str | None]] = {}
     for r in answers:
         seen.setdefault(r.status_code, set()).add((r.get_json(silent=True) or {}).get("error"))
@@ -576,9 +574,8 @@ def test_cli_login_statuses_are_the_documented_ones(tmp_path: Path, idp: Any, ke
         off = {"browser": {"device_login": device_login}}
         seen.add(_browser(tmp_path, idp, **off).get("/api/v1/cli-login").status_code)
     cli = {"cli_login": {"issuer": "oidc", "client_id": "cli"}, "browser": {"device_login": False}}
-    client = _browser(tmp_path, idp, **cli)
-    idp.mode = "down"
-    r = client.get("/api/v1/cli-login")
+    idp.mode = "down"  # before the bridge starts: it never has the discovery document
+    r = _browser(tmp_path, idp, **cli).get("/api/v1/cli-login")
     assert r.json["error"] == "temporarily_unavailable", r.json
     seen.add(r.status_code)
     assert seen == cli_login_statuses()
