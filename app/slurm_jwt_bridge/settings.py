@@ -225,7 +225,11 @@ class ServerSettings:
     port: int = setting(8000, "its port", ge=0, le=65535)
     public_url: str = setting(
         "",
-        "the URL users reach the service at (used in pages and examples)",
+        "the URL users reach the service at: the identity provider's redirect URIs, the device "
+        "page's address and the terminal's endpoints are built from it, never from the "
+        "request's `Host`/`X-Forwarded-Host`. Required for browser login under gunicorn "
+        "(`serve --prod`) and by `config check`: without it they stop with one line. The "
+        "development server (`serve`) uses the request's `Host` when it is empty",
         check=_rstrip_slash,
     )
     secret_key_file: str = setting(
@@ -236,7 +240,12 @@ class ServerSettings:
         check=_relative,
     )
     proxy_fix: int = setting(
-        0, "number of trusted reverse proxies in front (X-Forwarded-For/-Proto)", ge=0
+        0,
+        "number of trusted reverse proxies in front: the client address from `X-Forwarded-For` "
+        "and the scheme from `X-Forwarded-Proto`, that many hops from the right. "
+        "`X-Forwarded-Host`, `-Port` and `-Prefix` are never trusted "
+        "([deploy.md](deploy.md#forwarded-headers))",
+        ge=0,
     )
     # Client networks that get /metrics and /readyz's details (everyone else: 403, yes/no).
     internal_allow: tuple[str, ...] = setting(
