@@ -14,6 +14,7 @@ A new command line that is none of these fails ``test_every_command_line_is_clas
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -52,6 +53,7 @@ KINDS: dict[str, str] = {
     "printf 'Authorization: Bearer %s\\n' \"$IDP_TOKEN\" | curl -H @-": ILLUSTRATIVE,
     "slurm-jwt-bridge login --url https://bridge.example.org --exec -- sbatch job.sh": ILLUSTRATIVE,
     # docs/cli.md
+    "slurm-jwt-bridge config schema > slurm-jwt-bridge.schema.json": RUN,
     "slurm-jwt-bridge doctor --url https://bridge.example.org/.well-known/jwks.json": ILLUSTRATIVE,
     'eval "$(slurm-jwt-bridge login --url https://bridge.example.org --export)"': ILLUSTRATIVE,
     "printf 'X-SLURM-USER-TOKEN: %s\\n' \"$SLURM_JWT\" | curl": ILLUSTRATIVE,
@@ -281,3 +283,15 @@ claim = "preferred_username"
     assert r.returncode == 0, r.stderr
     assert '"slurm_user":"alice"' in r.stdout.replace(" ", ""), r.stdout
     assert '"access_token":"eyJ' in r.stdout.replace(" ", ""), r.stdout
+
+
+def test_cli_config_schema_line_runs(tmp_path: Path) -> None:
+    """docs/cli.md's ``config schema`` line, in an empty directory: a JSON Schema that the
+    shipped example configurations satisfy (tests/unit/test_config_docs.py checks them)."""
+    (line,) = [cmd for cmd in _of_kind(RUN, "docs/cli.md") if "config schema" in cmd]
+    r = subprocess.run(
+        ["bash", "-c", line], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    schema = json.loads((tmp_path / "slurm-jwt-bridge.schema.json").read_text())
+    assert schema["$schema"].endswith("2020-12/schema") and "server" in schema["properties"]
