@@ -21,8 +21,10 @@ if TYPE_CHECKING:
     from gunicorn.arbiter import Arbiter
     from gunicorn.workers.base import Worker
 
+    from slurm_jwt_bridge.settings import Settings
 
-def _configured_settings() -> Any:
+
+def _configured_settings() -> Settings | None:
     """The settings of $SLURM_JWT_BRIDGE_CONFIG, or None: a file that does not load is reported
     by create_app, with its one-line reason."""
     try:
@@ -33,7 +35,7 @@ def _configured_settings() -> Any:
         return None
 
 
-def _configured_bind(settings: Any) -> str:
+def _configured_bind(settings: Settings | None) -> str:
     """[server] host:port of the configuration file, else loopback: never every interface by
     default."""
     if settings is None:
