@@ -14,6 +14,8 @@ from .settings import IssuerSettings, Settings, load_settings
 if TYPE_CHECKING:
     from flask import Flask
 
+    from .metrics import Metrics
+
 __all__ = ["Bridge", "create_app"]
 
 
@@ -32,7 +34,7 @@ class Bridge:
         return self.pipeline.verifier.discovery(issuer.name)
 
 
-def build_bridge(settings: Settings, metrics: Any = None) -> Bridge:
+def build_bridge(settings: Settings, metrics: Metrics | None = None) -> Bridge:
     """Load keys and wire the pipeline (no Flask); raises on a bad key directory."""
     keys = KeyRingSource(
         settings.keys.dir,

@@ -6,8 +6,10 @@ import ipaddress
 import logging
 import os
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
+
+from . import current_bridge
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
@@ -15,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def _internal() -> bool:
     """Whether the client is in ``[server] internal_allow`` (sees details and metrics)."""
-    bridge = current_app.extensions["slurm_jwt_bridge"]
+    bridge = current_bridge()
     try:
         addr = ipaddress.ip_address(request.remote_addr or "")
     except ValueError:
@@ -33,7 +35,7 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
-    bridge = current_app.extensions["slurm_jwt_bridge"]
+    bridge = current_bridge()
     ring = bridge.keys.current()
     checks: dict[str, object] = {
         "keys": {
@@ -64,7 +66,7 @@ def readyz() -> ResponseReturnValue:
 def metrics() -> Response:
     from ..metrics import render
 
-    bridge = current_app.extensions["slurm_jwt_bridge"]
+    bridge = current_bridge()
     if not _internal():
         return Response("forbidden\n", status=403, mimetype="text/plain")
     body, content_type = render(bridge.keys.current(), bridge.settings.keys.rotation_period)

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 from werkzeug.http import parse_etags
+
+from . import current_bridge
+
+if TYPE_CHECKING:
+    from .. import Bridge
 
 bp = Blueprint("jwks", __name__)
 
@@ -33,7 +38,7 @@ def _headers(etag: str, max_age: int) -> dict[str, str]:
 @bp.get(PATHS[0])
 @bp.get(PATHS[1])
 def jwks() -> Response:
-    bridge = current_app.extensions["slurm_jwt_bridge"]
+    bridge = current_bridge()
     body, etag = bridge.keys.current().jwks_document()
     headers = _headers(etag, bridge.settings.jwks.max_age)
     if request.if_none_match.contains(etag):
@@ -49,7 +54,7 @@ class JwksFastPath:
     headers built once per published key set (the view above gives the same answer, a unit
     test compares them). Everything else, and anything that goes wrong here, goes to Flask."""
 
-    def __init__(self, app: WsgiApp, bridge: Any) -> None:
+    def __init__(self, app: WsgiApp, bridge: Bridge) -> None:
         self.app = app
         self.bridge = bridge
         self._doc: tuple[bytes, str] | None = None
