@@ -7,6 +7,7 @@ or its BridgeError. Every decision, minted or refused, is one audit line.
 from __future__ import annotations
 
 import contextlib
+import functools
 import grp
 import logging
 import pwd
@@ -34,6 +35,7 @@ from .policy import (
 from .settings import DelegationActor, ServiceAccount, Settings
 
 if TYPE_CHECKING:
+    from .hooks import DecisionObserver, SubjectLimit
     from .upstream import UpstreamVerifier, VerifiedToken
 
 __all__ = ["BridgeError", "Exchange", "Grant", "GrantKind", "Pipeline", "Request"]
@@ -117,8 +119,8 @@ class Pipeline:
         audit: AuditLog,
         verifier: UpstreamVerifier | None = None,
         mapper: IdentityMapper | None = None,
-        observer: Any = None,
-        subject_limiter: Any = None,
+        observer: DecisionObserver | None = None,
+        subject_limiter: SubjectLimit | None = None,
     ) -> None:
         self.settings = settings
         self.keys = keys
@@ -228,7 +230,7 @@ class Pipeline:
 
                 # An opaque token was introspected: the identity provider may revoke it at any
                 # time, so the grant is asked for again once the introspection answer is stale.
-                until = min(until, int(time.time()) + INTROSPECTION_CACHE_SECONDS)
+                until = min(until, int(time.time() + INTROSPECTION_CACHE_SECONDS))
             return self._grant_for(verified), until
 
     def remint(
@@ -281,22 +283,22 @@ class Pipeline:
     def _grant_for(self, verified: VerifiedToken) -> Grant:
         """Map a verified token to a cluster user: service account or mapping rules."""
         cap = verified.exp if self.settings.tokens.cap_to_upstream_exp else None
-        base = {
-            "issuer": verified.issuer.name,
-            "subject": verified.subject,
-            "client": verified.client_id,
-            "not_after": cap,
-        }
+        grant = functools.partial(
+            Grant,
+            issuer=verified.issuer.name,
+            subject=verified.subject,
+            client=verified.client_id,
+            not_after=cap,
+        )
         service = self._service_account(verified)
         if service is not None:
-            return Grant(
+            return grant(
                 user=service.account,
                 kind=GrantKind.SERVICE,
                 max_lifetime=service.max_lifetime,
                 algs=service.algs,
                 identity_claims=service.identity_claims,
                 identity=self._claimed_identity(service.account, verified, service.identity_claims),
-                **base,
             )
         if verified.is_service:
             raise unauthorized_client(
@@ -307,9 +309,7 @@ class Pipeline:
         mapped = self.mapper.map(
             verified.issuer.name, verified.claims, verified.groups, verified.roles
         )
-        return Grant(
-            user=mapped.name, identity=self._claimed_identity(mapped.name, verified), **base
-        )
+        return grant(user=mapped.name, identity=self._claimed_identity(mapped.name, verified))
 
     def _delegated_grant(
         self,
@@ -460,9 +460,9 @@ class Pipeline:
             # A bug or an unforeseen input: still one audit line and a metric, and the door
             # answers a plain server_error (the details go to the log, not to the client).
             log.exception("%s: unexpected error", event)
-            exc = BridgeError("server_error", "internal error", 500, metric="internal_error")
-            self._refused(event, exc, decision, started)
-            raise exc from None
+            error = BridgeError("server_error", "internal error", 500, metric="internal_error")
+            self._refused(event, error, decision, started)
+            raise error from None
         if not record_success:
             return
         self.audit.record(event, "minted", **decision.fields)

@@ -54,7 +54,7 @@ class _UnixConnection(HTTPConnection):
 
     def _new_conn(self) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)  # type: ignore[arg-type]
+        sock.settimeout(self.timeout)
         try:
             sock.connect(self.socket_path)
         except OSError:
@@ -64,7 +64,7 @@ class _UnixConnection(HTTPConnection):
 
 
 class _UnixPool(HTTPConnectionPool):
-    ConnectionCls = _UnixConnection  # type: ignore[assignment]
+    ConnectionCls = _UnixConnection
 
 
 class SlurmRestClient:
@@ -93,6 +93,8 @@ class SlurmRestClient:
             self.pool = _UnixPool("localhost", socket_path=upstream[5:], **common)
         else:
             url = urllib3.util.parse_url(upstream)
+            if not url.host:
+                raise ValueError(f"{upstream[:200]}: no host")
             if url.scheme == "https":
                 self.pool = HTTPSConnectionPool(url.host, url.port or 443, **common)
             else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -10,6 +9,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from ..errors import BridgeError, invalid_request
 from ..pipeline import Exchange, Request
 from ..policy import parse_seconds
+from . import current_bridge as _bridge
 from .device import GRANT_DEVICE_CODE, device_authorization, device_login_enabled, device_token
 from .urls import own_url
 
@@ -49,10 +49,6 @@ def token_answer(result: Exchange) -> Response:
     )
     resp.headers.update(NO_STORE)
     return resp
-
-
-def _bridge() -> Any:
-    return current_app.extensions["slurm_jwt_bridge"]
 
 
 def _json_options() -> tuple[int | None, str | None]:
@@ -184,7 +180,7 @@ def cli_login() -> Response:
                 raise
             meta = {}
         device = meta.get("device_authorization_endpoint")
-    if not device:
+    if not device or iss is None:
         if device_login_enabled(current_app):
             resp = jsonify(
                 grant="bridge",

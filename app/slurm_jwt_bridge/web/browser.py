@@ -28,7 +28,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 from authlib.integrations.base_client.errors import OAuthError
-from authlib.integrations.flask_client import OAuth
+from authlib.integrations.flask_client import FlaskOAuth2App, OAuth
 from flask import (
     Blueprint,
     Flask,
@@ -50,6 +50,8 @@ from ..pipeline import Grant, Request
 from ..policy import parse_seconds
 from ..settings import TENANT_PLACEHOLDER, IssuerSettings, Settings
 from ..upstream import discovery_url
+from . import current_bridge as _bridge
+from . import extension
 from .urls import own_url
 
 log = logging.getLogger(__name__)
@@ -153,7 +155,7 @@ class SessionRevocations:
 
 
 def _revocations() -> SessionRevocations:
-    return current_app.extensions["slurm_jwt_bridge_sessions"]
+    return extension("slurm_jwt_bridge_sessions", SessionRevocations)
 
 
 def session_revoked(sid: object) -> bool:
@@ -216,12 +218,8 @@ def init_browser(app: Flask, settings: Settings) -> None:
         init_device(app, settings)
 
 
-def _bridge() -> Any:
-    return current_app.extensions["slurm_jwt_bridge"]
-
-
 def _oauth() -> OAuth:
-    return current_app.extensions["slurm_jwt_bridge_oauth"]
+    return extension("slurm_jwt_bridge_oauth", OAuth)
 
 
 def _page(template: str, status: int = 200, **context: Any) -> Response:
@@ -241,9 +239,10 @@ def _ended(title: str, reason: str) -> Response:
 
 
 def _csrf() -> str:
-    if "csrf" not in session:
-        session["csrf"] = secrets.token_urlsafe(24)
-    return session["csrf"]
+    token = session.get("csrf")
+    if not isinstance(token, str):
+        token = session["csrf"] = secrets.token_urlsafe(24)
+    return token
 
 
 def _audit_refusal(event: str, reason: str, metric: str, **fields: Any) -> None:
@@ -409,10 +408,10 @@ def login() -> ResponseReturnValue:
     chosen = issuers[0] if name is None else next((i for i in issuers if i.name == name), None)
     if chosen is None:
         return error_page(
-            "Unknown identity provider", f"No login issuer is named {name[:64]!r}.", 404
+            "Unknown identity provider", f"No login issuer is named {(name or '')[:64]!r}.", 404
         )
     session["login_issuer"] = chosen.name
-    client = _oauth().create_client(chosen.name)
+    client: FlaskOAuth2App = _oauth().create_client(chosen.name)
     redirect_uri = own_url("browser.callback")
     try:
         return client.authorize_redirect(redirect_uri)

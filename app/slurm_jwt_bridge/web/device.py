@@ -34,6 +34,7 @@ from ..device_store import DeviceStore, DirectoryStore, RedisStore
 from ..errors import BridgeError, invalid_grant, invalid_request
 from ..pipeline import Request
 from ..settings import Settings
+from . import current_bridge as _bridge
 from .urls import own_url
 
 bp = Blueprint("device", __name__)
@@ -46,12 +47,9 @@ CLIENT_NAME_MAX = 64
 SLOW_DOWN_STEP = 5
 
 
-def _bridge() -> Any:
-    return current_app.extensions["slurm_jwt_bridge"]
-
-
 def _store() -> DeviceStore:
-    return current_app.extensions["slurm_jwt_bridge_device_store"]
+    store: DeviceStore = current_app.extensions["slurm_jwt_bridge_device_store"]  # init_device
+    return store
 
 
 def device_login_enabled(app: Flask) -> bool:
@@ -202,7 +200,7 @@ def device_token(form: dict[str, str], lifetime: int | None) -> Response:
 # ---------------------------------------------------------------- the person's side
 
 
-def _fail_attempt(reason: str) -> ResponseReturnValue:
+def _fail_attempt(reason: str) -> Response:
     """A wrong or unknown user code: counted per session and per address."""
     from .browser import error_page
 
@@ -220,7 +218,7 @@ def _locked_out() -> bool:
     return _store().count(f"fail:{request.remote_addr}") >= cfg.device_max_attempts_per_address
 
 
-def _lookup(raw: str) -> tuple[str, dict[str, Any]] | ResponseReturnValue:
+def _lookup(raw: str) -> tuple[str, dict[str, Any]] | Response:
     """The pending record of a typed code, or the page that says why not."""
     from .browser import error_page
 

@@ -24,7 +24,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import urllib3
@@ -33,10 +33,14 @@ from flask import Blueprint, Flask, Response, current_app, request, session
 from ..cache import ExpiringCache
 from ..errors import BridgeError
 from ..minting import SlurmToken
-from ..pipeline import Grant, Request
+from ..pipeline import Grant, Pipeline, Request
 from ..policy import username_problem
 from ..settings import ProxySettings, Settings
 from ..slurmrest import DROP_RESPONSE, SlurmRestClient, TransportError, unreachable
+from . import current_bridge, extension
+
+if TYPE_CHECKING:
+    from ..hooks import ProxyObserver
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +162,10 @@ def _looks_like_slurm_token(token: str) -> str | None:
         payload = _b64json(parts[1])
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         return None
-    if isinstance(payload, dict) and "iss" not in payload and isinstance(payload.get("sun"), str):
-        return payload["sun"]
-    return None
+    if not isinstance(payload, dict) or "iss" in payload:
+        return None
+    sun = payload.get("sun")
+    return sun if isinstance(sun, str) else None
 
 
 @dataclass(frozen=True)
@@ -186,7 +191,7 @@ def _token_key(grant: Grant) -> tuple[Any, ...]:
 class SlurmRestProxy:
     """The door's state, one per process: the client to slurmrestd and the two caches."""
 
-    def __init__(self, settings: Settings, pipeline: Any) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
         self.settings = settings
         self.cfg: ProxySettings = settings.proxy
         self.pipeline = pipeline
@@ -278,7 +283,7 @@ def _limited(stream: Any, limit: int) -> Iterator[bytes]:
 
 
 def _proxy() -> SlurmRestProxy:
-    return current_app.extensions["slurm_jwt_bridge_proxy"]
+    return extension("slurm_jwt_bridge_proxy", SlurmRestProxy)
 
 
 # What slurmrestd says when slurmctld refused the token it forwarded. 24.05.5 and later answer
@@ -378,8 +383,8 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
     if current_app.extensions.get("slurm_jwt_bridge_sessions") and "grant" in session:
         from .browser import session_grant
 
-        grant = session_grant(usable=True)
-        if grant is None:
+        held = session_grant(usable=True)
+        if held is None:
             proxy.pipeline.refuse_input(
                 "exchange",
                 origin,
@@ -390,9 +395,9 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
                     metric="session_expired",
                 ),
             )
-        with proxy.pipeline.parsing("exchange", origin, user=grant.user):
+        with proxy.pipeline.parsing("exchange", origin, user=held.user):
             _check_same_origin()
-        return _Caller(grant.user, grant)
+        return _Caller(held.user, held)
     return None
 
 
@@ -438,7 +443,7 @@ def _check_same_origin() -> None:
     method = _client_method()
     if method in SAFE_METHODS:
         return
-    public = current_app.extensions["slurm_jwt_bridge"].settings.server.public_url
+    public = current_bridge().settings.server.public_url
     expected = _origin_of(public or request.host_url)
     sent = (request.headers.get("Origin") or _origin_of(request.headers.get("Referer", ""))).lower()
     if sent != expected or not request.headers.get("X-Requested-With"):
@@ -499,8 +504,13 @@ def handle(prefix: str, rest: str) -> Response:
     return _relayed(upstream, status, peek, chunks, started)
 
 
+def _observer() -> ProxyObserver | None:
+    observer: ProxyObserver | None = current_app.extensions.get("slurm_jwt_bridge_metrics")
+    return observer
+
+
 def _observe(status: int, started: float) -> None:
-    observer = current_app.extensions.get("slurm_jwt_bridge_metrics")
+    observer = _observer()
     if observer is not None:
         observer.proxied(status, time.perf_counter() - started)
 
@@ -621,7 +631,7 @@ auth_bp.register_error_handler(BridgeError, _auth_refused)
 
 @auth_bp.after_request
 def _count_auth_answer(resp: Response) -> Response:
-    observer = current_app.extensions.get("slurm_jwt_bridge_metrics")
+    observer = _observer()
     if observer is not None:
         observer.auth_answered(resp.status_code)
     return resp
@@ -670,7 +680,7 @@ def proxy_auth() -> Response:
     return resp
 
 
-def init_proxy(app: Flask, settings: Settings, pipeline: Any) -> None:
+def init_proxy(app: Flask, settings: Settings, pipeline: Pipeline) -> None:
     app.extensions["slurm_jwt_bridge_proxy"] = SlurmRestProxy(settings, pipeline)
     if settings.proxy.enabled:
         app.register_blueprint(bp)
