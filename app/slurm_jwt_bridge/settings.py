@@ -48,6 +48,12 @@ from .untrusted import insecure_url
 
 log = logging.getLogger(__name__)
 
+# Clients of every Keycloak realm that hold client roles: its "Audience Resolve" mapper (default
+# client scope "roles") puts them in the aud of access tokens issued to ANY client of the realm
+# ("account" for every user by default, "realm-management" for administrators, "broker" for
+# holders of read-token). None of them says a token was meant for the bridge.
+KEYCLOAK_REALM_AUDIENCES = ("account", "broker", "realm-management")
+
 CONFIG_ENV = "SLURM_JWT_BRIDGE_CONFIG"
 KEYS_DIR_ENV = "SLURM_JWT_BRIDGE_KEYS_DIR"
 # Set by gunicorn_conf.py to its worker count: in-memory rate limits take 1/N each.
@@ -433,7 +439,10 @@ class IssuerSettings:
         doc="the exact `iss` value (Entra multi-tenant: may contain `{tenantid}`)", check=_url
     )
     audiences: tuple[str, ...] = setting(
-        (), "accepted `aud` values (see [Audiences per kind](#audiences-per-kind))"
+        (),
+        "accepted `aud` values (see [Audiences per kind](#audiences-per-kind)). Kind keycloak: "
+        "`account`, `broker` and `realm-management` are refused (Keycloak adds them to tokens of "
+        "every client of the realm)",
     )
     allowed_clients: tuple[str, ...] = setting(
         (),
@@ -543,6 +552,14 @@ class IssuerSettings:
     def _check_audience_rule(self, key: Callable[[str], str]) -> None:
         """Each kind matches a token to the entry its own way (docs/configuration.md, "Audiences
         per kind"): refuse an entry under which every token of a kind it accepts is refused."""
+        realm_wide = [a for a in self.audiences if a in KEYCLOAK_REALM_AUDIENCES]
+        if self.kind == KEYCLOAK and realm_wide:
+            raise SettingsError(
+                f"{key('audiences')}: issuer {self.name!r} (kind keycloak) lists "
+                f"{realm_wide[0]!r}, an audience Keycloak puts on access tokens of every client "
+                "of the realm, so any of them would be accepted; give the bridge's own client an "
+                "audience mapper and list that audience, or use allowed_clients"
+            )
         if self.kind == ENTRA and not self.audiences:
             raise SettingsError(
                 f"{key('audiences')}: issuer {self.name!r} (kind entra) accepts a token only "
