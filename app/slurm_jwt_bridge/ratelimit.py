@@ -14,7 +14,7 @@ import time
 from flask import Flask, Response, jsonify
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from limits import parse, parse_many
+from limits import parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
@@ -38,25 +38,27 @@ def process_limit(limit: str, storage_uri: str) -> str:
 
 
 class SubjectLimiter:
-    """Counts token requests per (issuer, subject) once the token is verified."""
+    """Counts token requests per (issuer, subject) once the token is verified; every limit of
+    ``per_subject`` ("1000/hour;20/minute") holds."""
 
     def __init__(self, cfg: RateLimitSettings) -> None:
-        self.item = parse(process_limit(cfg.per_subject, cfg.storage_uri))
+        self.items = parse_many(process_limit(cfg.per_subject, cfg.storage_uri))
         self.limiter = MovingWindowRateLimiter(storage_from_string(cfg.storage_uri))
 
     def __call__(self, issuer: str, subject: str) -> None:
-        if self.limiter.hit(self.item, "subject", issuer, subject):
-            return
-        stats = self.limiter.get_window_stats(self.item, "subject", issuer, subject)
-        retry = max(1, math.ceil(stats.reset_time - time.time()))
-        exc = BridgeError(
-            "rate_limited",
-            f"too many token requests for this account ({self.item}); retry in {retry} s",
-            429,
-            metric="rate_limited_subject",
-        )
-        exc.retry_after = retry
-        raise exc
+        for item in self.items:
+            if self.limiter.hit(item, "subject", issuer, subject):
+                continue
+            stats = self.limiter.get_window_stats(item, "subject", issuer, subject)
+            retry = max(1, math.ceil(stats.reset_time - time.time()))
+            exc = BridgeError(
+                "rate_limited",
+                f"too many token requests for this account ({item}); retry in {retry} s",
+                429,
+                metric="rate_limited_subject",
+            )
+            exc.retry_after = retry
+            raise exc
 
 
 def init_rate_limits(app: Flask, cfg: RateLimitSettings, endpoints: list[str]) -> Limiter:

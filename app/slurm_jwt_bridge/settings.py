@@ -840,7 +840,8 @@ class RateLimitSettings:
     )
     per_subject: str = setting(
         "60/minute",
-        "per verified (issuer, subject), on every door that verifies a token",
+        "per verified (issuer, subject), on every door that verifies a token; several limits "
+        'separated by `;` (`"1000/hour;20/minute"`) all apply, as in `per_address`',
         check=_rate,
     )
     storage_uri: str = setting(
