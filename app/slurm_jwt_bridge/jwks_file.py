@@ -87,7 +87,6 @@ def write_jwks(path: Path, doc: dict[str, Any]) -> None:
 @dataclass(frozen=True)
 class SyncResult:
     changed: bool
-    kids: tuple[str, ...]
     message: str
 
 
@@ -162,7 +161,7 @@ def sync_jwks(
         if not argv:
             raise JwksError("--reconfigure-command is empty")
     if old_doc == doc:
-        return SyncResult(False, kids, f"{out}: unchanged ({len(kids)} keys)")
+        return SyncResult(False, f"{out}: unchanged ({len(kids)} keys)")
     write_jwks(out, doc)
     if argv:
         try:
@@ -181,4 +180,4 @@ def sync_jwks(
                 f"{out} restored to its previous content"
             )
     shown = ", ".join(printable(k, 64) for k in kids)
-    return SyncResult(True, kids, f"{out}: updated ({len(kids)} keys: {shown})")
+    return SyncResult(True, f"{out}: updated ({len(kids)} keys: {shown})")

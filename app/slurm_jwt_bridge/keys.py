@@ -636,7 +636,6 @@ class KeyRingSource:
         self._stamp = self._dir_stamp()
         self._checked = time.monotonic()
         self.last_error: str | None = None
-        self.loaded_at = time.time()
 
     def _dir_stamp(self) -> tuple[Any, ...]:
         try:
@@ -674,5 +673,4 @@ class KeyRingSource:
             self.last_error = None
             changed = ring.fingerprint() != self._ring.fingerprint()
             self._ring = ring
-            self.loaded_at = time.time()
             return changed
