@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from .slurm import free_port
+from .ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

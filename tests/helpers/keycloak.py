@@ -44,11 +44,13 @@ import requests
 
 try:
     from tests.helpers.oidc import OidcError, _fail, _forms, _pkce
-    from tests.helpers.slurm import CACHE_ROOT, _flock, free_port
+    from tests.helpers.ports import free_port
+    from tests.helpers.slurm import CACHE_ROOT, _flock
 except ModuleNotFoundError:  # run as a script (scripts/install-system-deps.sh)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from tests.helpers.oidc import OidcError, _fail, _forms, _pkce
-    from tests.helpers.slurm import CACHE_ROOT, _flock, free_port
+    from tests.helpers.ports import free_port
+    from tests.helpers.slurm import CACHE_ROOT, _flock
 
 KEYCLOAK_VERSION = "26.7.3"
 ARTIFACT = f"org.keycloak:keycloak-quarkus-dist:{KEYCLOAK_VERSION}:zip"

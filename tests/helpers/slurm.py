@@ -27,13 +27,18 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    from tests.helpers.ports import free_port
+except ModuleNotFoundError:  # run as a script (scripts/install-system-deps.sh)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.helpers.ports import free_port
 
 CACHE_ROOT = Path("/var/cache/slurm-jwt-bridge")
 DEFAULT_SID_CHROOT = CACHE_ROOT / "sid-chroot"
@@ -43,7 +48,6 @@ TRIXIE_CHROOT_ENV = "SLURM_JWT_BRIDGE_TRIXIE_CHROOT"
 # The Debian suite whose packages give each chrooted Slurm version (22.05 runs on the host).
 CHROOT_SUITES = {"24.11": "trixie", "26.05": SID_SUITE}
 CHROOT_ENVS = {"trixie": TRIXIE_CHROOT_ENV, SID_SUITE: SID_CHROOT_ENV}
-DEBIAN_MIRROR = "http://deb.debian.org/debian"
 CHROOT_PACKAGES = (
     "slurmctld",
     "slurmd",
@@ -96,8 +100,6 @@ TERMINAL_JOB_STATES = frozenset(
 )
 
 _DAEMON_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_port_lock = threading.Lock()
-_ports_handed_out: set[int] = set()
 
 
 class SlurmStartError(RuntimeError):
@@ -106,19 +108,6 @@ class SlurmStartError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------
 # small utilities
-
-
-def free_port() -> int:
-    """Return a TCP port free right now, never the same twice per process (parallel clusters)."""
-    with _port_lock:
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind(("", 0))
-                port = s.getsockname()[1]
-            if port not in _ports_handed_out:
-                _ports_handed_out.add(port)
-                return port
-    raise RuntimeError("no free port found")
 
 
 @contextlib.contextmanager
@@ -476,8 +465,7 @@ def ensure_chroot(suite: str) -> Path:
                         "--variant=minbase",
                         f"--include={','.join(CHROOT_PACKAGES)}",
                         suite,
-                        str(tmp),
-                        DEBIAN_MIRROR,
+                        str(tmp),  # debootstrap's own default mirror
                     ],
                     stdout=fh,
                     stderr=subprocess.STDOUT,

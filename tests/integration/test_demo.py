@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import skip_or_fail
 from tests.helpers.browser import TIMEOUT_MS, chromium, idp_sign_in, require_node
-from tests.helpers.slurm import free_port
+from tests.helpers.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

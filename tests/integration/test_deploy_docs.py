@@ -20,7 +20,7 @@ from typing import TypeVar
 import pytest
 import requests
 
-from tests.helpers.slurm import free_port
+from tests.helpers.ports import free_port
 from tests.helpers.slurm_rest import VERSIONS, BridgeCluster
 
 T = TypeVar("T")

@@ -35,7 +35,7 @@ from tests.helpers.nginx import (
     start_nginx,
 )
 from tests.helpers.oidc import OidcProvider
-from tests.helpers.slurm import free_port
+from tests.helpers.ports import free_port
 from tests.helpers.slurm_rest import BridgeCluster, proxy_bridge_config, submit_body, whoami_via
 
 pytestmark = [pytest.mark.slurm, pytest.mark.oidc]

@@ -32,7 +32,8 @@ import requests
 
 from tests.helpers.bridge import BridgeServer, start_bridge
 from tests.helpers.oidc import OidcProvider
-from tests.helpers.slurm import RESTD_PLUGINS, SlurmCluster, free_port
+from tests.helpers.ports import free_port
+from tests.helpers.slurm import RESTD_PLUGINS, SlurmCluster
 from tests.helpers.slurm_rest import (
     BridgeCluster,
     bridge,

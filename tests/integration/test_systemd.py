@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from slurm_jwt_bridge.keys import KeyRing, init_keys
+from tests.helpers.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "deploy" / "systemd"
@@ -308,12 +309,6 @@ def bridge_config(tmp_path: Path) -> Path:
         '[audit]\ndestination = "none"\n'
     )
     return config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> tuple[int, bytes]:

@@ -41,7 +41,7 @@ from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.keys import KeyRing, init_keys, rotate_keys
 from slurm_jwt_bridge.settings import parse_settings
 from slurm_jwt_bridge.upstream import UpstreamVerifier
-from tests.helpers.slurm import free_port
+from tests.helpers.ports import free_port
 from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import TestIssuer
 

@@ -18,8 +18,8 @@ from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.keys import KeyRing
 from slurm_jwt_bridge.minting import mint_slurm_token
 from slurm_jwt_bridge.settings import parse_settings
+from tests.helpers.ports import free_port
 from tests.helpers.proxy_settings import proxy_settings_data
-from tests.helpers.slurm import free_port
 from tests.helpers.stub_http import StubServer
 
 
