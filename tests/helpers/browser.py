@@ -12,6 +12,12 @@ bridge port first (``reserved_port``: held until the bridge has bound it, so no 
 process can take it meanwhile), start the provider, then the bridge with ``start_bridge_at``
 (``tests.helpers.bridge.start_bridge`` picks its own port and passes it as ``--port``).
 Never ``playwright install``: the tests use /usr/bin/chromium.
+
+Each such test module runs one ``Site``: a provider, a bridge (sometimes a second one) and the
+Slurm cluster judging the tokens. ``bridge_toml`` writes the bridge's configuration: what the
+sites share (loopback server, keys, audit on stdout, the ``[browser]`` table, the mapping of
+``preferred_username`` for members of hpc-users) around the sections a module adds;
+``login_issuer_toml`` writes one ``[[issuers]]`` entry of a login client.
 """
 
 from __future__ import annotations
@@ -23,14 +29,17 @@ import shutil
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from tests.conftest import skip_or_fail
 from tests.helpers.bridge import BridgeServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
+
+    from tests.helpers.slurm_rest import BridgeCluster
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -146,3 +155,124 @@ def jwt_claims(token: str) -> dict[str, Any]:
     """The payload of a JWT, unverified (slurmrestd does the verifying in these tests)."""
     payload = token.split(".")[1]
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+# ---------------------------------------------------------------- a site: provider, bridge, Slurm
+
+Provider = TypeVar("Provider")
+# Browser login and the device page map the ID token's user name for members of hpc-users.
+HPC_USERS_RULE = """
+[[mapping.rules]]
+claim = "preferred_username"
+require_groups = ["hpc-users"]
+"""
+
+
+@dataclass
+class Site(Generic[Provider]):
+    """A test module's identity provider, its bridge and the cluster judging the tokens;
+    ``chooser``: a second bridge where a module needs one (two login issuers)."""
+
+    prov: Provider
+    bridge: BridgeServer
+    slurm: BridgeCluster
+    chooser: BridgeServer | None = None
+
+    @property
+    def url(self) -> str:
+        return self.bridge.url
+
+
+def bridge_toml(
+    port: int,
+    keys_dir: Path | str,
+    sections: str,
+    *,
+    browser: str | None = "session_lifetime = 3600",
+    public_url: bool = True,
+) -> str:
+    """A bridge on 127.0.0.1:``port`` (``public_url`` its own http URL), signing with
+    ``keys_dir``, auditing to stdout; ``browser``: more keys of the ``[browser]`` table, which
+    turns browser login on with plain-http cookies (None: browser login off); then
+    ``sections`` (issuers, ``[cli_login]``, ...) and ``HPC_USERS_RULE``."""
+    url = f'public_url = "http://127.0.0.1:{port}"\n' if public_url else ""
+    table = (
+        "enabled = false\n"
+        if browser is None
+        else f"enabled = true\nsecure_cookies = false\n{browser}\n"
+    )
+    return f"""
+[server]
+host = "127.0.0.1"
+port = {port}
+{url}
+[keys]
+dir = {toml_str(str(keys_dir))}
+
+[audit]
+destination = "stdout"
+
+[browser]
+{table}
+{sections}
+{HPC_USERS_RULE}"""
+
+
+def login_issuer_toml(
+    name: str,
+    kind: str,
+    issuer: str,
+    client_id: str,
+    client_secret: str,
+    audiences: list[str],
+    *,
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "groups"),
+    display_name: str | None = None,
+) -> str:
+    """One ``[[issuers]]`` entry with a login client, accepting access and ID tokens."""
+    shown = f"display_name = {toml_str(display_name)}\n" if display_name else ""
+    return f"""
+[[issuers]]
+name = {toml_str(name)}
+kind = {toml_str(kind)}
+issuer = {toml_str(issuer)}
+audiences = {toml_list(audiences)}
+token_use = ["access", "id"]
+client_id = {toml_str(client_id)}
+client_secret = {toml_str(client_secret)}
+scopes = {toml_list(list(scopes))}
+{shown}"""
+
+
+@contextlib.contextmanager
+def redis_replicas(workdir: Path) -> Iterator[tuple[str, list[int], contextlib.ExitStack]]:
+    """A real redis-server and two ports held for two bridge replicas: yields the redis URL,
+    the ports and the stack that stops everything started with ``start_replicas``."""
+    from tests.helpers.redis import RedisServer
+
+    if shutil.which("redis-server") is None:
+        skip_or_fail("redis-server is not installed")
+    redis = RedisServer(workdir / "redis")
+    with contextlib.ExitStack() as stack:
+        stack.callback(redis.stop)
+        ports = [stack.enter_context(reserved_port()) for _ in range(2)]
+        yield redis.url, ports, stack
+
+
+def start_replicas(
+    stack: contextlib.ExitStack, workdir: Path, configs: dict[int, str]
+) -> list[BridgeServer]:
+    """``serve --prod --workers 2`` (gunicorn) on each port with its configuration, stopped by
+    ``stack``; returns once every replica answers."""
+    servers = []
+    for port, config in configs.items():
+        path = workdir / f"bridge-{port}.toml"
+        path.write_text(config)
+        server = BridgeServer(
+            path, port, workdir / f"bridge-{port}.log", {}, ("--prod", "--workers", "2")
+        )
+        stack.callback(server.stop)
+        servers.append(server)
+    for server in servers:
+        server.wait_ready(timeout=90)  # two gunicorn masters, four workers booting
+    return servers

@@ -21,13 +21,14 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 try:
     from tests.helpers import slurm as slurm_helper
     from tests.helpers.bridge import BridgeServer, start_bridge
+    from tests.helpers.browser import TIMEOUT_MS, chromium
     from tests.helpers.keycloak import KeycloakServer, KeycloakStartError, start_keycloak
     from tests.helpers.oidc import OidcProvider, start_oidc_provider
     from tests.helpers.slurm_rest import (
@@ -41,6 +42,7 @@ try:
 except ModuleNotFoundError:  # tests/ itself is on sys.path (its conftest.py), the repo root not
     from helpers import slurm as slurm_helper  # type: ignore[no-redef]
     from helpers.bridge import BridgeServer, start_bridge  # type: ignore[no-redef]
+    from helpers.browser import TIMEOUT_MS, chromium  # type: ignore[no-redef]
     from helpers.keycloak import (  # type: ignore[no-redef]
         KeycloakServer,
         KeycloakStartError,
@@ -55,6 +57,9 @@ except ModuleNotFoundError:  # tests/ itself is on sys.path (its conftest.py), t
         proxy_bridge_config,
         start_bridge_cluster,
     )
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext
 
 __all__ = ["BridgeCluster", "BridgeServer", "bridge"]
 
@@ -264,3 +269,22 @@ def serve_bridge(tmp_path: Path) -> Iterator[Callable[[Path], BridgeServer]]:
             return server
 
         yield serve
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Headless Debian Chromium (tests/helpers/browser.py), one per test module."""
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def context(request: pytest.FixtureRequest, browser: Browser) -> Iterator[BrowserContext]:
+    """A fresh browser context (its own cookies) for one test; each action waits at most the
+    module's ``BROWSER_TIMEOUT_MS`` (default tests/helpers/browser.py ``TIMEOUT_MS``)."""
+    ctx = browser.new_context()
+    ctx.set_default_timeout(getattr(request.module, "BROWSER_TIMEOUT_MS", TIMEOUT_MS))
+    try:
+        yield ctx
+    finally:
+        ctx.close()

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -31,20 +30,22 @@ from typing import TYPE_CHECKING
 import pytest
 import requests
 
-from tests.conftest import skip_or_fail
 from tests.helpers.bridge import BridgeServer
 from tests.helpers.browser import (
     TIMEOUT_MS,
-    chromium,
+    bridge_toml,
     idp_sign_in,
     jwt_claims,
+    login_issuer_toml,
+    redis_replicas,
     require_node,
     reserved_port,
     start_bridge_at,
-    toml_list,
+    start_replicas,
     toml_str,
     web_client,
 )
+from tests.helpers.browser import Site as SiteOf
 from tests.helpers.oidc import OidcProvider, start_oidc_provider
 from tests.helpers.slurm_rest import BridgeCluster, get_jobs, run_whoami_job, submit_body
 
@@ -64,60 +65,16 @@ COOKIE = "sjb_session"
 COUNTDOWN_RE = re.compile(r"^\d+ min \d+ s left$")
 
 
-@dataclass
-class Site:
-    """The module's provider, its bridge (one login issuer) and the chooser bridge."""
-
-    prov: OidcProvider
-    bridge: BridgeServer
-    chooser: BridgeServer
-    slurm: BridgeCluster
-
-    @property
-    def url(self) -> str:
-        return self.bridge.url
+Site = SiteOf[OidcProvider]
 
 
 def _issuer_toml(
     name: str, prov: OidcProvider, client_id: str, secret: str, display_name: str
 ) -> str:
-    return f"""
-[[issuers]]
-name = {toml_str(name)}
-kind = "oidc"
-issuer = {toml_str(prov.issuer)}
-audiences = {toml_list([client_id, prov.resource])}
-token_use = ["access", "id"]
-client_id = {toml_str(client_id)}
-client_secret = {toml_str(secret)}
-scopes = ["openid", "profile", "email", "groups"]
-display_name = {toml_str(display_name)}
-"""
-
-
-def _bridge_toml(port: int, keys_dir: Path, issuers: str, extra: str = "") -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-public_url = "http://127.0.0.1:{port}"
-
-[keys]
-dir = {toml_str(str(keys_dir))}
-
-[audit]
-destination = "stdout"
-
-[browser]
-enabled = true
-secure_cookies = false
-session_lifetime = 3600
-{issuers}
-[[mapping.rules]]
-claim = "preferred_username"
-require_groups = ["hpc-users"]
-{extra}
-"""
+    audiences = [client_id, prov.resource]
+    return login_issuer_toml(
+        name, "oidc", prov.issuer, client_id, secret, audiences, display_name=display_name
+    )
 
 
 @pytest.fixture(scope="module")
@@ -140,32 +97,16 @@ def site(slurm_2605: BridgeCluster, tmp_path_factory: pytest.TempPathFactory) ->
         one = _issuer_toml("op", prov, CLIENT_ID, CLIENT_SECRET, "Test IdP")
         proxy = f"[proxy]\nupstream = {toml_str(slurm_2605.cluster.restd_url)}\n"
         bridge = start_bridge_at(
-            work / "bridge", port, _bridge_toml(port, slurm_2605.keys_dir, one, proxy)
+            work / "bridge", port, bridge_toml(port, slurm_2605.keys_dir, one + proxy)
         )
         stack.callback(bridge.stop)
         two = _issuer_toml("campus", prov, CAMPUS_ID, "campus-secret", "Campus login")
         two += _issuer_toml("partner", prov, PARTNER_ID, "partner-secret", "Partner login")
         chooser = start_bridge_at(
-            work / "chooser", chooser_port, _bridge_toml(chooser_port, slurm_2605.keys_dir, two)
+            work / "chooser", chooser_port, bridge_toml(chooser_port, slurm_2605.keys_dir, two)
         )
         stack.callback(chooser.stop)
-        yield Site(prov, bridge, chooser, slurm_2605)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    ctx = browser.new_context()
-    ctx.set_default_timeout(TIMEOUT_MS)
-    try:
-        yield ctx
-    finally:
-        ctx.close()
+        yield Site(prov, bridge, slurm_2605, chooser)
 
 
 def _login(page: Page, site: Site, user: str = "alice") -> str:
@@ -636,7 +577,7 @@ def short_site(site: Site, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         issuers = _issuer_toml("rt", prov, RT_ID, "rt-secret", "With refresh")
         issuers += _issuer_toml("nort", prov, NORT_ID, "nort-secret", "Without refresh")
         bridge = start_bridge_at(
-            work / "bridge", port, _bridge_toml(port, site.slurm.keys_dir, issuers)
+            work / "bridge", port, bridge_toml(port, site.slurm.keys_dir, issuers)
         )
         stack.callback(bridge.stop)
         yield ShortSite(prov, bridge)
@@ -694,33 +635,18 @@ def test_short_id_token_without_refresh_token_asks_for_a_new_login(
 
 def test_two_gunicorn_instances_share_sessions_through_redis(tmp_path: Path, site: Site) -> None:
     """Log in at one instance, use and end the session at the other (a real redis-server)."""
-    from tests.helpers.redis import RedisServer
-
-    if shutil.which("redis-server") is None:
-        skip_or_fail("redis-server is not installed")
-    redis = RedisServer(tmp_path / "redis")
-    with contextlib.ExitStack() as stack:
-        stack.callback(redis.stop)
-        port_a = stack.enter_context(reserved_port())
-        port_b = stack.enter_context(reserved_port())
+    with redis_replicas(tmp_path) as (redis_url, (port_a, port_b), stack):
         url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
         client = web_client("bridge-web-replicas", "replicas-secret", url_a)
         prov = start_oidc_provider(tmp_path / "op", clients=[client])
         stack.callback(prov.stop)
         one = _issuer_toml("op", prov, client["client_id"], "replicas-secret", "IdP")
-        extra = f"[browser]\nsession_storage_uri = {toml_str(redis.url)}\n"
-        servers = []
-        for port in (port_a, port_b):
-            cfg = _bridge_toml(port, site.slurm.keys_dir, one).replace("[browser]\n", extra, 1)
-            path = tmp_path / f"bridge-{port}.toml"
-            path.write_text(cfg)
-            server = BridgeServer(
-                path, port, tmp_path / f"bridge-{port}.log", {}, ("--prod", "--workers", "2")
-            )
-            stack.callback(server.stop)
-            servers.append(server)
-        for server in servers:
-            server.wait_ready(timeout=90)  # two gunicorn masters, four workers booting
+        shared = f"session_lifetime = 3600\nsession_storage_uri = {toml_str(redis_url)}"
+        configs = {
+            port: bridge_toml(port, site.slurm.keys_dir, one, browser=shared)
+            for port in (port_a, port_b)
+        }
+        start_replicas(stack, tmp_path, configs)
 
         s = requests.Session()
         r = s.get(url_a + "/login", allow_redirects=False, timeout=10)

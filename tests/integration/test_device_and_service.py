@@ -23,16 +23,15 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import pytest
 import requests
 
-from tests.helpers.bridge import BridgeServer
 from tests.helpers.browser import (
     TIMEOUT_MS,
+    bridge_toml,
     chromium,
     idp_sign_in,
     jwt_claims,
@@ -42,6 +41,7 @@ from tests.helpers.browser import (
     toml_list,
     toml_str,
 )
+from tests.helpers.browser import Site as SiteOf
 from tests.helpers.oidc import OidcProvider, start_oidc_provider
 from tests.helpers.slurm import ensure_test_users
 from tests.helpers.slurm_rest import BridgeCluster, bridge_env, bridge_executable, get_jobs
@@ -55,32 +55,11 @@ JWT_RE = r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"
 LOGIN_TIMEOUT = 60.0
 
 
-@dataclass
-class Site:
-    prov: OidcProvider
-    bridge: BridgeServer
-    slurm: BridgeCluster
-
-    @property
-    def url(self) -> str:
-        return self.bridge.url
+Site = SiteOf[OidcProvider]
 
 
 def _config(prov: OidcProvider, keys_dir: Path, port: int) -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[keys]
-dir = {toml_str(str(keys_dir))}
-
-[audit]
-destination = "stdout"
-
-[browser]
-enabled = false
-
+    sections = f"""
 [[issuers]]
 name = "op"
 kind = "oidc"
@@ -104,11 +83,8 @@ issuer = "op"
 client_id = "svc-portal"
 allow_requested_subject = true
 subject_regex = "[a-z]+"
-
-[[mapping.rules]]
-claim = "preferred_username"
-require_groups = ["hpc-users"]
 """
+    return bridge_toml(port, keys_dir, sections, browser=None, public_url=False)
 
 
 @pytest.fixture(scope="module")

@@ -18,30 +18,30 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 import requests
 
-from tests.conftest import skip_or_fail
 from tests.helpers.bridge import BridgeServer
 from tests.helpers.browser import (
     TIMEOUT_MS,
-    chromium,
+    bridge_toml,
     idp_sign_in,
     jwt_claims,
+    login_issuer_toml,
+    redis_replicas,
     require_node,
     reserved_port,
     start_bridge_at,
-    toml_list,
+    start_replicas,
     toml_str,
     web_client,
 )
+from tests.helpers.browser import Site as SiteOf
 from tests.helpers.oidc import OidcProvider, start_oidc_provider
 from tests.helpers.slurm_rest import BridgeCluster, get_jobs, run_whoami_job
 from tests.integration.test_browser_login import _wait_for
@@ -59,50 +59,16 @@ DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 COOKIE = "sjb_session"
 
 
-@dataclass
-class Site:
-    prov: OidcProvider
-    bridge: BridgeServer
-    slurm: BridgeCluster
+Site = SiteOf[OidcProvider]
 
 
 def _config(port: int, prov: OidcProvider, keys_dir: Path, browser_extra: str = "") -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-public_url = "http://127.0.0.1:{port}"
-
-[keys]
-dir = {toml_str(str(keys_dir))}
-
-[audit]
-destination = "stdout"
-
-[browser]
-enabled = true
-secure_cookies = false
-session_lifetime = 3600
-device_poll_interval = 1
-{browser_extra}
-[[issuers]]
-name = "op"
-kind = "oidc"
-issuer = {toml_str(prov.issuer)}
-audiences = {toml_list([CLIENT_ID, prov.resource])}
-token_use = ["access", "id"]
-client_id = {toml_str(CLIENT_ID)}
-client_secret = {toml_str(CLIENT_SECRET)}
-scopes = ["openid", "profile", "email", "groups"]
-
-[cli_login]
-issuer = "op"
-client_id = "bridge-cli"
-
-[[mapping.rules]]
-claim = "preferred_username"
-require_groups = ["hpc-users"]
-"""
+    issuer = login_issuer_toml(
+        "op", "oidc", prov.issuer, CLIENT_ID, CLIENT_SECRET, [CLIENT_ID, prov.resource]
+    )
+    cli = '[cli_login]\nissuer = "op"\nclient_id = "bridge-cli"\n'
+    browser = f"session_lifetime = 3600\ndevice_poll_interval = 1\n{browser_extra}"
+    return bridge_toml(port, keys_dir, issuer + cli, browser=browser)
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +87,6 @@ def site(slurm_2605: BridgeCluster, tmp_path_factory: pytest.TempPathFactory) ->
         bridge = start_bridge_at(work / "bridge", port, _config(port, prov, slurm_2605.keys_dir))
         stack.callback(bridge.stop)
         yield Site(prov, bridge, slurm_2605)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
 
 
 def _device_audit(server: BridgeServer, outcome: str) -> list[dict]:
@@ -239,15 +199,7 @@ def _poll(url: str, device_code: str) -> requests.Response:
 
 
 def test_two_replicas_share_pending_codes_through_redis(tmp_path: Path, site: Site) -> None:
-    from tests.helpers.redis import RedisServer
-
-    if shutil.which("redis-server") is None:
-        skip_or_fail("redis-server is not installed")
-    redis = RedisServer(tmp_path / "redis")
-    with contextlib.ExitStack() as stack:
-        stack.callback(redis.stop)
-        port_a = stack.enter_context(reserved_port())
-        port_b = stack.enter_context(reserved_port())
+    with redis_replicas(tmp_path) as (redis_url, (port_a, port_b), stack):
         url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
         prov = start_oidc_provider(
             tmp_path / "op",
@@ -255,18 +207,9 @@ def test_two_replicas_share_pending_codes_through_redis(tmp_path: Path, site: Si
             device_flow=False,
         )
         stack.callback(prov.stop)
-        servers = []
-        for port in (port_a, port_b):
-            extra = f"session_storage_uri = {toml_str(redis.url)}\n"
-            path = tmp_path / f"bridge-{port}.toml"
-            path.write_text(_config(port, prov, site.slurm.keys_dir, extra))
-            server = BridgeServer(
-                path, port, tmp_path / f"bridge-{port}.log", {}, ("--prod", "--workers", "2")
-            )
-            stack.callback(server.stop)
-            servers.append(server)
-        for server in servers:
-            server.wait_ready(timeout=90)
+        extra = f"session_storage_uri = {toml_str(redis_url)}\n"
+        configs = {p: _config(p, prov, site.slurm.keys_dir, extra) for p in (port_a, port_b)}
+        start_replicas(stack, tmp_path, configs)
 
         s = _login_session(prov, url_a)
         dev = _start(url_b)  # the terminal talks to replica B

@@ -17,18 +17,17 @@ import contextlib
 import re
 import urllib.parse
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.helpers.bridge import BridgeServer
+from tests.helpers.browser import Site as SiteOf
 from tests.helpers.browser import (
-    chromium,
+    bridge_toml,
     jwt_claims,
+    login_issuer_toml,
     reserved_port,
     start_bridge_at,
-    toml_str,
 )
 from tests.helpers.keycloak import BRIDGE_AUDIENCE, KeycloakServer
 from tests.helpers.slurm import ensure_test_users
@@ -41,57 +40,25 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.browser, pytest.mark.keycloak, pytest.mark.slurm]
 
 # Keycloak's pages answer slowly on a loaded machine; this bounds each browser action (ms).
-KC_TIMEOUT_MS = 120_000
+BROWSER_TIMEOUT_MS = 120_000
 
-
-@dataclass
-class Site:
-    kc: KeycloakServer
-    bridge: BridgeServer
-    slurm: BridgeCluster
-
-    @property
-    def url(self) -> str:
-        return self.bridge.url
+Site = SiteOf[KeycloakServer]
 
 
 def _config(kc: KeycloakServer, keys_dir: str, port: int) -> str:
-    return f"""
-[server]
-host = "127.0.0.1"
-port = {port}
-
-[keys]
-dir = {toml_str(keys_dir)}
-
-[audit]
-destination = "stdout"
-
-[browser]
-enabled = true
-secure_cookies = false
-
-[[issuers]]
-name = "kc"
-kind = "keycloak"
-issuer = {toml_str(kc.issuer())}
-audiences = ["{BRIDGE_AUDIENCE}"]
-token_use = ["access", "id"]
-client_id = "{BRIDGE_AUDIENCE}"
-client_secret = "{BRIDGE_AUDIENCE}-secret"
-scopes = ["openid", "profile", "email"]
-display_name = "Keycloak"
-
-[cli_login]
-issuer = "kc"
-client_id = "bridge-cli"
-scopes = ["openid"]
-
-# Browser login maps the ID token, which carries groups but (by default) no roles.
-[[mapping.rules]]
-claim = "preferred_username"
-require_groups = ["hpc-users"]
-"""
+    issuer = login_issuer_toml(
+        "kc",
+        "keycloak",
+        kc.issuer(),
+        BRIDGE_AUDIENCE,
+        f"{BRIDGE_AUDIENCE}-secret",
+        [BRIDGE_AUDIENCE],
+        scopes=("openid", "profile", "email"),
+        display_name="Keycloak",
+    )
+    cli = '[cli_login]\nissuer = "kc"\nclient_id = "bridge-cli"\nscopes = ["openid"]\n'
+    # Browser login maps the ID token, which carries groups but (by default) no roles.
+    return bridge_toml(port, keys_dir, issuer + cli, browser="", public_url=False)
 
 
 def _register_bridge_url(kc: KeycloakServer, url: str) -> None:
@@ -125,22 +92,6 @@ def site(
         yield Site(keycloak, bridge, slurm_2605)
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as b:
-        yield b
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    ctx = browser.new_context()
-    ctx.set_default_timeout(KC_TIMEOUT_MS)
-    try:
-        yield ctx
-    finally:
-        ctx.close()
-
-
 def _keycloak_sign_in(page: Page, user: str) -> None:
     """Keycloak's own login page (theme keycloak.v2)."""
     page.wait_for_selector("#kc-form-login")
@@ -162,7 +113,7 @@ def _wait(page: Page, selector: str, site: Site) -> None:
 def test_browser_login_at_keycloak_and_logout(site: Site, context: BrowserContext) -> None:
     page = context.new_page()
     page.goto(site.url + "/")
-    with page.expect_request(lambda r: r.url.startswith(site.kc.issuer() + "/protocol/")) as req:
+    with page.expect_request(lambda r: r.url.startswith(site.prov.issuer() + "/protocol/")) as req:
         page.click("#login")
     params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(req.value.url).query))
     assert params["client_id"] == BRIDGE_AUDIENCE
@@ -178,7 +129,7 @@ def test_browser_login_at_keycloak_and_logout(site: Site, context: BrowserContex
 
     # RP-initiated logout at Keycloak's end_session_endpoint, back to the bridge.
     with page.expect_request(
-        lambda r: r.url.startswith(site.kc.endpoint("end_session_endpoint"))
+        lambda r: r.url.startswith(site.prov.endpoint("end_session_endpoint"))
     ) as req:
         page.click("#logout")
     params = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(req.value.url).query))
@@ -202,10 +153,10 @@ def test_terminal_login_with_keycloak_device_page(site: Site, browser: Browser) 
     with _login_command(site.url) as cmd:
         where = cmd.wait_line("To log in, open ", timeout=300)
         code = cmd.wait_line("and check that the code shown is: ", timeout=60)
-        assert where == f"{site.kc.issuer()}/device?user_code={code}"
+        assert where == f"{site.prov.issuer()}/device?user_code={code}"
 
         ctx = browser.new_context()
-        ctx.set_default_timeout(KC_TIMEOUT_MS)
+        ctx.set_default_timeout(BROWSER_TIMEOUT_MS)
         page = ctx.new_page()
         page.goto(where)  # the code is in the link: Keycloak goes straight to its login
         _keycloak_sign_in(page, "alice")

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import TestIssuer
 
 
@@ -18,3 +19,12 @@ def idp() -> Iterator[Any]:
     handle = server.add_issuer("/oidc")
     yield handle
     server.stop()
+
+
+@pytest.fixture
+def upstream(request: pytest.FixtureRequest) -> Iterator[StubServer]:
+    """A recording stand-in for slurmrestd answering every request with the test module's
+    ``UPSTREAM_BODY`` (default: an empty job list)."""
+    server = StubServer(getattr(request.module, "UPSTREAM_BODY", b'{"jobs": []}'))
+    yield server
+    server.close()

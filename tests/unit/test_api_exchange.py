@@ -19,12 +19,12 @@ from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.keys import KeyRing
 from slurm_jwt_bridge.settings import parse_settings
 from tests.conftest import skip_or_fail
-from tests.helpers.test_issuer import TestIssuer, forge, forge_hmac
+from tests.helpers.issuers import TENANT, bridge_data, four_issuers, oidc_issuer
+from tests.helpers.test_issuer import forge, forge_hmac
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
 AT = "urn:ietf:params:oauth:token-type:access_token"
 IDT = "urn:ietf:params:oauth:token-type:id_token"
-TENANT = "aaaaaaaa-0000-0000-0000-000000000001"
 TENANT2 = "aaaaaaaa-0000-0000-0000-000000000002"
 STRANGER = "aaaaaaaa-0000-0000-0000-00000000dead"
 
@@ -46,7 +46,6 @@ def local_user() -> str:
 @dataclass
 class Env:
     client: Any
-    idp: TestIssuer
     kc: Any
     cognito: Any
     entra: Any
@@ -64,61 +63,24 @@ class Env:
 
 @pytest.fixture
 def env(tmp_path: Path, keys_dir: Path) -> Iterator[Env]:
-    idp = TestIssuer().start()
-    kc = idp.add_issuer("/realms/hpc", jwks_path="/realms/hpc/protocol/openid-connect/certs")
-    cognito = idp.add_issuer("/eu-west-1_Pool1")
-    entra = idp.add_issuer(
-        "/organizations/v2.0", issuer_path="/{tenantid}/v2.0", jwk_alg_in_jwks=False
-    )
-    oidc = idp.add_issuer("/oidc")
     audit = tmp_path / "audit.log"
-    data = {
-        "keys": {"dir": str(keys_dir)},
-        "audit": {"destination": f"file:{audit}"},
-        "browser": {"enabled": False},
-        "issuers": [
-            {
-                "name": "kc",
-                "kind": "keycloak",
-                "issuer": kc.issuer,
-                "allowed_clients": ["portal", "svc-batch", "svc-rogue"],
-            },
-            {
-                "name": "cognito",
-                "kind": "cognito",
-                "issuer": cognito.issuer,
-                "allowed_clients": ["app1"],
-                "token_use": ["access", "id"],
-            },
-            {
-                "name": "entra",
-                "kind": "entra",
-                "issuer": entra.issuer,
-                "audiences": ["api://bridge"],
-                "tenants": [TENANT, TENANT2],
-                "discovery_url": entra.discovery_url,
-            },
-            {
-                "name": "oidc",
-                "kind": "oidc",
-                "issuer": oidc.issuer,
-                "audiences": ["bridge"],
-                "token_use": ["access", "id"],
-            },
-        ],
-        "mapping": {
-            # The names below are not accounts on this host; the local-account check has its
-            # own test (test_missing_local_account_when_required).
-            "require_local_account": False,
-            "rules": [
-                {"issuer": "entra", "claim": "upn", "strip_domain": True, "lowercase": True},
-                {"issuer": "cognito", "claim": "cognito:username"},
-                {"issuer": "cognito", "claim": "username"},
-                {"issuer": "kc", "claim": "preferred_username", "require_roles": ["hpc-user"]},
-                {"issuer": "oidc", "claim": "preferred_username"},
-            ],
-        },
-        "service_accounts": [
+    with four_issuers() as idps:
+        issuers = idps.issuers(
+            kc={"allowed_clients": ["portal", "svc-batch", "svc-rogue"]},
+            cognito={"allowed_clients": ["app1"], "token_use": ["access", "id"]},
+            entra={"tenants": [TENANT, TENANT2]},
+            oidc={"token_use": ["access", "id"]},
+        )
+        # The names below are not accounts on this host; the local-account check has its own
+        # test (test_missing_local_account_when_required).
+        rules = [
+            {"issuer": "entra", "claim": "upn", "strip_domain": True, "lowercase": True},
+            {"issuer": "cognito", "claim": "cognito:username"},
+            {"issuer": "cognito", "claim": "username"},
+            {"issuer": "kc", "claim": "preferred_username", "require_roles": ["hpc-user"]},
+            {"issuer": "oidc", "claim": "preferred_username"},
+        ]
+        service_accounts = [
             {"issuer": "kc", "client_id": "svc-batch", "account": "batchsvc", "max_lifetime": 600},
             {
                 "issuer": "entra",
@@ -126,21 +88,23 @@ def env(tmp_path: Path, keys_dir: Path) -> Iterator[Env]:
                 "account": "entraapp",
                 "algs": ["RS256"],
             },
-        ],
-        "delegation": {
-            "actors": [
-                {
-                    "issuer": "kc",
-                    "client_id": "portal",
-                    "allow_requested_subject": True,
-                    "subject_regex": "[a-z]+",
-                },
-            ]
-        },
-    }
-    app = create_app(parse_settings(data))
-    yield Env(app.test_client(), idp, kc, cognito, entra, oidc, keys_dir, audit)
-    idp.stop()
+        ]
+        actor = {
+            "issuer": "kc",
+            "client_id": "portal",
+            "allow_requested_subject": True,
+            "subject_regex": "[a-z]+",
+        }
+        data = bridge_data(
+            keys_dir,
+            issuers,
+            audit=f"file:{audit}",
+            rules=rules,
+            service_accounts=service_accounts,
+            delegation={"actors": [actor]},
+        )
+        app = create_app(parse_settings(data))
+        yield Env(app.test_client(), idps.kc, idps.cognito, idps.entra, idps.oidc, keys_dir, audit)
 
 
 def slurm_claims(env: Env, body: dict[str, Any]) -> dict[str, Any]:
@@ -416,15 +380,8 @@ def test_graph_token_error_tells_what_to_do(env: Env) -> None:
 
 
 def test_missing_local_account_when_required(env: Env, keys_dir: Path, tmp_path: Path) -> None:
-    data = {
-        "keys": {"dir": str(keys_dir)},
-        "audit": {"destination": "none"},
-        "browser": {"enabled": False},
-        "issuers": [
-            {"name": "oidc", "kind": "oidc", "issuer": env.oidc.issuer, "audiences": ["bridge"]}
-        ],
-        "mapping": {"require_local_account": True, "rules": [{"claim": "preferred_username"}]},
-    }
+    data = bridge_data(keys_dir, [oidc_issuer(env.oidc)])
+    data["mapping"]["require_local_account"] = True
     client = create_app(parse_settings(data)).test_client()
     form = {"grant_type": TE, "subject_token_type": AT}
     t = env.oidc.mint(_alice(env, preferred_username="nosuchuser42"))

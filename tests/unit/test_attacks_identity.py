@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,67 +21,28 @@ import pytest
 from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.settings import SettingsError, parse_settings
 from tests.conftest import skip_or_fail
-from tests.helpers.test_issuer import IssuerHandle, TestIssuer
+from tests.helpers.issuers import TENANT, FourIssuers, four_issuers
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
 AT = "urn:ietf:params:oauth:token-type:access_token"
-TENANT = "aaaaaaaa-0000-0000-0000-000000000001"
 EVIL_TENANT = "eeeeeeee-0000-0000-0000-00000000beef"
 
 
-@dataclass
-class Idps:
-    server: TestIssuer
-    kc: IssuerHandle
-    cognito: IssuerHandle
-    entra: IssuerHandle
-    oidc: IssuerHandle
+Idps = FourIssuers
 
 
 @pytest.fixture
 def idps() -> Iterator[Idps]:
-    server = TestIssuer().start()
-    kc = server.add_issuer("/realms/hpc", jwks_path="/realms/hpc/protocol/openid-connect/certs")
-    cognito = server.add_issuer("/eu-west-1_Pool1")
-    entra = server.add_issuer(
-        "/organizations/v2.0", issuer_path="/{tenantid}/v2.0", jwk_alg_in_jwks=False
-    )
-    oidc = server.add_issuer("/oidc")
-    yield Idps(server, kc, cognito, entra, oidc)
-    server.stop()
+    with four_issuers() as found:
+        yield found
 
 
 def issuers(idps: Idps, **entra: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": "kc",
-            "kind": "keycloak",
-            "issuer": idps.kc.issuer,
-            "allowed_clients": ["portal", "svc-batch"],
-        },
-        {
-            "name": "cognito",
-            "kind": "cognito",
-            "issuer": idps.cognito.issuer,
-            "allowed_clients": ["portal"],
-        },
-        {
-            "name": "entra",
-            "kind": "entra",
-            "issuer": idps.entra.issuer,
-            "audiences": ["api://bridge"],
-            "allowed_clients": ["portal"],
-            "tenants": [TENANT],
-            "discovery_url": idps.entra.discovery_url,
-            **entra,
-        },
-        {
-            "name": "oidc",
-            "kind": "oidc",
-            "issuer": idps.oidc.issuer,
-            "audiences": ["bridge"],
-        },
-    ]
+    return idps.issuers(
+        kc={"allowed_clients": ["portal", "svc-batch"]},
+        cognito={"allowed_clients": ["portal"]},
+        entra={"allowed_clients": ["portal"], **entra},
+    )
 
 
 class Bridge:

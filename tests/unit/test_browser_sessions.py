@@ -13,7 +13,6 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,53 +22,22 @@ from flask.sessions import SecureCookieSessionInterface
 from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.keys import SESSION_KEY_FILE, KeyRingError
 from slurm_jwt_bridge.settings import parse_settings
-from tests.helpers.proxy_settings import proxy_settings_data
-from tests.helpers.sessions import plant_session
-from tests.helpers.slurm import free_port
+from tests.helpers.ports import free_port
+from tests.helpers.proxy_settings import browser_proxy_settings_data
+from tests.helpers.sessions import logged_in, plant_session, session_grant
 from tests.helpers.stub_http import StubServer
 
 PUBLIC = "https://hpc.example.org"
+UPSTREAM_BODY = b'{"job_id": 1}'  # what the stand-in slurmrestd answers
 JOB = "/slurm/v0.0.44/job/submit"
 
 
-@pytest.fixture
-def upstream() -> Iterator[StubServer]:
-    u = StubServer(b'{"job_id": 1}')
-    yield u
-    u.close()
-
-
 def _data(keys_dir: Path, tmp_path: Path, idp: Any, upstream_url: str) -> dict[str, Any]:
-    data = proxy_settings_data(keys_dir, tmp_path, idp, {"upstream": upstream_url})
-    data["server"] = {"public_url": PUBLIC}
-    data["browser"] = {"enabled": True, "secure_cookies": False}
-    # a login issuer: browser login (and so the session store) is configured
-    data["issuers"][0].update(client_id="bridge", token_use=["access", "id"])
-    return data
+    return browser_proxy_settings_data(keys_dir, tmp_path, idp, {"upstream": upstream_url}, PUBLIC)
 
 
 def _app(keys_dir: Path, tmp_path: Path, idp: Any, upstream_url: str) -> Any:
     return create_app(parse_settings(_data(keys_dir, tmp_path, idp, upstream_url), tmp_path))
-
-
-def _grant(user: str) -> dict[str, Any]:
-    return {
-        "user": user,
-        "issuer": "oidc",
-        "subject": user,
-        "client": "web",
-        "kind": "user",
-        "max_lifetime": None,
-        "algs": ["RS256", "HS256"],
-        "not_after": int(time.time()) + 600,
-    }
-
-
-def _logged_in(app: Any, user: str = "alice") -> Any:
-    """A test client holding a browser session for ``user`` (as the login callback leaves it)."""
-    client = app.test_client()
-    plant_session(client, grant=_grant(user), ends=int(time.time()) + 3600, csrf="x")
-    return client
 
 
 # ------------------------------------------------------------------ session key hygiene
@@ -162,7 +130,7 @@ def test_cookie_forged_with_the_session_key_gets_nothing(
     forger = SecureCookieSessionInterface().get_signing_serializer(app)
     if forger is None:  # no secret key at all: nothing to forge with
         pytest.fail("the app has no secret key")
-    forged = forger.dumps({"grant": _grant("bob"), "ends": int(time.time()) + 3600})
+    forged = forger.dumps({"grant": session_grant("bob"), "ends": int(time.time()) + 3600})
     client = app.test_client()
     client.set_cookie("sjb_session", forged)
     r = client.get("/slurm/v0.0.44/jobs")
@@ -176,7 +144,7 @@ def test_session_store_directory_is_private(
     tmp_path: Path, keys_dir: Path, idp: Any, upstream: StubServer
 ) -> None:
     app = _app(keys_dir, tmp_path, idp, upstream.url)
-    _logged_in(app)
+    logged_in(app)
     store = tmp_path / "sessions"
     assert stat.S_IMODE(store.stat().st_mode) == 0o700
     files = [p for p in store.iterdir() if p.is_file()]
@@ -219,7 +187,7 @@ def test_cross_site_state_change_with_session_cookie_is_403(
     method: str,
     headers: dict[str, str],
 ) -> None:
-    client = _logged_in(_app(keys_dir, tmp_path, idp, upstream.url))
+    client = logged_in(_app(keys_dir, tmp_path, idp, upstream.url))
     r = client.open(
         JOB, method=method, data="{}", headers={"Content-Type": "text/plain", **headers}
     )
@@ -239,7 +207,7 @@ def test_same_origin_state_change_with_header_is_forwarded(
     method: str,
     origin: dict[str, str],
 ) -> None:
-    client = _logged_in(_app(keys_dir, tmp_path, idp, upstream.url))
+    client = logged_in(_app(keys_dir, tmp_path, idp, upstream.url))
     r = client.open(
         JOB,
         method=method,
@@ -254,7 +222,7 @@ def test_same_origin_state_change_with_header_is_forwarded(
 def test_session_get_needs_no_origin(
     tmp_path: Path, keys_dir: Path, idp: Any, upstream: StubServer
 ) -> None:
-    client = _logged_in(_app(keys_dir, tmp_path, idp, upstream.url))
+    client = logged_in(_app(keys_dir, tmp_path, idp, upstream.url))
     assert client.get("/slurm/v0.0.44/jobs").status_code == 200
     assert upstream.seen[0].header("X-SLURM-USER-NAME") == "alice"
 
@@ -278,7 +246,7 @@ def test_session_past_its_end_proxies_nothing(
     """A session whose login (upstream token) has ended mints no already-expired token."""
     app = _app(keys_dir, tmp_path, idp, upstream.url)
     client = app.test_client()
-    grant = _grant("alice")
+    grant = session_grant("alice")
     grant["not_after"] = int(time.time()) - 5
     plant_session(client, grant=grant, ends=int(time.time()) + 3600)
     r = client.get("/slurm/v0.0.44/jobs")
@@ -295,7 +263,9 @@ def test_session_past_session_lifetime_is_over(
     """No sliding window: past its end the page shows the login and mints nothing."""
     app = _app(keys_dir, tmp_path, idp, upstream.url)
     client = app.test_client()
-    plant_session(client, grant=_grant("alice"), ends=int(time.time()) - 1, csrf="x", token="old")
+    plant_session(
+        client, grant=session_grant("alice"), ends=int(time.time()) - 1, csrf="x", token="old"
+    )
     page = client.get("/")
     assert b'id="token"' not in page.data and b'id="login"' in page.data
     r = client.post("/token", data={"csrf": "x", "lifetime": "300"})
@@ -315,7 +285,7 @@ def test_cookie_is_an_opaque_id_and_host_prefixed_when_secure(
     app = create_app(parse_settings(data, tmp_path))
     client = app.test_client()
     with client.session_transaction() as sess:
-        sess["grant"] = _grant("alice")
+        sess["grant"] = session_grant("alice")
         sess["ends"] = int(time.time()) + 3600
     cookie = client.get_cookie("__Host-sjb_session")
     assert cookie is not None and client.get_cookie("sjb_session") is None

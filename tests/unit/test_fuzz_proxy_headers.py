@@ -36,6 +36,7 @@ from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.keys import KeyRing, init_keys
 from slurm_jwt_bridge.minting import mint_slurm_token
 from slurm_jwt_bridge.settings import parse_settings
+from tests.helpers.issuers import bridge_data, oidc_issuer
 from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import TestIssuer
 
@@ -73,17 +74,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     recorder = StubServer()
     apps, clients, servers = {}, {}, {}
     for style in STYLES:
-        data = {
-            "keys": {"dir": str(keys_dir)},
-            "audit": {"destination": "none"},
-            "browser": {"enabled": False},
-            "rate_limit": {"enabled": False},
-            "issuers": [
-                {"name": "oidc", "kind": "oidc", "issuer": oidc.issuer, "audiences": ["bridge"]}
-            ],
-            "mapping": {"require_local_account": False, "rules": [{"claim": "preferred_username"}]},
-            "proxy": {"upstream": recorder.url, "auth_style": style, "read_timeout": 5.0},
-        }
+        data = bridge_data(
+            keys_dir,
+            [oidc_issuer(oidc)],
+            rate_limit={"enabled": False},
+            proxy={"upstream": recorder.url, "auth_style": style, "read_timeout": 5.0},
+        )
         app = create_app(parse_settings(data))
         apps[style] = app
         clients[style] = app.test_client()

@@ -38,6 +38,7 @@ the default run is small, derandomized and without an example database, so CI is
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -62,12 +63,12 @@ from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.audit import AuditLog
 from slurm_jwt_bridge.keys import KeyRing, init_keys
 from slurm_jwt_bridge.settings import parse_settings
+from tests.helpers.issuers import TENANT, bridge_data, four_issuers
 from tests.helpers.stub_http import StubServer
-from tests.helpers.test_issuer import TestIssuer, b64url, forge_hmac, public_jwk
+from tests.helpers.test_issuer import b64url, forge_hmac, public_jwk
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
 AT = "urn:ietf:params:oauth:token-type:access_token"
-TENANT = "aaaaaaaa-0000-0000-0000-000000000001"
 OTHER_TENANT = "aaaaaaaa-0000-0000-0000-000000000002"
 DOORS = ("oauth", "api", "proxy")
 PROXY_PATH = "/slurm/v0.0.44/jobs"
@@ -151,102 +152,76 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     keys_dir = tmp_path_factory.mktemp("fuzz-tokens") / "keys"
     init_keys(keys_dir)
-    idp = TestIssuer().start()
-    upstream = StubServer()
-    oidc = idp.add_issuer("/oidc")
-    oidc.rotate()  # two published keys: a token without kid is ambiguous
-    kc = idp.add_issuer("/realms/hpc", jwks_path="/realms/hpc/protocol/openid-connect/certs")
-    cognito = idp.add_issuer("/eu-west-1_Pool1")
-    entra = idp.add_issuer(
-        "/organizations/v2.0", issuer_path="/{tenantid}/v2.0", jwk_alg_in_jwks=False
-    )
-    data = {
-        "keys": {"dir": str(keys_dir)},
-        "audit": {"destination": "none"},
-        "browser": {"enabled": False},
-        "rate_limit": {"enabled": False},
-        "policy": {"deny_users": ["mallory"]},
-        "issuers": [
-            {"name": "oidc", "kind": "oidc", "issuer": oidc.issuer, "audiences": ["bridge"]},
-            {"name": "kc", "kind": "keycloak", "issuer": kc.issuer, "allowed_clients": ["portal"]},
-            {
-                "name": "cognito",
-                "kind": "cognito",
-                "issuer": cognito.issuer,
-                "allowed_clients": ["app1"],
-            },
-            {
-                "name": "entra",
-                "kind": "entra",
-                "issuer": entra.issuer,
-                "audiences": ["api://bridge"],
-                "tenants": [TENANT],
-                "discovery_url": entra.discovery_url,
-            },
-        ],
-        "mapping": {
-            # No local account needed: the oracle must not depend on this host's passwd.
-            "require_local_account": False,
-            "rules": [
-                {"issuer": "entra", "claim": "upn", "strip_domain": True, "lowercase": True},
-                {"issuer": "cognito", "claim": "username"},
-                {"issuer": "kc", "claim": "preferred_username"},
-                {"issuer": "oidc", "claim": "preferred_username"},
-            ],
-        },
-        "proxy": {"upstream": upstream.url, "read_timeout": 5.0, "connect_timeout": 2.0},
-    }
-    app = create_app(parse_settings(data))
-    bridge = app.extensions["slurm_jwt_bridge"]
-    audit = RecordingAudit()
-    bridge.pipeline.audit = audit
-    far = {"exp": oidc.now() + 2 * 86400}  # valid for the whole of a long dedicated run
+    with four_issuers() as idps, contextlib.closing(StubServer()) as upstream:
+        oidc, kc, cognito, entra = idps.oidc, idps.kc, idps.cognito, idps.entra
+        oidc.rotate()  # two published keys: a token without kid is ambiguous
+        issuers = idps.issuers(
+            kc={"allowed_clients": ["portal"]}, cognito={"allowed_clients": ["app1"]}
+        )
+        # No local account needed: the oracle must not depend on this host's passwd.
+        rules = [
+            {"issuer": "entra", "claim": "upn", "strip_domain": True, "lowercase": True},
+            {"issuer": "cognito", "claim": "username"},
+            {"issuer": "kc", "claim": "preferred_username"},
+            {"issuer": "oidc", "claim": "preferred_username"},
+        ]
+        data = bridge_data(
+            keys_dir,
+            issuers,
+            rules=rules,
+            rate_limit={"enabled": False},
+            policy={"deny_users": ["mallory"]},
+            proxy={"upstream": upstream.url, "read_timeout": 5.0, "connect_timeout": 2.0},
+        )
+        app = create_app(parse_settings(data))
+        bridge = app.extensions["slurm_jwt_bridge"]
+        audit = RecordingAudit()
+        bridge.pipeline.audit = audit
+        far = {"exp": oidc.now() + 2 * 86400}  # valid for the whole of a long dedicated run
 
-    def base(issuer: str, handle: Any, claims: dict[str, Any], user: str, alg: bool) -> Base:
-        token = handle.mint({**claims, **far})
-        header = jwt.get_unverified_header(token)
-        body = jwt.decode(token, options={"verify_signature": False})
-        return Base(issuer, token, user, handle, header, body, alg)
+        def base(issuer: str, handle: Any, claims: dict[str, Any], user: str, alg: bool) -> Base:
+            token = handle.mint({**claims, **far})
+            header = jwt.get_unverified_header(token)
+            body = jwt.decode(token, options={"verify_signature": False})
+            return Base(issuer, token, user, handle, header, body, alg)
 
-    bases = [
-        base(
-            "oidc",
-            oidc,
-            oidc.oidc_claims(sub="s-alice", aud="bridge", preferred_username="alice"),
-            "alice",
-            True,
-        ),
-        base("kc", kc, kc.keycloak_claims(azp="portal", username="bob"), "bob", True),
-        base(
-            "cognito",
-            cognito,
-            cognito.cognito_claims("access", client_id="app1", username="carol"),
-            "carol",
-            True,
-        ),
-        base(
-            "entra",
-            entra,
-            entra.entra_claims(tid=TENANT, aud="api://bridge", username="Ada@Contoso.example"),
-            "ada",
-            False,
-        ),
-    ]
-    yield Env(
-        app.test_client(),
-        audit,
-        upstream,
-        bases,
-        KeyRing.load(keys_dir),
-        rsa.generate_private_key(public_exponent=65537, key_size=2048),
-        ec.generate_private_key(ec.SECP256R1()),
-        oidc.now(),
-    )
-    report = os.environ.get("SLURM_JWT_BRIDGE_FUZZ_REPORT")
-    if report:
-        Path(report).write_text(json.dumps(dict(sorted(STATS.items())), indent=2) + "\n")
-    upstream.close()
-    idp.stop()
+        bases = [
+            base(
+                "oidc",
+                oidc,
+                oidc.oidc_claims(sub="s-alice", aud="bridge", preferred_username="alice"),
+                "alice",
+                True,
+            ),
+            base("kc", kc, kc.keycloak_claims(azp="portal", username="bob"), "bob", True),
+            base(
+                "cognito",
+                cognito,
+                cognito.cognito_claims("access", client_id="app1", username="carol"),
+                "carol",
+                True,
+            ),
+            base(
+                "entra",
+                entra,
+                entra.entra_claims(tid=TENANT, aud="api://bridge", username="Ada@Contoso.example"),
+                "ada",
+                False,
+            ),
+        ]
+        yield Env(
+            app.test_client(),
+            audit,
+            upstream,
+            bases,
+            KeyRing.load(keys_dir),
+            rsa.generate_private_key(public_exponent=65537, key_size=2048),
+            ec.generate_private_key(ec.SECP256R1()),
+            oidc.now(),
+        )
+        report = os.environ.get("SLURM_JWT_BRIDGE_FUZZ_REPORT")
+        if report:
+            Path(report).write_text(json.dumps(dict(sorted(STATS.items())), indent=2) + "\n")
 
 
 # ---------------------------------------------------------------- the oracle

@@ -23,13 +23,6 @@ from tests.helpers.proxy_settings import proxy_settings_data
 from tests.helpers.stub_http import StubServer
 
 
-@pytest.fixture
-def upstream() -> Iterator[StubServer]:
-    u = StubServer(b'{"jobs": []}')
-    yield u
-    u.close()
-
-
 def _settings(keys_dir: Path, tmp_path: Path, idp: Any, **proxy: Any) -> Any:
     return parse_settings(proxy_settings_data(keys_dir, tmp_path, idp, proxy))
 

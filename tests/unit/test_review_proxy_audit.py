@@ -11,14 +11,6 @@ from slurm_jwt_bridge.keys import KeyRing
 from slurm_jwt_bridge.minting import mint_slurm_token
 from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.proxy_settings import proxy_settings_data
-from tests.helpers.stub_http import StubServer
-
-
-@pytest.fixture
-def upstream():
-    u = StubServer(b'{"jobs": []}')
-    yield u
-    u.close()
 
 
 def make(keys_dir, tmp_path, idp, up, **proxy):

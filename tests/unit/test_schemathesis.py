@@ -35,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
 from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.keys import init_keys
 from slurm_jwt_bridge.settings import parse_settings
+from tests.helpers.issuers import bridge_data, oidc_issuer
 from tests.helpers.test_issuer import TestIssuer
 
 _ENV_EXAMPLES = int(os.environ.get("SLURM_JWT_BRIDGE_FUZZ_EXAMPLES", "0") or 0)
@@ -69,16 +70,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     init_keys(keys_dir)
     server = TestIssuer().start()
     idp = server.add_issuer("/oidc")
-    data = {
-        "keys": {"dir": str(keys_dir)},
-        "audit": {"destination": "none"},
-        "browser": {"enabled": False},
-        "rate_limit": {"enabled": False},
-        "issuers": [
-            {"name": "oidc", "kind": "oidc", "issuer": idp.issuer, "audiences": ["bridge"]}
-        ],
-        "mapping": {"require_local_account": False, "rules": [{"claim": "preferred_username"}]},
-    }
+    data = bridge_data(keys_dir, [oidc_issuer(idp)], rate_limit={"enabled": False})
     app = create_app(parse_settings(data, Path.cwd()))
     # A probe starts the first JWKS fetch in the background and answers at once: the service
     # under test is a ready one.
@@ -108,10 +100,13 @@ OPERATIONS = operations(_document())
 
 def run(env: Env, path: str, method: str, mode: GenerationMode) -> None:
     strategy = env.schema[path][method].as_strategy(generation_mode=mode)
+    checked = 0
 
     @FUZZ
     @given(case=strategy)
     def check(case: Any) -> None:
+        nonlocal checked
+        checked += 1
         response = case.call()
         case.validate_response(response, checks=CONFORMANCE)
         if mode == GenerationMode.NEGATIVE:
@@ -120,6 +115,7 @@ def run(env: Env, path: str, method: str, mode: GenerationMode) -> None:
             assert 400 <= response.status_code < 500, (response.status_code, case.body)
 
     check()
+    assert checked > 0, f"no {mode.value} case of {method} {path} was checked"
 
 
 def _has_input(path: str, method: str) -> bool:
@@ -190,10 +186,12 @@ def test_schema_violations_with_a_real_token_are_refused(env: Env, path: str, me
     """Negative cases that still carry a real IdP token: the document's constraints (enums,
     minimum lifetime, types, no extra JSON fields) are enforced, not only the token."""
     strategy = env.schema[path][method].as_strategy(generation_mode=GenerationMode.NEGATIVE)
+    checked = 0
 
     @FUZZ
     @given(case=strategy)
     def check(case: Any) -> None:
+        nonlocal checked
         if not case.meta.is_negative_at(ParameterLocation.BODY):
             return  # the negated part was a header we replace with the real token below
         if path == "/api/v1/token":
@@ -207,8 +205,11 @@ def test_schema_violations_with_a_real_token_are_refused(env: Env, path: str, me
         response = case.call()
         case.validate_response(response, checks=CONFORMANCE)
         assert 400 <= response.status_code < 500, (response.status_code, case.body)
+        checked += 1
 
     check()
+    # Every case skipped (a negated header only, an empty value) would prove nothing.
+    assert checked > 0, f"no schema violation in the body of {method} {path} was checked"
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,49 +19,20 @@ import pytest
 from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.settings import parse_settings
 from slurm_jwt_bridge.web.browser import session_seal
-from tests.helpers.proxy_settings import proxy_settings_data
-from tests.helpers.sessions import plant_session
+from tests.helpers.proxy_settings import browser_proxy_settings_data
+from tests.helpers.sessions import logged_in, session_grant
 from tests.helpers.stub_http import StubServer
 
 PUBLIC = "https://hpc.example.org"
+UPSTREAM_BODY = b'{"job_id": 1}'  # what the stand-in slurmrestd answers
 SIBLING = "https://evil.example.org"
 
 
 @pytest.fixture
-def upstream() -> Iterator[StubServer]:
-    u = StubServer(b'{"job_id": 1}')
-    yield u
-    u.close()
-
-
-@pytest.fixture
 def app(keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer) -> Any:
-    data = proxy_settings_data(
-        keys_dir, tmp_path, idp, {"upstream": upstream.url, "auth_request": True}
-    )
-    data["server"] = {"public_url": PUBLIC}
-    data["browser"] = {"enabled": True, "secure_cookies": False}
-    data["issuers"][0].update(client_id="bridge", token_use=["access", "id"])
+    proxy = {"upstream": upstream.url, "auth_request": True}
+    data = browser_proxy_settings_data(keys_dir, tmp_path, idp, proxy, PUBLIC)
     return create_app(parse_settings(data, tmp_path))
-
-
-def grant(user: str = "alice") -> dict[str, Any]:
-    return {
-        "user": user,
-        "issuer": "oidc",
-        "subject": user,
-        "client": "web",
-        "kind": "user",
-        "max_lifetime": None,
-        "algs": ["RS256", "HS256"],
-        "not_after": int(time.time()) + 600,
-    }
-
-
-def logged_in(app: Any) -> Any:
-    client = app.test_client()
-    plant_session(client, grant=grant(), ends=int(time.time()) + 3600, csrf="x")
-    return client
 
 
 def audit_lines(tmp_path: Path) -> list[dict[str, Any]]:
@@ -118,7 +87,7 @@ def test_a_session_written_into_the_store_by_someone_else_is_refused(
     with client.session_transaction() as sess:
         store_id, sid = "sjb-session:" + sess.sid, sess.sid
     data = store.get(store_id)
-    forged = dict(data, grant=grant("bob"))  # the store writer's own choice of user
+    forged = dict(data, grant=session_grant("bob"))  # the store writer's own choice of user
     store.set(store_id, forged)
     assert client.get("/slurm/v0.0.44/jobs").status_code == 401
     forged["seal"] = session_seal(b"k" * 32, sid, forged["grant"], forged["ends"])
