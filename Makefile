@@ -4,17 +4,40 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Every Python dependency (with the test and redis extras) pinned with hashes, and the subset a
+# site installs (the service with redis, the same versions); `make lock` refreshes both.
+LOCK := requirements.lock
+DEPLOY_LOCK := requirements-deploy.lock
+LOCK_VENV ?= .venv-lock
+UV_VERSION ?= 0.13.8
+# `make lock LOCK_FLAGS=` keeps the current pins where pyproject.toml still allows them.
+LOCK_FLAGS ?= --upgrade
 NODE_STAMP := tests/oidc-provider/node_modules/.installed
 
-.PHONY: demo test unit lint audit format venv system-deps node-deps go-deps bench-go-deps bench bench-quick clean
+.PHONY: demo test unit lint audit format venv lock system-deps node-deps go-deps bench-go-deps bench bench-quick clean
 
-$(STAMP): pyproject.toml
+# The venv gets exactly the versions of $(LOCK) (hash-checked), then the project itself.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip setuptools
-	$(BIN)/pip install -q --upgrade --upgrade-strategy eager -e '.[test,redis]'
+	$(BIN)/pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
 	touch $@
 
 venv: $(STAMP)
+
+# Resolve pyproject.toml's dependencies (extras test and redis, every platform, Python 3.11 and
+# later) anew into $(LOCK), with hashes, then $(DEPLOY_LOCK) within it; uv runs from its own
+# venv, $(LOCK_VENV).
+UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 \
+	--generate-hashes --quiet --custom-compile-command 'make lock'
+
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install -q uv==$(UV_VERSION)
+	$(UV_COMPILE) --extra test --extra redis $(LOCK_FLAGS) --output-file $(LOCK)
+	$(UV_COMPILE) --extra redis --constraint $(LOCK) --output-file $(DEPLOY_LOCK)
 
 # Real daemons for the integration tests (Slurm 22.05, trixie/sid chroots with 24.11/26.05, redis,
 # chromium, ...). Needs root; idempotent.
@@ -44,7 +67,7 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-# The installed packages against PyPI's published advisories (pip-audit; needs https to pypi.org).
+# The installed packages against PyPI's published advisories (pip-audit; needs https to PyPI).
 audit: venv
 	$(BIN)/python scripts/audit-deps.py
 
@@ -70,4 +93,4 @@ bench-quick: system-deps venv node-deps bench-go-deps
 	$(BIN)/python -m bench --quick
 
 clean:
-	rm -rf $(VENV) tests/oidc-provider/node_modules var test-artifacts .pytest_cache
+	rm -rf $(VENV) $(LOCK_VENV) tests/oidc-provider/node_modules var test-artifacts .pytest_cache

@@ -19,7 +19,6 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
-PYPI = "https://pypi.org/pypi/{}/json"
 OWN = {"slurm-jwt-bridge"}
 
 
@@ -46,7 +45,10 @@ def run_pip_audit() -> tuple[int, dict]:
 
 def from_project_page(name: str, version: str) -> tuple[bool, list[str]]:
     """(audited, advisory ids) from PyPI's project JSON, valid for its latest release only."""
-    with urllib.request.urlopen(PYPI.format(name), timeout=30) as resp:  # noqa: S310 (https)
+    from pip._internal.models.index import PyPI  # pip's own PyPI address, the one it installs from
+
+    url = f"{PyPI.pypi_url}/{name}/json"
+    with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310 (https)
         doc = json.load(resp)
     if doc["info"]["version"] != version:
         return False, []
