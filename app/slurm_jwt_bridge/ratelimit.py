@@ -7,19 +7,85 @@ host, each of the N workers (``serve --prod``, gunicorn_conf.py) allows 1/N of i
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
+from urllib.parse import unquote, urlsplit
 
-from flask import Flask, Response, jsonify
-from flask_limiter import Limiter
+from flask import Flask, Response, jsonify, request
+from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from limits import parse_many
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from .errors import BridgeError
+from .pipeline import Request
 from .settings import WORKERS_ENV, RateLimitSettings
+
+log = logging.getLogger(__name__)
+
+# How long a client is asked to wait while the counters cannot be reached.
+STORAGE_RETRY_AFTER = 5
+
+# The audited event and the door of each endpoint the per-address limit covers.
+ENDPOINT_EVENTS = {
+    "api.oauth_token": ("exchange", "token-exchange"),
+    "api.api_token": ("exchange", "api"),
+    "api.oauth_device_authorization": ("device", "device"),
+    "browser.login": ("login", "browser"),
+    "browser.callback": ("login", "browser"),
+    "device.page": ("device", "device"),
+    "device.answer": ("device", "device"),
+}
+
+
+class StorageUnavailable(BridgeError):
+    """The rate-limit counters cannot be reached: fail closed, the request is not served."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "temporarily_unavailable",
+            "the rate-limit storage cannot be reached; try again later",
+            503,
+            metric="rate_limit_storage",
+        )
+        self.retry_after = STORAGE_RETRY_AFTER
+
+
+class StorageWatch:
+    """Says once in the log that the storage stopped answering (and once that it answers
+    again), naming it without its password."""
+
+    def __init__(self, uri: str) -> None:
+        parts = urlsplit(uri)
+        # no user, password or query (redis://h?password=...): scheme, host, port and path
+        self.where = f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+        secrets = [parts.password or ""] + [
+            v for k, _, v in (q.partition("=") for q in parts.query.split("&")) if v
+        ]
+        self.secrets = {x for s in secrets if s for x in (s, unquote(s))}
+        self.down = False
+
+    def failed(self, exc: Exception) -> StorageUnavailable:
+        if not self.down:
+            self.down = True
+            detail = f"{type(exc).__name__}: {str(exc)[:200]}"
+            for secret in self.secrets:
+                detail = detail.replace(secret, "***")
+            log.error(
+                "rate-limit storage %s cannot be reached (%s): token requests are refused "
+                "with 503 until it answers",
+                self.where,
+                detail,
+            )
+        return StorageUnavailable()
+
+    def answered(self) -> None:
+        if self.down:
+            self.down = False
+            log.warning("rate-limit storage %s answers again", self.where)
 
 
 def process_limit(limit: str, storage_uri: str) -> str:
@@ -44,12 +110,17 @@ class SubjectLimiter:
     def __init__(self, cfg: RateLimitSettings) -> None:
         self.items = parse_many(process_limit(cfg.per_subject, cfg.storage_uri))
         self.limiter = MovingWindowRateLimiter(storage_from_string(cfg.storage_uri))
+        self.watch = StorageWatch(cfg.storage_uri)
 
     def __call__(self, issuer: str, subject: str) -> None:
         for item in self.items:
-            if self.limiter.hit(item, "subject", issuer, subject):
-                continue
-            stats = self.limiter.get_window_stats(item, "subject", issuer, subject)
+            try:
+                if self.limiter.hit(item, "subject", issuer, subject):
+                    continue
+                stats = self.limiter.get_window_stats(item, "subject", issuer, subject)
+            except Exception as err:  # the storage's own errors (redis, memcached, ...)
+                raise self.watch.failed(err) from None
+            self.watch.answered()
             retry = max(1, math.ceil(stats.reset_time - time.time()))
             exc = BridgeError(
                 "rate_limited",
@@ -59,17 +130,44 @@ class SubjectLimiter:
             )
             exc.retry_after = retry
             raise exc
+        self.watch.answered()
+
+
+class _Limiter(Limiter):
+    """Flask-Limiter, failing closed: when the counters cannot be reached the request is
+    refused through the pipeline (an audit line, a metric) with 503, never served unlimited
+    (``swallow_errors``) and never a bare 500."""
+
+    watch: StorageWatch
+
+    def _check_request_limit(
+        self, callable_name: str | None = None, in_middleware: bool = True
+    ) -> None:
+        try:
+            super()._check_request_limit(callable_name, in_middleware)
+        except RateLimitExceeded:
+            raise
+        except Exception as exc:
+            from .web import current_bridge
+
+            refused = self.watch.failed(exc)
+            event, door = ENDPOINT_EVENTS.get(request.endpoint or "", ("request", "http"))
+            origin = Request(door=door, remote_addr=request.remote_addr)
+            current_bridge().pipeline.refuse_input(event, origin, refused)
+        if self.current_limit is not None:  # a limit was counted: the storage answered
+            self.watch.answered()
 
 
 def init_rate_limits(app: Flask, cfg: RateLimitSettings, endpoints: list[str]) -> Limiter:
     """Per-address limits on ``endpoints`` (token API and login)."""
-    limiter = Limiter(
+    limiter = _Limiter(
         get_remote_address,
         app=app,
         storage_uri=cfg.storage_uri,
         headers_enabled=True,
         strategy="moving-window",
     )
+    limiter.watch = StorageWatch(cfg.storage_uri)
     per_address = process_limit(cfg.per_address, cfg.storage_uri)
     for endpoint in endpoints:
         view = app.view_functions.get(endpoint)
@@ -85,5 +183,13 @@ def init_rate_limits(app: Flask, cfg: RateLimitSettings, endpoints: list[str]) -
         # Like every other token-endpoint refusal; Flask-Limiter adds Retry-After.
         resp.headers["Cache-Control"] = "no-store"
         return resp, 429
+
+    @app.errorhandler(StorageUnavailable)
+    def storage_unavailable(exc: StorageUnavailable) -> Response:
+        # The doors without a JSON refusal of their own (browser, device pages) answer as the
+        # token API does.
+        from .web.api import oauth_error
+
+        return oauth_error(exc)
 
     return limiter

@@ -846,7 +846,9 @@ class RateLimitSettings:
     )
     storage_uri: str = setting(
         "memory://",
-        "`memory://` (per process) or `redis://host:port` shared by every worker and replica",
+        "`memory://` (per process) or `redis://host:port` shared by every worker and replica. "
+        "While it cannot be reached, requests that would be counted are refused with 503 "
+        "(fail closed; see [http.md](http.md))",
         check=_limiter_storage,
     )
 

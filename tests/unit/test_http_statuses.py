@@ -579,3 +579,47 @@ def test_cli_login_statuses_are_the_documented_ones(tmp_path: Path, idp: Any, ke
     assert r.json["error"] == "temporarily_unavailable", r.json
     seen.add(r.status_code)
     assert seen == cli_login_statuses()
+
+
+# ---------------------------------------------------------------- rate-limit storage down
+
+
+def _storage_down() -> dict[str, Any]:
+    """[rate_limit] on a Redis nobody listens on: every count fails."""
+    return {"enabled": True, "storage_uri": f"redis://127.0.0.1:{free_port()}"}
+
+
+def test_the_rate_limit_storage_down_answer_is_documented_per_door(
+    tmp_path: Path, idp: Any, keys: Path, upstream: StubServer
+) -> None:
+    """Each door that counts requests answers the storage outage with a status its own table
+    documents (a 503 ``temporarily_unavailable``), never a bare 500."""
+    down = _storage_down()
+    api = _app(tmp_path, idp, rate_limit=down).test_client()
+    answers = {
+        "token": [
+            _exchange(api, _user(idp)),
+            api.post("/api/v1/token", headers=_bearer(_user(idp))),
+        ],
+        "proxy": [
+            _proxy(tmp_path, idp, upstream, rate_limit=down).get(JOBS, headers=_bearer(_user(idp)))
+        ],
+        "auth": [_auth(_proxy(tmp_path, idp, upstream, rate_limit=down), _user(idp))],
+        "browser": [_browser(tmp_path, idp, rate_limit=down).get("/login")],
+        "device": [
+            _browser(tmp_path, idp, rate_limit=down).post("/oauth/device_authorization"),
+            _logged_in(_browser(tmp_path, idp, rate_limit=down)).get("/device"),
+        ],
+    }
+    for door, rs in answers.items():
+        for r in rs:
+            assert r.status_code == 503, (door, r.get_data(as_text=True)[:300])
+            assert r.json["error"] == "temporarily_unavailable", (door, r.json)
+            assert int(r.headers["Retry-After"]) >= 1, (door, dict(r.headers))
+    assert (503, "temporarily_unavailable") in status_table()
+    assert (503, "temporarily_unavailable") in status_table("## Reverse proxy")
+    assert 503 in auth_request_statuses()
+    assert 503 in page_statuses("## Browser")
+    assert 503 in page_statuses("The device page and its endpoint:")
+    text = DOC.read_text()
+    assert text.count("`[rate_limit] storage_uri` cannot be reached") >= 3, "rows name the cause"
