@@ -14,8 +14,8 @@ import pytest
 
 from slurm_jwt_bridge import create_app
 from slurm_jwt_bridge.settings import parse_settings
-from tests.helpers.proxy_settings import proxy_settings_data
 from tests.helpers.ports import free_port
+from tests.helpers.proxy_settings import proxy_settings_data
 from tests.unit.test_proxy_auth_request import bearer, idp_token
 
 TE = "urn:ietf:params:oauth:grant-type:token-exchange"
