@@ -168,7 +168,7 @@ def keys_rotate(
             from .jwks_file import check_jwks_url, fetch_jwks, slurm_jwks_problems
 
             check_jwks_url(jwks_url, allow_http)
-            doc = fetch_jwks(jwks_url, verify=ca_file or True)
+            doc = fetch_jwks(jwks_url, ca_file=ca_file)
             problems = slurm_jwks_problems(doc)
             if problems:
                 raise JwksError(f"{jwks_url}: not a JWKS Slurm can use: {problems[0]}")
@@ -329,7 +329,7 @@ def jwks_sync(
             out,
             reconfigure_command=reconfigure_command if reconfigure else None,
             timeout=timeout,
-            verify=ca_file or True,
+            ca_file=ca_file,
             allow_http=allow_http,
         )
     except (JwksError, OSError) as exc:
@@ -458,7 +458,7 @@ def doctor(
         from .jwks_file import JwksError, fetch_jwks
 
         try:
-            published = fetch_jwks(url, verify=ca_file or True)
+            published = fetch_jwks(url, ca_file=ca_file)
         except JwksError as exc:
             _fail(f"cannot compare with the bridge: {exc}")
         keys = published.get("keys") if isinstance(published, dict) else None
@@ -530,7 +530,7 @@ def login(
             lifetime=lifetime,
             interval=interval,
             prompt=lambda line: click.echo(line, err=True),
-            verify=ca_file or True,
+            ca_file=ca_file,
         )
     except LoginError as exc:
         _fail(str(exc))
@@ -630,6 +630,11 @@ def _read_secret_file(path: Path, what: str) -> str:
     help="A service-account client NAME whose tokens are for cluster ACCOUNT (repeatable).",
 )
 @click.option("--dry-run", is_flag=True, help="Say what would change; change nothing.")
+@click.option(
+    "--ca-file",
+    type=click.Path(dir_okay=False),
+    help="CA bundle for Keycloak's https (default: the system store).",
+)
 def keycloak_setup(
     server: str,
     realm: str,
@@ -644,6 +649,7 @@ def keycloak_setup(
     issuer_name: str,
     service_accounts: tuple[str, ...],
     dry_run: bool,
+    ca_file: str | None,
 ) -> None:
     """Register the browser client (PKCE), the device-grant client, the audience mapper and
     service-account clients, then print the bridge.toml blocks on stdout.
@@ -672,12 +678,18 @@ def keycloak_setup(
             issuer_name=issuer_name,
             service_accounts=accounts,
             dry_run=dry_run,
+            ca_file=ca_file,
         )
         if admin_user:
             assert admin_password_file is not None
             password = _read_secret_file(admin_password_file, "--admin-password-file")
             admin = connect(
-                server, realm, admin_realm=admin_realm, username=admin_user, password=password
+                server,
+                realm,
+                admin_realm=admin_realm,
+                username=admin_user,
+                password=password,
+                ca_file=ca_file,
             )
         else:
             assert admin_client_secret_file is not None
@@ -688,6 +700,7 @@ def keycloak_setup(
                 admin_realm=admin_realm,
                 client_id=admin_client_id,
                 client_secret=secret,
+                ca_file=ca_file,
             )
         code, blocks = run_setup(admin, options, lambda line: click.echo(line, err=True))
     except SetupError as exc:

@@ -12,6 +12,7 @@ from urllib.parse import urljoin
 import httpx
 
 from .login_exec import COMPACT_JWT
+from .outbound import TrustError, http_client
 from .untrusted import insecure_url, origin, printable
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -56,11 +57,18 @@ def device_login(
     interval: float | None = None,
     prompt: Callable[[str], None] = print,
     timeout: float = 10.0,
-    verify: bool | str = True,
+    ca_file: str | None = None,
 ) -> dict[str, Any]:
-    """Run the device grant and return the bridge's token answer (``access_token`` etc.)."""
+    """Run the device grant and return the bridge's token answer (``access_token`` etc.).
+
+    HTTPS to the bridge and to the identity provider trusts the system store, or ``ca_file``
+    alone when given."""
     base = _secure(bridge_url, "--url").rstrip("/")
-    with httpx.Client(timeout=timeout, verify=verify) as http:
+    try:
+        client = http_client(ca_file, timeout=timeout)
+    except TrustError as exc:
+        raise LoginError(f"--ca-file {exc}") from None
+    with client as http:
         try:
             cfg_resp = http.get(f"{base}/api/v1/cli-login")
         except httpx.HTTPError as exc:

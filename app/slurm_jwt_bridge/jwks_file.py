@@ -20,6 +20,7 @@ import httpx
 
 from .keys import atomic_write
 from .names import RS256
+from .outbound import TrustError, http_client
 from .untrusted import printable
 
 MAX_JWKS_BYTES = 1 << 20
@@ -104,10 +105,15 @@ def check_jwks_url(url: str, allow_http: bool = False) -> None:
     raise JwksError(f"{url[:200]}: the JWKS URL must be https://")
 
 
-def fetch_jwks(url: str, timeout: float = 10.0, verify: bool | str = True) -> Any:
-    """The JSON document at ``url``, unchecked: ``slurm_jwks_problems`` says what it lacks."""
+def fetch_jwks(url: str, timeout: float = 10.0, ca_file: str | None = None) -> Any:
+    """The JSON document at ``url``, unchecked: ``slurm_jwks_problems`` says what it lacks;
+    https trusts the system store, or ``ca_file`` alone when given."""
     try:
-        with httpx.Client(timeout=timeout, verify=verify) as client:
+        client = http_client(ca_file, timeout=timeout)
+    except TrustError as exc:
+        raise JwksError(f"--ca-file {exc}") from None
+    try:
+        with client:
             with client.stream("GET", url, headers={"Accept": "application/json"}) as resp:
                 if resp.status_code != 200:
                     raise JwksError(f"GET {url}: HTTP {resp.status_code}")
@@ -130,7 +136,7 @@ def sync_jwks(
     *,
     reconfigure_command: str | None = None,
     timeout: float = 10.0,
-    verify: bool | str = True,
+    ca_file: str | None = None,
     allow_http: bool = False,
 ) -> SyncResult:
     """Fetch, check, and replace ``out`` only when its keys changed; then reconfigure.
@@ -139,7 +145,7 @@ def sync_jwks(
     the change again and retries instead of leaving slurmctld on old keys silently.
     """
     check_jwks_url(url, allow_http)
-    doc = fetch_jwks(url, timeout, verify)
+    doc = fetch_jwks(url, timeout, ca_file)
     problems = slurm_jwks_problems(doc)
     if problems:
         raise JwksError(f"{url}: JWKS not usable by Slurm: {problems[0]}")

@@ -10,9 +10,12 @@ printed or logged.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from .outbound import TrustError, http_client, requests_verify
 
 AUDIENCE_MAPPER = "oidc-audience-mapper"
 DEVICE_GRANT_ATTR = "oauth2.device.authorization.grant.enabled"
@@ -32,6 +35,7 @@ class SetupOptions:
     issuer_name: str = "keycloak"
     service_accounts: tuple[tuple[str, str], ...] = ()
     dry_run: bool = False
+    ca_file: str | None = None  # the CA that Keycloak's https certificate is from
 
     @property
     def scope_name(self) -> str:
@@ -240,6 +244,10 @@ def config_blocks(o: SetupOptions, issuer: str, client_secret: str) -> str:
         f"client_id = {_toml(o.client_id)}",
         f"client_secret = {_toml(client_secret)}",
         f"scopes = {_toml(scopes)}",
+    ]
+    if o.ca_file:
+        lines.append(f"ca_file = {_toml(os.path.abspath(o.ca_file))}")
+    lines += [
         "",
         "[cli_login]",
         f"issuer = {_toml(o.issuer_name)}",
@@ -257,13 +265,16 @@ def config_blocks(o: SetupOptions, issuer: str, client_secret: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def realm_issuer(server: str, realm: str, timeout: float = 10.0) -> str:
+def realm_issuer(server: str, realm: str, timeout: float = 10.0, ca_file: str | None = None) -> str:
     """The realm's ``issuer`` as Keycloak publishes it (its hostname settings decide it)."""
     import httpx
 
     url = f"{server.rstrip('/')}/realms/{realm}/.well-known/openid-configuration"
     try:
-        r = httpx.get(url, timeout=timeout)
+        with http_client(ca_file, timeout=timeout) as client:
+            r = client.get(url)
+    except TrustError as exc:
+        raise SetupError(f"--ca-file {exc}") from None
     except httpx.HTTPError as exc:
         raise SetupError(f"cannot reach {url}: {type(exc).__name__}") from None
     if r.status_code != 200:
@@ -285,6 +296,7 @@ def connect(
     client_id: str | None = None,
     client_secret: str | None = None,
     timeout: int = 30,
+    ca_file: str | None = None,
 ) -> Any:
     """python-keycloak's admin client working on ``realm``, signed in at ``admin_realm``."""
     from keycloak import KeycloakAdmin
@@ -296,6 +308,10 @@ def connect(
         "user_realm_name": admin_realm,
         "timeout": timeout,
     }
+    try:
+        kwargs["verify"] = requests_verify(ca_file)
+    except TrustError as exc:
+        raise SetupError(f"--ca-file {exc}") from None
     if username:
         kwargs.update(username=username, password=password)
     else:
@@ -349,5 +365,5 @@ def run_setup(admin: Any, o: SetupOptions, say: Callable[[str], None]) -> tuple[
         secret = admin.get_client_secrets(state[o.client_id]).get("value", "")
     else:
         secret = f"<the secret of client {o.client_id}, created by a run without --dry-run>"
-    issuer = realm_issuer(o.server, o.realm)
+    issuer = realm_issuer(o.server, o.realm, ca_file=o.ca_file)
     return 0, config_blocks(o, issuer, secret)

@@ -44,6 +44,7 @@ from .names import (
     SIGNING_ALGS,
     username_problem,
 )
+from .outbound import TrustError, trust
 from .untrusted import insecure_url
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,17 @@ def _path(base: Path, value: str) -> str:
 
 def _relative(value: str, ctx: Context) -> str:
     return _path(ctx.base, value)
+
+
+def _ca_file(value: str, ctx: Context) -> str:
+    """A CA file, relative to the config file, that loads as PEM CA certificates."""
+    path = _path(ctx.base, value)
+    if path:
+        try:
+            trust(path)
+        except TrustError as exc:
+            raise Invalid(str(exc)) from None
+    return path
 
 
 def _rstrip_slash(value: str, ctx: Context) -> str:
@@ -508,6 +520,14 @@ class IssuerSettings:
         "allow plain `http://` to another machine for `issuer`, `discovery_url`, `jwks_uri` "
         "(also one named by the discovery document) and introspection; logged as a warning at "
         "every start",
+    )
+    ca_file: str = setting(
+        "",
+        "PEM file of the CA certificates this issuer's HTTPS certificate is checked against "
+        "(discovery, JWKS, introspection, browser login and revocation), instead of the system "
+        "store; relative to this file's directory. Refused at start when it is missing, "
+        "unreadable or holds no certificate",
+        check=_ca_file,
     )
 
     def _validate(self, key: Callable[[str], str], present: set[str]) -> None:

@@ -43,6 +43,7 @@ import jwt
 
 from .errors import BridgeError, invalid_grant, invalid_request
 from .names import KEYCLOAK_ISSUER_RE as _KEYCLOAK_ISSUER_RE
+from .outbound import http_client, requests_verify
 from .settings import TENANT_PLACEHOLDER, IssuerSettings
 from .untrusted import insecure_url, printable
 
@@ -616,8 +617,13 @@ def _parse_jwks(doc: dict[str, Any], now: float) -> _KeySet:
 class _IssuerState:
     """Per-issuer cache: keys, fetch bookkeeping, and the lock that allows one fetch at a time."""
 
-    def __init__(self, settings: IssuerSettings) -> None:
+    def __init__(self, settings: IssuerSettings, http: httpx.Client | None = None) -> None:
         self.settings = settings
+        # Each issuer's own client: its ca_file, or the system store, decides whom it trusts.
+        self.own_http = http is None
+        self.http = http or http_client(
+            settings.ca_file or None, headers={"Accept": "application/json"}
+        )
         self.fetch_lock = threading.Lock()
         self.keyset: _KeySet | None = None
         self.last_attempt: float | None = None
@@ -711,12 +717,7 @@ class UpstreamVerifier:
                         f"issuer {s.name!r}: plain http to another machine ({_clip(url)}) "
                         "needs allow_insecure_http"
                     )
-        self._states = [_IssuerState(s) for s in issuers]
-        self._own_http = http is None
-        self._http = http or httpx.Client(
-            headers={"User-Agent": "slurm-jwt-bridge", "Accept": "application/json"},
-            follow_redirects=False,
-        )
+        self._states = [_IssuerState(s, http) for s in issuers]
         self._clock = clock
         self._cache = _TokenCache(cache_size)
         self._on_fetch = on_fetch
@@ -835,8 +836,9 @@ class UpstreamVerifier:
 
     def close(self) -> None:
         """Close the HTTP client if this verifier created it."""
-        if self._own_http:
-            self._http.close()
+        for st in self._states:
+            if st.own_http:
+                st.http.close()
 
     # ------------------------------------------------------------ verification steps
 
@@ -1056,7 +1058,7 @@ class UpstreamVerifier:
                     "(https, or allow_insecure_http = true for this issuer)"
                 )
         try:
-            keyset = _parse_jwks(self._get_json(uri, s.http_timeout, "JWKS"), now)
+            keyset = _parse_jwks(self._get_json(st, uri, "JWKS"), now)
         except _FetchError:
             if not s.jwks_uri:
                 st.jwks_uri = None  # discover again next time: the IdP may have moved it
@@ -1069,7 +1071,7 @@ class UpstreamVerifier:
     def _discover(self, st: _IssuerState) -> dict[str, Any]:
         """Fetch and remember the discovery document (caller holds ``st.fetch_lock``)."""
         s = st.settings
-        doc = self._get_json(st.discovery_url, s.http_timeout, "discovery document")
+        doc = self._get_json(st, st.discovery_url, "discovery document")
         # An explicit discovery_url may be an internal address whose document names another
         # host; a derived one must name exactly the configured issuer (OIDC Discovery 4.3).
         if not s.discovery_url and s.kind != "entra" and doc.get("issuer") != s.issuer:
@@ -1080,12 +1082,13 @@ class UpstreamVerifier:
         st.discovery_doc = doc
         return doc
 
-    def _get_json(self, url: str, timeout: float, what: str) -> dict[str, Any]:
-        """GET a JSON object of at most MAX_DOCUMENT_BYTES within ``timeout`` s in total."""
+    def _get_json(self, st: _IssuerState, url: str, what: str) -> dict[str, Any]:
+        """GET a JSON object of at most MAX_DOCUMENT_BYTES within ``http_timeout`` s in total."""
+        timeout = st.settings.http_timeout
         deadline = time.monotonic() + timeout
         chunks: list[bytes] = []
         try:
-            with self._http.stream("GET", url, timeout=timeout) as resp:
+            with st.http.stream("GET", url, timeout=timeout) as resp:
                 if resp.status_code != 200:
                     raise _FetchError(f"{what} {url}: HTTP {resp.status_code}")
                 length = resp.headers.get("content-length", "")
@@ -1132,6 +1135,7 @@ class UpstreamVerifier:
                 client_id=s.introspection.client_id,
                 client_secret_key=s.introspection.client_secret,
                 timeout=s.http_timeout,
+                verify=requests_verify(s.ca_file or None),
             )
         return st.introspector
 

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import ssl
 import threading
 import time
 import urllib.parse
@@ -414,8 +415,12 @@ class TestIssuer:
 
     __test__ = False
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, clock: Callable[[], float] = time.time, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """``tls``: serve https with that server context (see tests/helpers/tls.py)."""
         self.clock = clock
+        self.tls = tls
         self.handles: list[IssuerHandle] = []
         self._port = 0
         self._httpd: _Server | None = None
@@ -425,12 +430,14 @@ class TestIssuer:
     def base_url(self) -> str:
         if not self._port:
             raise RuntimeError("TestIssuer not started")
-        return f"http://127.0.0.1:{self._port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self._port}"
 
     def start(self) -> TestIssuer:
         """Listen (again on the same port after stop(), so issuer URLs stay valid)."""
         httpd = _Server(("127.0.0.1", self._port), _Handler)
         httpd.owner = self
+        if self.tls is not None:
+            httpd.socket = self.tls.wrap_socket(httpd.socket, server_side=True)
         self._port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(

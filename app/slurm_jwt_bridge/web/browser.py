@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import httpx
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.flask_client import FlaskOAuth2App, OAuth
 from flask import (
@@ -46,6 +45,7 @@ from flask.typing import ResponseReturnValue
 from ..accounts import PosixIdentity
 from ..errors import BridgeError
 from ..keys import KeyRingError, load_session_key, session_key_path
+from ..outbound import http_client, requests_verify
 from ..pipeline import Grant, Request
 from ..policy import parse_seconds
 from ..settings import TENANT_PLACEHOLDER, IssuerSettings, Settings
@@ -200,6 +200,8 @@ def init_browser(app: Flask, settings: Settings) -> None:
         kwargs: dict[str, Any] = {
             "scope": " ".join(iss.scopes),
             "code_challenge_method": "S256",
+            # authlib sends through requests: the issuer's ca_file or the system store.
+            "verify": requests_verify(iss.ca_file or None),
         }
         if not iss.client_secret:
             kwargs["token_endpoint_auth_method"] = "none"
@@ -347,7 +349,8 @@ def _revoke(name: str | None, refresh_token: str | None) -> None:
             auth = (quote(iss.client_id, safe=""), quote(iss.client_secret, safe=""))
         else:
             data["client_id"] = iss.client_id
-        r = httpx.post(endpoint, data=data, auth=auth, timeout=REVOKE_TIMEOUT)
+        with http_client(iss.ca_file or None, timeout=REVOKE_TIMEOUT) as http:
+            r = http.post(endpoint, data=data, auth=auth)
         if r.status_code != 200:
             log.warning("refresh token revocation at %s answered %s", name, r.status_code)
     except Exception as exc:  # the logout goes on; the token expires at the IdP
