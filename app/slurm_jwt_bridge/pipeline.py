@@ -226,7 +226,7 @@ class Pipeline:
             decision.fields.update(_verified_fields(verified))
             until = verified.exp
             if token.count(".") not in (2, 4):
-                from .upstream import INTROSPECTION_CACHE_SECONDS
+                from .introspection import INTROSPECTION_CACHE_SECONDS
 
                 # An opaque token was introspected: the identity provider may revoke it at any
                 # time, so the grant is asked for again once the introspection answer is stale.

@@ -8,8 +8,8 @@ import pytest
 
 from slurm_jwt_bridge.errors import BridgeError
 from slurm_jwt_bridge.identity import IdentityMapper
+from slurm_jwt_bridge.provider_profiles import oidc_service
 from slurm_jwt_bridge.settings import IssuerSettings, SettingsError, parse_settings
-from slurm_jwt_bridge.upstream import _oidc_service
 
 
 def mapper(*rules: dict) -> IdentityMapper:
@@ -42,12 +42,12 @@ def oidc_issuer(rule: str = "sub_is_client") -> IssuerSettings:
 def test_a_person_whose_sub_is_a_client_id_is_not_that_client() -> None:
     iss = oidc_issuer()
     service = {"sub": "portal", "client_id": "portal", "scope": "api"}
-    assert _oidc_service(iss, service, "portal")
+    assert oidc_service(iss, service, "portal")
     for marker in ("auth_time", "sid", "preferred_username", "email", "nonce", "acr"):
         person = {**service, marker: "x"}
-        assert not _oidc_service(iss, person, "portal"), marker
+        assert not oidc_service(iss, person, "portal"), marker
     # A login with no profile claims at all still asked for the openid scope.
-    assert not _oidc_service(iss, {**service, "scope": "openid profile"}, "portal")
+    assert not oidc_service(iss, {**service, "scope": "openid profile"}, "portal")
 
 
 @pytest.mark.parametrize(

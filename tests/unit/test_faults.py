@@ -272,7 +272,7 @@ def test_slow_refresh_does_not_hold_up_requests_with_usable_keys(idp_env: IdpEnv
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        # RecursionError in json.loads was a 500 (fixed in upstream.py _get_json).
+        # RecursionError in json.loads was a 500 (fixed in issuer_documents.py _get_json).
         (b"[" * 200_000 + b"]" * 200_000, "not JSON"),
         (b'{"keys": []}', "no usable asymmetric signing key"),
         (b'{"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}', "no usable asymmetric signing key"),

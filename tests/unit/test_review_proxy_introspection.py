@@ -1,7 +1,7 @@
 """Found by the review of the edges: a revoked opaque Keycloak token kept working via the proxy.
 
 SECURITY.md section 1: "Opaque Keycloak tokens are introspected (revocation seen within 60 s)".
-The token API honours that (upstream.py INTROSPECTION_CACHE_SECONDS); the proxy caches the
+The token API honours that (introspection.py INTROSPECTION_CACHE_SECONDS); the proxy caches the
 grant until the token's exp (web/proxy.py verified_bearer, pipeline.grant_from_token returns
 verified.exp). INTROSPECTION_CACHE_SECONDS is shortened to 1 s here only to keep the test short.
 """
@@ -12,8 +12,7 @@ import time
 
 import pytest
 
-from slurm_jwt_bridge import create_app
-from slurm_jwt_bridge import upstream as upstream_mod
+from slurm_jwt_bridge import create_app, introspection
 from slurm_jwt_bridge.settings import parse_settings
 from tests.helpers.stub_http import StubServer
 from tests.helpers.test_issuer import TestIssuer
@@ -27,7 +26,7 @@ def kc():
 
 
 def test_revoked_opaque_token_still_proxied(keys_dir, tmp_path, kc, monkeypatch):
-    monkeypatch.setattr(upstream_mod, "INTROSPECTION_CACHE_SECONDS", 1)
+    monkeypatch.setattr(introspection, "INTROSPECTION_CACHE_SECONDS", 1)
     up = StubServer(b'{"jobs": []}')
     data = {
         "keys": {"dir": str(keys_dir)},

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from slurm_jwt_bridge import upstream
+from slurm_jwt_bridge import introspection, issuer_documents, upstream
 from slurm_jwt_bridge.errors import BridgeError
 from slurm_jwt_bridge.settings import IntrospectionSettings, IssuerSettings
 from slurm_jwt_bridge.upstream import MAX_TOKEN_BYTES, UpstreamVerifier, VerifiedToken
@@ -60,19 +60,9 @@ def idp(clock: FakeClock) -> Iterator[TestIssuer]:
 
 
 @pytest.fixture
-def verifiers() -> Iterator[list[UpstreamVerifier]]:
-    made: list[UpstreamVerifier] = []
-    yield made
-    for v in made:
-        v.close()
-
-
-@pytest.fixture
-def make(clock: FakeClock, verifiers: list[UpstreamVerifier]) -> Any:
+def make(clock: FakeClock) -> Any:
     def build(*issuers: IssuerSettings, **kw: Any) -> UpstreamVerifier:
-        v = UpstreamVerifier(issuers, clock=clock, **kw)
-        verifiers.append(v)
-        return v
+        return UpstreamVerifier(issuers, clock=clock, **kw)
 
     return build
 
@@ -229,7 +219,7 @@ def test_keycloak_opaque_token_introspection(
     assert kc.introspection_requests == 1
     v.verify("opaque-good")  # cached for a short while
     assert kc.introspection_requests == 1
-    clock.advance(upstream.INTROSPECTION_CACHE_SECONDS + 1)
+    clock.advance(introspection.INTROSPECTION_CACHE_SECONDS + 1)
     v.verify("opaque-good")  # asked again: revocation is noticed within that while
     assert kc.introspection_requests == 2
     refused(v, "opaque-revoked", "invalid_grant", "inactive")
@@ -471,7 +461,7 @@ def test_hs256_refused_even_if_jwks_has_an_oct_key(make: Any, op: IssuerHandle) 
         }
     )
     v = make(cfg(op, audiences=("https://bridge.test",)))
-    v.prefetch()
+    v.refresh_due()
     token = forge_hmac({"alg": "HS256", "kid": "hmac-1"}, good(op), secret)
     refused(v, token, "invalid_grant", "alg_not_allowed")
     for alg in ("HS384", "HS512"):
@@ -680,7 +670,7 @@ def test_keys_are_refreshed_after_ttl(
     ov: UpstreamVerifier, op: IssuerHandle, clock: FakeClock
 ) -> None:
     ov.verify(op.mint(good(op)))
-    clock.advance(upstream.JWKS_TTL + 1)
+    clock.advance(issuer_documents.JWKS_TTL + 1)
     ov.verify(op.mint(good(op, jti="later")))
     assert op.jwks_requests == 2
 
@@ -717,7 +707,7 @@ def test_idp_down_within_stale_window_then_past_it(
 ) -> None:
     fetches: list[tuple[str, bool]] = []
     v = make(op_cfg, on_fetch=lambda name, ok: fetches.append((name, ok)))
-    v.prefetch()
+    v.refresh_due()
     assert fetches == [("oidc", True)]
     assert v.health()["oidc"] == {
         "jwks_present": True,
@@ -775,7 +765,7 @@ def test_bad_jwks_documents_keep_old_keys(
 ) -> None:
     ov.verify(op.mint(good(op)))
     op.mode = mode
-    clock.advance(upstream.JWKS_TTL + 1)
+    clock.advance(issuer_documents.JWKS_TTL + 1)
     assert ov.verify(op.mint(good(op, jti=mode)))
     health = ov.health()["oidc"]
     assert health["stale"] and health["usable"]
@@ -786,7 +776,7 @@ def test_jwks_without_usable_keys_keeps_old_keys(
     ov: UpstreamVerifier, op: IssuerHandle, clock: FakeClock
 ) -> None:
     ov.verify(op.mint(good(op)))
-    clock.advance(upstream.JWKS_TTL + 1)
+    clock.advance(issuer_documents.JWKS_TTL + 1)
     later = op.mint(good(op, jti="later"))
     op.keys = []  # only a symmetric key left: not usable, so not a replacement
     op.extra_jwks = [{"kty": "oct", "k": "c2VjcmV0", "kid": "h", "alg": "HS256"}]
@@ -805,7 +795,7 @@ def test_first_fetch_failure_then_recovery(
     assert "could not be fetched" in exc.reason
     op.mode = "ok"
     refused(v, token, "temporarily_unavailable", "jwks_unavailable")  # retry not yet due
-    clock.advance(upstream.NO_KEYS_RETRY + 1)
+    clock.advance(issuer_documents.NO_KEYS_RETRY + 1)
     assert v.verify(token)
 
 
@@ -830,13 +820,13 @@ def test_discovery_naming_another_issuer_is_a_fetch_failure(
     assert "names issuer" in v.health()["oidc"]["last_error"]
 
 
-def test_prefetch_and_health_for_several_issuers(
+def test_refresh_and_health_for_several_issuers(
     make: Any, kc: IssuerHandle, kc_cfg: IssuerSettings, op: IssuerHandle, op_cfg: IssuerSettings
 ) -> None:
     kc.mode = "down"
     seen: list[tuple[str, bool]] = []
     v = make(kc_cfg, op_cfg, on_fetch=lambda n, ok: seen.append((n, ok)))
-    v.prefetch()
+    v.refresh_due()
     assert sorted(seen) == [("keycloak", False), ("oidc", True)]
     health = v.health()
     assert health["keycloak"]["jwks_present"] is False
@@ -855,7 +845,7 @@ def test_discovery_document_for_login_doors(
     op.mode = "ok"
     with pytest.raises(BridgeError):
         v.discovery("oidc")  # failures are retried after a short pause, not at once
-    clock.advance(upstream.NO_KEYS_RETRY + 1)
+    clock.advance(issuer_documents.NO_KEYS_RETRY + 1)
     meta = v.discovery("oidc")
     assert meta["token_endpoint"] == op.issuer + "/token"
     assert v.verify(op.mint(good(op)))
@@ -881,8 +871,6 @@ def test_injected_http_client_is_used(
     with httpx.Client(event_hooks={"request": [lambda r: seen.append(str(r.url))]}) as client:
         v = UpstreamVerifier([op_cfg], http=client, clock=clock)
         v.verify(op.mint(good(op)))
-        v.close()  # not ours: must stay open
-        assert not client.is_closed
     assert seen == [op.discovery_url, op.jwks_uri]
 
 

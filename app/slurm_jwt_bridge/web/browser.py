@@ -44,12 +44,12 @@ from flask.typing import ResponseReturnValue
 
 from ..accounts import PosixIdentity
 from ..errors import BridgeError
+from ..issuer_documents import discovery_url
 from ..keys import KeyRingError, load_session_key, session_key_path
 from ..outbound import http_client, requests_verify
 from ..pipeline import Grant, Request
 from ..policy import parse_seconds
 from ..settings import TENANT_PLACEHOLDER, IssuerSettings, Settings
-from ..upstream import discovery_url
 from . import current_bridge as _bridge
 from . import extension
 from .urls import own_url
