@@ -19,7 +19,9 @@ import subprocess
 import sys
 import textwrap
 import time
+import tomllib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +33,14 @@ from slurm_jwt_bridge.cli import main
 from slurm_jwt_bridge.device_login import LoginError, device_login
 from slurm_jwt_bridge.errors import BridgeError
 from slurm_jwt_bridge.jwks_file import JwksError, fetch_jwks
-from slurm_jwt_bridge.keycloak_setup import SetupError, realm_issuer
+from slurm_jwt_bridge.keycloak_setup import SetupError, SetupOptions, config_blocks, realm_issuer
 from slurm_jwt_bridge.outbound import TrustError, requests_verify, trust
 from slurm_jwt_bridge.settings import (
     IntrospectionSettings,
     IssuerSettings,
     SettingsError,
     load_settings,
+    parse_settings,
 )
 from slurm_jwt_bridge.upstream import UpstreamVerifier
 
@@ -384,3 +387,21 @@ def test_keycloak_setup_ca_file_reaches_keycloak(
     assert r.exit_code == 1 and f"cannot reach {idp.base_url}" in r.output, r.output
     r = CliRunner().invoke(main, [*args, "--ca-file", str(ca.ca_file)])
     assert r.exit_code == 1 and "refused (HTTP 404)" in r.output, r.output
+
+
+def test_keycloak_setup_blocks_carry_the_ca_file(tmp_path: Path, ca: TestCA) -> None:
+    options = SetupOptions(
+        server="https://sso.example.org",
+        realm="hpc",
+        public_url="https://bridge.example.org/",
+        ca_file=str(ca.ca_file),
+    )
+    text = config_blocks(options, "https://sso.example.org/realms/hpc", "secret")
+    doc = tomllib.loads(text)
+    doc.update(keys={"dir": str(tmp_path / "keys")})
+    (iss,) = parse_settings(doc).issuers
+    assert iss.ca_file == str(ca.ca_file)
+    without = config_blocks(
+        replace(options, ca_file=None), "https://sso.example.org/realms/hpc", "s"
+    )
+    assert "ca_file" not in without
