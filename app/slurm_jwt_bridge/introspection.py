@@ -52,7 +52,9 @@ class Introspector:
                 realm_name=m["realm"],
                 client_id=s.introspection.client_id,
                 client_secret_key=s.introspection.client_secret,
-                timeout=s.http_timeout,
+                # python-keycloak annotates int but hands it to requests, which takes seconds
+                # as a float too: http_timeout keeps its fraction.
+                timeout=s.http_timeout,  # type: ignore[arg-type]
                 verify=requests_verify(s.ca_file or None),
             )
         return self._client.introspect(token)

@@ -350,7 +350,10 @@ def _revoke(name: str | None, refresh_token: str | None) -> None:
         else:
             data["client_id"] = iss.client_id
         with http_client(iss.ca_file or None, timeout=REVOKE_TIMEOUT) as http:
-            r = http.post(endpoint, data=data, auth=auth)
+            if auth is None:
+                r = http.post(endpoint, data=data)
+            else:
+                r = http.post(endpoint, data=data, auth=auth)
         if r.status_code != 200:
             log.warning("refresh token revocation at %s answered %s", name, r.status_code)
     except Exception as exc:  # the logout goes on; the token expires at the IdP
