@@ -51,3 +51,48 @@ def test_everything_else_reaches_flask(app: Any) -> None:
     assert client.post("/jwks.json").status_code == 405
     assert client.get("/jwks.json/").status_code == 404
     assert client.get("/healthz").status_code == 200
+
+
+class _Rotating:
+    """A bridge whose published JWKS is whatever ``doc`` holds at the moment."""
+
+    def __init__(self, doc: tuple[bytes, str]) -> None:
+        self.doc = doc
+        self.keys = self
+        self.settings = type("S", (), {"jwks": type("J", (), {"max_age": 60})})()
+
+    def current(self) -> _Rotating:
+        return self
+
+    def jwks_document(self) -> tuple[bytes, str]:
+        return self.doc
+
+
+def test_a_rotation_between_two_threads_keeps_each_body_with_its_headers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request holding the old document while another thread publishes the new one (here run
+    inside the first one's If-None-Match parsing, where a thread switch may fall) answers the old
+    body with the old Content-Length and ETag, not the new ones."""
+    from slurm_jwt_bridge.web import jwks as module
+
+    old, new = (b'{"keys":[]}', "old"), (b'{"keys":[{"kid":"new-and-longer"}]}', "new")
+    bridge = _Rotating(old)
+    fast = JwksFastPath(lambda env, start: pytest.fail("reached Flask"), bridge)
+    answer(fast, "GET", "/jwks.json", {})  # the old document's answer is built
+    parse, inner, switched = module.parse_etags, [], []
+
+    def switch_thread(value: str | None) -> Any:
+        if not switched:
+            switched.append(True)
+            bridge.doc = new
+            inner.append(answer(fast, "GET", "/jwks.json", {}))  # another thread's request
+        return parse(value)
+
+    monkeypatch.setattr(module, "parse_etags", switch_thread)
+    bridge.doc = old
+    status, headers, body = answer(fast, "GET", "/jwks.json", {})
+    assert (status, body) == ("200 OK", old[0])
+    assert dict(headers)["Content-Length"] == str(len(old[0]))
+    assert dict(headers)["ETag"] == '"old"'
+    assert inner[0][2] == new[0] and dict(inner[0][1])["Content-Length"] == str(len(new[0]))

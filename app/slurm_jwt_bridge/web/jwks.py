@@ -47,6 +47,8 @@ def jwks() -> Response:
 
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+# (document, 200 headers, 304 headers) of one published key set
+Answer = tuple[tuple[bytes, str], list[tuple[str, str]], list[tuple[str, str]]]
 
 
 class JwksFastPath:
@@ -57,20 +59,17 @@ class JwksFastPath:
     def __init__(self, app: WsgiApp, bridge: Bridge) -> None:
         self.app = app
         self.bridge = bridge
-        self._doc: tuple[bytes, str] | None = None
-        self._full: list[tuple[str, str]] = []
-        self._not_modified: list[tuple[str, str]] = []
+        # (document, 200 headers, 304 headers), replaced whole in one assignment: a thread that
+        # read it before a rotation keeps the body and the headers (Content-Length) that go with it
+        self._answer: Answer | None = None
 
-    def _answers(self, doc: tuple[bytes, str]) -> None:
+    def _answers(self, doc: tuple[bytes, str]) -> Answer:
         body, etag = doc
         common = [*_headers(etag, self.bridge.settings.jwks.max_age).items(), *SECURITY_HEADERS]
-        self._full = [
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-            *common,
-        ]
-        self._not_modified = [*common, CONTENT_SECURITY_POLICY]
-        self._doc = doc
+        full = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *common]
+        answer = (doc, full, [*common, CONTENT_SECURITY_POLICY])
+        self._answer = answer
+        return answer
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         method = environ.get("REQUEST_METHOD")
@@ -78,13 +77,14 @@ class JwksFastPath:
             return self.app(environ, start_response)
         try:
             doc = self.bridge.keys.current().jwks_document()
-            if doc is not self._doc:
-                self._answers(doc)
-            body, etag = doc
+            answer = self._answer
+            if answer is None or answer[0] is not doc:
+                answer = self._answers(doc)
+            (body, etag), full, not_modified = answer
             if parse_etags(environ.get("HTTP_IF_NONE_MATCH")).contains(etag):
-                start_response("304 NOT MODIFIED", list(self._not_modified))
+                start_response("304 NOT MODIFIED", list(not_modified))
                 return [b""]
-            full = list(self._full)
+            full = list(full)
         except Exception:  # let Flask answer (and log) whatever this was
             return self.app(environ, start_response)
         start_response("200 OK", full)
