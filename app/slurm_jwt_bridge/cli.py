@@ -721,7 +721,16 @@ def keycloak_setup(
 @click.option(
     "--prod", is_flag=True, help="Run under gunicorn with slurm_jwt_bridge.gunicorn_conf."
 )
-@click.option("--workers", type=int, help="gunicorn workers (with --prod).")
+@click.option(
+    "--server",
+    "server_name",
+    type=click.Choice(["gunicorn", "granian"]),
+    envvar="SLURM_JWT_BRIDGE_SERVER",
+    default="gunicorn",
+    show_default=True,
+    help="HTTP server with --prod (granian needs the granian extra). Env: SLURM_JWT_BRIDGE_SERVER.",
+)
+@click.option("--workers", type=int, help="Worker processes (with --prod).")
 @_errors
 def serve(
     config_path: Path | None,
@@ -729,9 +738,10 @@ def serve(
     host: str | None,
     port: int | None,
     prod: bool,
+    server_name: str,
     workers: int | None,
 ) -> None:
-    """Run the service: the development server, or gunicorn with --prod."""
+    """Run the service: the development server, or gunicorn (or granian) with --prod."""
     import os
 
     from . import create_app
@@ -741,16 +751,33 @@ def serve(
         if config_path:
             os.environ[CONFIG_ENV] = str(config_path.resolve())
         create_app(s)  # fail here, with one line, rather than in every worker
-        argv = ["gunicorn", "-c", "python:slurm_jwt_bridge.gunicorn_conf"]
         # --host/--port win; else slurm_jwt_bridge.gunicorn_conf takes GUNICORN_BIND, then [server].
+        bind = None
         if host is not None or port is not None:
             bind_host = host or s.server.host
             bind_port = port if port is not None else s.server.port
-            argv += ["--bind", f"{bind_host}:{bind_port}"]
-        if workers:
-            argv += ["--workers", str(workers)]
+            bind = f"{bind_host}:{bind_port}"
         if keys_dir:
             os.environ["SLURM_JWT_BRIDGE_KEYS_DIR"] = str(Path(keys_dir).resolve())
+        if server_name == "granian":
+            import importlib.util
+
+            if importlib.util.find_spec("granian") is None:
+                raise click.ClickException(
+                    "--server granian needs granian: pip install 'slurm-jwt-bridge[granian]'"
+                )
+            # granian_serve.py reads the same variables as gunicorn_conf.py
+            if bind:
+                os.environ["GUNICORN_BIND"] = bind
+            if workers:
+                os.environ["GUNICORN_WORKERS"] = str(workers)
+            argv = [sys.executable, "-m", "slurm_jwt_bridge.granian_serve"]
+            os.execv(sys.executable, argv)  # noqa: S606 (fixed argv)
+        argv = ["gunicorn", "-c", "python:slurm_jwt_bridge.gunicorn_conf"]
+        if bind:
+            argv += ["--bind", bind]
+        if workers:
+            argv += ["--workers", str(workers)]
         exe = Path(sys.executable).parent / "gunicorn"
         os.execv(str(exe), [*argv, "slurm_jwt_bridge:create_app()"])  # noqa: S606 (fixed argv)
     create_app(s).run(host=host or s.server.host, port=port if port is not None else s.server.port)

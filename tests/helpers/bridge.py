@@ -94,14 +94,16 @@ def start_bridge(
     *,
     workers: int = 0,
     port: int | None = None,
+    server: str = "gunicorn",
 ) -> BridgeServer:
     """Write ``config_toml`` (``{port}`` is replaced by the port) and start the bridge:
-    the development server, or gunicorn (``serve --prod``) with ``workers`` workers."""
+    the development server, or ``server`` (``serve --prod``) with ``workers`` workers."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     cfg = workdir / f"bridge-{port}.toml"
     cfg.write_text(config_toml.replace("{port}", str(port)))
-    extra = ("--prod", "--workers", str(workers), "--host", "127.0.0.1") if workers else ()
+    extra = ("--prod", "--server", server, "--workers", str(workers), "--host", "127.0.0.1")
+    extra = extra if workers else ()
     server = BridgeServer(cfg, port, workdir / f"bridge-{port}.log", env or {}, extra)
     try:
         server.wait_ready()

@@ -795,6 +795,7 @@ def test_rotation_cronjob_prune_only_and_bad_token(
         (["--set", "service.port=70000"], "service.port"),
         (["--set", "keys.sync.interval=0"], "interval"),
         (["--set", "rateLimit.storageUri=localhost:6379"], "storageUri"),
+        (["--set", "server=uwsgi"], "server"),
     ],
 )
 def test_schema_rejects_bad_values(helm: str, args: list[str], message: str) -> None:
@@ -907,6 +908,33 @@ def test_no_configmap_carries_code_or_credentials(helm: str, keys_values: Path) 
         dockerfile,
         re.M,
     ), "the image ships the chart's key script where the templates run it"
+
+
+def test_server_granian_runs_granian_with_the_same_settings(helm: str) -> None:
+    gunicorn = container(
+        one(render(helm), "Deployment", FULLNAME)["spec"]["template"]["spec"], "bridge"
+    )
+    pod = one(render(helm, "--set", "server=granian"), "Deployment", FULLNAME)["spec"]["template"][
+        "spec"
+    ]
+    check_hardened(pod)
+    bridge = container(pod, "bridge")
+    assert [*bridge["command"], *bridge["args"]] == [
+        "python3",
+        "-m",
+        "slurm_jwt_bridge.granian_serve",
+    ]
+    assert (REPO / "app" / "slurm_jwt_bridge" / "granian_serve.py").exists()
+    # the same bind, workers, threads, config, probes and port as under gunicorn
+    for key in (
+        "env",
+        "ports",
+        "livenessProbe",
+        "readinessProbe",
+        "volumeMounts",
+        "securityContext",
+    ):
+        assert bridge.get(key) == gunicorn.get(key), key
 
 
 @pytest.mark.parametrize(

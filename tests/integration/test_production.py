@@ -1,7 +1,8 @@
-"""Production serving: gunicorn for real, key rotation under a steady stream, metrics,
-readiness, rate limits shared through a real redis-server by two gunicorn instances, and the
-served configuration (``serve --prod``) against slow clients and against a client counting on
-each worker keeping its own in-memory rate-limit counters."""
+"""Production serving, under gunicorn and under granian (``serve --prod --server``) for real:
+key rotation under a steady stream, reload on SIGHUP, graceful stop on SIGTERM, metrics, the
+access log, readiness, rate limits shared through a real redis-server by two instances, and the
+served configuration against slow clients and against a client counting on each worker keeping
+its own in-memory rate-limit counters."""
 
 from __future__ import annotations
 
@@ -78,18 +79,34 @@ def exchange(url: str, token: str) -> requests.Response:
     return requests.post(f"{url}/oauth/token", data=form, timeout=10)
 
 
+# Each production test runs under both servers `serve --prod --server` offers.
+SERVERS = ("gunicorn", "granian")
+# what each server writes when it starts a worker
+WORKER_STARTED = {"gunicorn": "Booting worker with pid", "granian": "Spawning worker-"}
+
+
+@pytest.fixture(params=SERVERS)
+def server_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture
-def gunicorn_bridge(tmp_path: Path, idp: Any) -> Iterator[BridgeServer]:
+def prod_bridge(tmp_path: Path, idp: Any, server_name: str) -> Iterator[BridgeServer]:
     keys = tmp_path / "keys"
     init_keys(keys)
-    server = start_bridge(tmp_path, config(keys, idp, "[rate_limit]\nenabled = false\n"), workers=3)
+    server = start_bridge(
+        tmp_path,
+        config(keys, idp, "[rate_limit]\nenabled = false\n"),
+        workers=3,
+        server=server_name,
+    )
     yield server
     server.stop()
 
 
-def test_several_workers_answer(gunicorn_bridge: BridgeServer) -> None:
+def test_several_workers_answer(prod_bridge: BridgeServer, server_name: str) -> None:
     def ask(_: int) -> int:
-        return requests.get(f"{gunicorn_bridge.url}/healthz", timeout=5).json()["worker"]
+        return requests.get(f"{prod_bridge.url}/healthz", timeout=5).json()["worker"]
 
     workers: set[int] = set()
     with ThreadPoolExecutor(16) as pool:
@@ -98,25 +115,88 @@ def test_several_workers_answer(gunicorn_bridge: BridgeServer) -> None:
             if len(workers) >= 2:
                 break
     assert len(workers) >= 2, workers
-    assert gunicorn_bridge.log_path.read_text().count("Booting worker with pid") == 3
-    assert gunicorn_bridge.proc.pid not in workers  # the master only supervises
+    assert prod_bridge.log_path.read_text().count(WORKER_STARTED[server_name]) == 3
+    assert prod_bridge.proc.pid not in workers  # the master only supervises
 
 
-def test_access_log_is_json_without_tokens(gunicorn_bridge: BridgeServer, idp: Any) -> None:
+def test_access_log_is_json_without_tokens(prod_bridge: BridgeServer, idp: Any) -> None:
     token = user_token(idp)
-    minted = exchange(gunicorn_bridge.url, token).json()["access_token"]
-    requests.get(f"{gunicorn_bridge.url}/jwks.json?access_token={token}", timeout=5)
+    minted = exchange(prod_bridge.url, token).json()["access_token"]
+    requests.get(f"{prod_bridge.url}/jwks.json?access_token={token}", timeout=5)
     time.sleep(0.5)
-    log = gunicorn_bridge.log_path.read_text()
+    log = prod_bridge.log_path.read_text()
     assert token not in log and minted not in log
     access = [json.loads(x) for x in log.splitlines() if x.startswith('{"time"') and '"path"' in x]
     assert any(a["path"] == "/oauth/token" and a["status"] == 200 for a in access)
+    assert any(a["path"] == "/jwks.json" for a in access)  # without its query string
+    for a in access:
+        assert {"time", "remote", "method", "path", "status", "duration_us", "agent"} <= set(a)
+
+
+def dropped_in_reload(server_name: str, exc: requests.RequestException) -> bool:
+    """granian may drop a connection during a SIGHUP reload (docs/deploy.md "granian instead
+    of gunicorn": each worker has its own listening socket): a connection closed without an
+    answer is that known difference under granian, and a failure under gunicorn."""
+    return server_name == "granian" and isinstance(exc, requests.ConnectionError)
+
+
+def test_sighup_starts_workers_that_read_the_changed_configuration(
+    prod_bridge: BridgeServer, server_name: str
+) -> None:
+    url = prod_bridge.url
+
+    def cache_control(_: int) -> str:
+        try:
+            return requests.get(f"{url}/jwks.json", timeout=10).headers["Cache-Control"]
+        except requests.RequestException as exc:
+            if dropped_in_reload(server_name, exc):
+                return "dropped"
+            raise
+
+    assert "max-age=300" in requests.get(f"{url}/jwks.json", timeout=5).headers["Cache-Control"]
+    text = prod_bridge.config_path.read_text()
+    prod_bridge.config_path.write_text(text + "\n[jwks]\nmax_age = 77\n")
+    os.kill(prod_bridge.proc.pid, signal.SIGHUP)
+    # A bound on how long this test waits for the new workers, not a speed check.
+    deadline = time.monotonic() + 60
+    while True:
+        with ThreadPoolExecutor(6) as pool:
+            ages = set(pool.map(cache_control, range(30)))
+        if ages == {"public, max-age=77"}:
+            break
+        assert time.monotonic() < deadline, ages
+        time.sleep(0.5)
+    assert prod_bridge.proc.poll() is None  # the same server, new workers
+
+
+def test_sigterm_lets_a_request_in_flight_finish(prod_bridge: BridgeServer, idp: Any) -> None:
+    form = f"grant_type={TE}&subject_token_type={AT}&subject_token={user_token(idp)}".encode()
+    s = socket.create_connection(("127.0.0.1", prod_bridge.port), timeout=30)
+    try:
+        s.sendall(
+            b"POST /oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            + f"Content-Length: {len(form)}\r\n\r\n".encode()
+            + form[:20]
+        )
+        time.sleep(0.5)
+        prod_bridge.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        s.sendall(form[20:])
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    finally:
+        s.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert b"access_token" in answer
+    assert prod_bridge.proc.wait(60) == 0
 
 
 def test_sighup_after_rotate_serves_new_jwks_without_failures(
-    gunicorn_bridge: BridgeServer, idp: Any, tmp_path: Path
+    prod_bridge: BridgeServer, idp: Any, tmp_path: Path, server_name: str
 ) -> None:
-    url = gunicorn_bridge.url
+    url = prod_bridge.url
     keys = tmp_path / "keys"
     before = {k["kid"] for k in requests.get(f"{url}/jwks.json", timeout=5).json()["keys"]}
     failures: list[str] = []
@@ -136,7 +216,8 @@ def test_sighup_after_rotate_serves_new_jwks_without_failures(
                 if j.status_code != 200:
                     failures.append(f"jwks {j.status_code}")
             except requests.RequestException as exc:
-                failures.append(repr(exc))
+                if not dropped_in_reload(server_name, exc):
+                    failures.append(repr(exc))
 
     threads = [threading.Thread(target=stream) for _ in range(3)]
     for t in threads:
@@ -150,7 +231,7 @@ def test_sighup_after_rotate_serves_new_jwks_without_failures(
             check=True,
         )
         assert "activated" in out.stdout
-        os.kill(gunicorn_bridge.proc.pid, signal.SIGHUP)
+        os.kill(prod_bridge.proc.pid, signal.SIGHUP)
         time.sleep(3.0)
     finally:
         stop.set()
@@ -169,8 +250,8 @@ def test_sighup_after_rotate_serves_new_jwks_without_failures(
     assert len(minted) > 20
 
 
-def test_metrics_move_after_traffic(gunicorn_bridge: BridgeServer, idp: Any) -> None:
-    url = gunicorn_bridge.url
+def test_metrics_move_after_traffic(prod_bridge: BridgeServer, idp: Any) -> None:
+    url = prod_bridge.url
 
     def scrape() -> str:
         return requests.get(f"{url}/metrics", timeout=5).text
@@ -255,7 +336,7 @@ def test_readyz_flips_past_the_stale_window(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_rate_limits_shared_through_redis(tmp_path: Path, idp: Any) -> None:
+def test_rate_limits_shared_through_redis(tmp_path: Path, idp: Any, server_name: str) -> None:
     if shutil.which("redis-server") is None and not Path("/usr/bin/redis-server").exists():
         skip_or_fail("redis-server is not installed (make system-deps)")
     redis = RedisServer(tmp_path / "redis")
@@ -270,7 +351,11 @@ per_subject = "100/minute"
 storage_uri = "{redis.url}"
 """
         for i in range(2):
-            servers.append(start_bridge(tmp_path / f"b{i}", config(keys, idp, limits), workers=2))
+            servers.append(
+                start_bridge(
+                    tmp_path / f"b{i}", config(keys, idp, limits), workers=2, server=server_name
+                )
+            )
         token = user_token(idp)
         statuses = [exchange(servers[i % 2].url, token).status_code for i in range(5)]
         assert statuses == [200] * 5
@@ -331,7 +416,16 @@ def slow_client(port: int) -> socket.socket:
     return s
 
 
-def test_healthz_answers_while_slow_clients_hang(tmp_path: Path, idp: Any) -> None:
+def test_healthz_answers_while_slow_clients_hang(
+    tmp_path: Path, idp: Any, server_name: str, request: pytest.FixtureRequest
+) -> None:
+    if server_name == "granian":
+        # granian bounds the wait for a request's headers, not for its body: a client that stops
+        # sending its body holds a thread for as long as it keeps the connection (docs/deploy.md).
+        # Strict: the day this passes under granian, the test says so.
+        request.applymarker(
+            pytest.mark.xfail(reason="granian has no body read timeout", strict=True)
+        )
     keys = tmp_path / "keys"
     init_keys(keys)
     server = start_bridge(
@@ -339,6 +433,7 @@ def test_healthz_answers_while_slow_clients_hang(tmp_path: Path, idp: Any) -> No
         config(keys, idp, "[rate_limit]\nenabled = false\n"),
         {"GUNICORN_THREADS": "2", "GUNICORN_CLIENT_TIMEOUT": "2"},
         workers=1,
+        server=server_name,
     )
     slow = []
     try:
@@ -358,11 +453,11 @@ def test_healthz_answers_while_slow_clients_hang(tmp_path: Path, idp: Any) -> No
         server.stop()
 
 
-def test_per_address_limit_holds_across_gunicorn_workers(tmp_path: Path, idp: Any) -> None:
+def test_per_address_limit_holds_across_workers(tmp_path: Path, idp: Any, server_name: str) -> None:
     keys = tmp_path / "keys"
     init_keys(keys)
     limits = '[rate_limit]\nper_address = "6/minute"\nper_subject = "1000/minute"\n'
-    server = start_bridge(tmp_path / "b", config(keys, idp, limits), workers=3)
+    server = start_bridge(tmp_path / "b", config(keys, idp, limits), workers=3, server=server_name)
     try:
         token = user_token(idp)
         # new connections from several threads, so the kernel spreads them over the workers

@@ -123,11 +123,13 @@ def expand(command: str, env: dict[str, str]) -> list[str]:
 
 def exec_paths() -> set[str]:
     paths = set()
-    for name in UNIT_FILES:
-        unit = parse_unit(UNITS / name)
+    # systemd-analyze verify reads the drop-ins next to a unit (granian.conf) too
+    for path in [*(UNITS / n for n in UNIT_FILES), *UNITS.glob("*.service.d/*.conf")]:
+        unit = parse_unit(path)
         for key in ("ExecStart", "ExecReload", "ExecStartPre", "ExecStop"):
             for cmd in values(unit, "Service", key):
-                paths.add(shlex.split(cmd.lstrip("-@:+!"))[0])
+                if cmd:  # an empty ExecStart= (a drop-in's reset) runs nothing
+                    paths.add(shlex.split(cmd.lstrip("-@:+!"))[0])
     return paths
 
 
@@ -319,19 +321,36 @@ def get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+def service_environment(
+    svc: dict[str, list[tuple[str, str]]], config: Path, port: int, tmp_path: Path
+) -> dict[str, str]:
+    """The unit's environment, pointed at this test's configuration, port and metrics."""
+    return {
+        **os.environ,
+        **unit_environment(svc),
+        "SLURM_JWT_BRIDGE_CONFIG": str(config),
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+    }
+
+
+def stop_service(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """What systemd does on stop: SIGTERM to the main process, SIGKILL after TimeoutStopSec."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def test_service_exec_start_serves_and_reloads(bridge_config: Path, tmp_path: Path) -> None:
     if not (REPO / "app" / "slurm_jwt_bridge" / "gunicorn_conf.py").exists():
         skip_or_fail("gunicorn_conf.py (used by the unit's ExecStart) does not exist")
     svc = parse_unit(UNITS / "slurm-jwt-bridge.service")
     port = free_port()
-    env = {
-        **os.environ,
-        **unit_environment(svc),
-        "SLURM_JWT_BRIDGE_CONFIG": str(bridge_config),
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "GUNICORN_WORKERS": "1",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-    }
+    env = service_environment(svc, bridge_config, port, tmp_path)
     notify = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify))
@@ -366,15 +385,70 @@ def test_service_exec_start_serves_and_reloads(bridge_config: Path, tmp_path: Pa
         assert proc.poll() is None
         assert get(f"{base}/readyz")[0] == 200
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_service(proc)
         sock.close()
         log.close()
     assert proc.returncode == 0, (tmp_path / "gunicorn.log").read_text()[-2000:]
+
+
+def with_drop_in(
+    unit: dict[str, list[tuple[str, str]]], drop_in: dict[str, list[tuple[str, str]]]
+) -> dict[str, list[tuple[str, str]]]:
+    """systemd's drop-in merge: an empty assignment resets a list (ExecStart=), a repeated
+    ExecStart= adds to it, any other key replaces the unit's value."""
+    merged = {name: list(entries) for name, entries in unit.items()}
+    for name, entries in drop_in.items():
+        section = merged.setdefault(name, [])
+        for key, val in entries:
+            if val == "" or key != "ExecStart":
+                section[:] = [(k, v) for k, v in section if k != key]
+            if val != "":
+                section.append((key, val))
+    return merged
+
+
+def test_granian_drop_in_serves_reloads_and_stops(bridge_config: Path, tmp_path: Path) -> None:
+    drop_in = parse_unit(UNITS / "slurm-jwt-bridge.service.d" / "granian.conf")
+    svc = with_drop_in(parse_unit(UNITS / "slurm-jwt-bridge.service"), drop_in)
+    assert value(svc, "Service", "Type") == "exec"  # granian sends no READY=1
+    port = free_port()
+    env = service_environment(svc, bridge_config, port, tmp_path)
+    argv = expand(value(svc, "Service", "ExecStart"), env)
+    assert argv[1:] == ["-m", "slurm_jwt_bridge.granian_serve"]
+    log_path = tmp_path / "granian.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
+    base = f"http://127.0.0.1:{port}"
+
+    def wait_healthy() -> None:
+        deadline = time.monotonic() + 60  # a bound on the wait, not a speed check
+        while True:
+            assert proc.poll() is None, log_path.read_text()[-2000:]
+            try:
+                if get(f"{base}/healthz")[0] == 200:
+                    return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.2)
+
+    try:
+        wait_healthy()
+        status, body = get(f"{base}/readyz")
+        assert status == 200, body
+        assert len(json.loads(get(f"{base}/.well-known/jwks.json")[1])["keys"]) == 2
+        reload = expand(value(svc, "Service", "ExecReload"), {**env, "MAINPID": str(proc.pid)})
+        assert subprocess.run(reload, check=False).returncode == 0
+        deadline = time.monotonic() + 60
+        while "Stopped old worker-1" not in log_path.read_text():
+            assert time.monotonic() < deadline, log_path.read_text()[-2000:]
+            time.sleep(0.2)
+        wait_healthy()
+        assert get(f"{base}/readyz")[0] == 200
+    finally:
+        stop_service(proc)
+        log.close()
+    assert proc.returncode == 0, log_path.read_text()[-2000:]
 
 
 def test_rotate_service_exec_lines(bridge_config: Path) -> None:
