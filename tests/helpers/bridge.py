@@ -37,6 +37,9 @@ class BridgeServer:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env={**os.environ, **env},
+            # Its own process group: stop() ends the workers too (by this group, never by name),
+            # also when the main process exits before them.
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout: float = 20) -> None:
@@ -74,10 +77,15 @@ class BridgeServer:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                # granian waits up to 30 s for open connections before it stops its workers.
+                self.proc.wait(35)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # workers left behind, if any
+        except (ProcessLookupError, PermissionError):
+            pass
         self._log.close()
 
     def __enter__(self) -> BridgeServer:
