@@ -396,11 +396,72 @@ def config_check(config_path: Path | None, keys_dir: Path | None) -> None:
         return
     from .web.urls import public_url_problem  # gunicorn refuses the same (gunicorn_conf.py)
 
-    problem = public_url_problem(s)
+    problem = public_url_problem(s) or start_problem(s)
     if problem:
         _fail(problem)
         return
     click.echo("ok")
+
+
+def _creatable(path: Path) -> bool:
+    """Whether the service could create ``path`` (its nearest existing parent is writable)."""
+    import os
+
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+
+
+def start_problem(s: Settings) -> str | None:
+    """Build the application as the service does (``create_app``, without serving) and say in
+    one line what failed, or None.
+
+    The build has no lasting effect: what the service would create at start (the audit file,
+    the session and device directories, the session key) is checked for where it would go and
+    then created in a scratch directory removed afterwards; what exists is read, never
+    written. Nothing is contacted: identity providers are fetched on the first request, and
+    the Redis clients (rate limits, sessions) connect on first use."""
+    import os
+    import re
+    import tempfile
+    from dataclasses import replace
+
+    from . import create_app
+
+    audit, browser, server = s.audit, s.browser, s.server
+    if audit.destination.startswith("file:"):
+        path = Path(audit.destination[5:])
+        where = path if path.exists() else path.parent  # open(path, "a") makes no directory
+        writable = where.is_dir() != (where is path) and os.access(where, os.W_OK)
+        if path.is_dir() or not writable:
+            return f"audit.destination: {path}: the audit file cannot be opened for writing"
+    key = keyring.session_key_path(server.secret_key_file, s.keys.dir)
+    d = browser.session_dir
+    device = d.with_name(d.name + "-device")
+    with tempfile.TemporaryDirectory(prefix="slurm-jwt-bridge-check-") as scratch:
+        # Moved to the scratch directory only when the service could create them; otherwise
+        # the build fails on them as the start would (and creates nothing).
+        local = browser.enabled and not browser.session_storage_uri
+        if local and (d.exists() or _creatable(d)):
+            browser = replace(browser, session_dir=Path(scratch) / "sessions")
+        if not key.exists() and key.parent.is_dir() and os.access(key.parent, os.W_OK):
+            server = replace(server, secret_key_file=str(Path(scratch) / "session.key"))
+        try:
+            if local and any(i.client_id for i in s.issuers):
+                from .web.browser import _private_dir
+
+                for where in (d, device):  # their modes, as the start checks them
+                    if where.exists():
+                        _private_dir(where)
+            create_app(
+                replace(s, audit=replace(audit, destination="none"), browser=browser, server=server)
+            )
+        except Exception as exc:  # whatever stops the service's start
+            detail = (str(exc).splitlines() or [""])[0][:300]
+            detail = re.sub(r"(\w+://)[^/@\s]*@", r"\1***@", detail)  # no URL's password
+            return f"the service cannot start: {type(exc).__name__}: {detail}"
+    return None
 
 
 @config_group.command("schema")

@@ -173,6 +173,10 @@ def _rsa_bits(value: int, ctx: Context) -> int:
 def _audit_destination(value: str, ctx: Context) -> str:
     if value not in ("stdout", "stderr", "none") and not value.startswith("file:"):
         raise Invalid(f"must be stdout, stderr, none or file:/path, got {show(value)}")
+    if value.startswith("file:") and not value[5:].strip():
+        raise Invalid(
+            "file: needs the audit file's path (file:/var/log/slurm-jwt-bridge/audit.log)"
+        )
     return "file:" + _path(ctx.base, value[5:]) if value.startswith("file:") else value
 
 
@@ -215,6 +219,18 @@ def _slurmrestd(value: str, ctx: Context) -> str:
         re.fullmatch(r"https?://[^\s/]+/?", value) or re.fullmatch(r"unix:/\S+", value)
     ):
         raise Invalid(f"must be http://host:port or unix:/path, got {show(value)}")
+    if value.startswith("http"):
+        from urllib3.exceptions import LocationParseError
+        from urllib3.util import parse_url
+
+        try:  # what the proxy's connection pool parses (slurmrest.py)
+            host = parse_url(value).host
+        except LocationParseError:
+            host = None
+        if not host:
+            raise Invalid(
+                f"not a valid host or port (1-65535) in http://host:port, got {show(value)}"
+            )
     return value.rstrip("/")
 
 
@@ -228,9 +244,24 @@ def _rate(value: str, ctx: Context) -> str:
     return value
 
 
+# The module each storage_uri scheme needs, and how to install it.
+_REDIS = ("redis", "pip install 'slurm-jwt-bridge[redis]'")
+STORAGE_MODULES = {
+    "redis": _REDIS,
+    "rediss": _REDIS,
+    "redis+unix": _REDIS,
+    "memcached": ("pymemcache", "pip install pymemcache"),
+}
+
+
 def _limiter_storage(value: str, ctx: Context) -> str:
+    import importlib.util
+
     if not re.match(r"^(memory|redis|rediss|redis\+unix|memcached)://", value):
         raise Invalid(f"must be memory:// or redis://host:port, got {show(value)}")
+    module, install = STORAGE_MODULES.get(value.partition("://")[0], ("", ""))
+    if module and importlib.util.find_spec(module) is None:
+        raise Invalid(f"{value.partition('://')[0]}:// needs the {module} module ({install})")
     return value
 
 
@@ -866,7 +897,9 @@ class RateLimitSettings:
     )
     storage_uri: str = setting(
         "memory://",
-        "`memory://` (per process) or `redis://host:port` shared by every worker and replica. "
+        "`memory://` (per process) or `redis://host:port` shared by every worker and replica "
+        "(needs the `redis` extra; `memcached://` needs `pymemcache`: without it the start is "
+        "refused). "
         "While it cannot be reached, requests that would be counted are refused with 503 "
         "(fail closed; see [http.md](http.md))",
         check=_limiter_storage,
@@ -878,7 +911,9 @@ class ProxySettings:
     """The reverse proxy to slurmrestd (``/slurm``, ``/slurmdb``, ``/openapi``)."""
 
     upstream: str = setting(
-        "", "`http://host:port` or `unix:/path/to/slurmrestd.socket`", check=_slurmrestd
+        "",
+        "`http://host:port` (a valid host, port 1-65535) or `unix:/path/to/slurmrestd.socket`",
+        check=_slurmrestd,
     )
     auth_style: str = setting(
         "x-slurm",
