@@ -166,3 +166,16 @@ def test_config_check_refuses_browser_login_without_public_url(
         main, ["config", "check", "--config", str(_config(tmp_path, keys_dir, PUBLIC))]
     )
     assert (r.exit_code, r.output.strip()) == (0, "ok"), r.output
+
+
+@pytest.mark.parametrize("script_name", ["@evil.example", ".evil.example", "/elsewhere", "/sjb"])
+@pytest.mark.parametrize("public_url", [PUBLIC, PUBLIC + "/sjb"])
+def test_a_script_name_does_not_move_the_login_redirect_uri(
+    keys_dir: Path, tmp_path: Path, idp: Any, script_name: str, public_url: str
+) -> None:
+    """gunicorn takes SCRIPT_NAME from a header of a forwarder it trusts (127.0.0.1 by default):
+    the service's own URLs are public_url (with any prefix) + the route's path, nothing more."""
+    client = _app(keys_dir, tmp_path, idp, public_url).test_client()
+    r = client.get("/login", environ_overrides={"SCRIPT_NAME": script_name})
+    assert r.status_code == 302, r.get_data(as_text=True)[:300]
+    assert _redirect_uri(r.headers["Location"]) == public_url + "/auth/callback"
