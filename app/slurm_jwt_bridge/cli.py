@@ -717,7 +717,14 @@ def keycloak_setup(
 
     Changes nothing when an existing client or scope differs from what the bridge needs.
     """
-    from .keycloak_setup import SetupError, SetupOptions, connect, parse_service_account, run_setup
+    from .keycloak_setup import (
+        SetupError,
+        SetupOptions,
+        connect,
+        parse_service_account,
+        run_setup,
+        server_url_problem,
+    )
 
     if bool(admin_user) == bool(admin_client_id):
         _fail("give either --admin-user with --admin-password-file or --admin-client-id")
@@ -725,9 +732,11 @@ def keycloak_setup(
         _fail("--admin-user needs --admin-password-file")
     if admin_client_id and admin_client_secret_file is None:
         _fail("--admin-client-id needs --admin-client-secret-file")
-    for url, flag in ((server, "--server"), (public_url, "--public-url")):
-        if not url.startswith(("https://", "http://")):
-            _fail(f"{flag} must be an http(s) URL, got {url!r}")
+    problem = server_url_problem(server)
+    if problem:
+        _fail(problem)
+    if not public_url.startswith(("https://", "http://")):
+        _fail(f"--public-url must be an http(s) URL, got {public_url!r}")
     try:
         accounts = tuple(parse_service_account(v) for v in service_accounts)
         options = SetupOptions(

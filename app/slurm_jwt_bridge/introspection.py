@@ -1,9 +1,11 @@
 """Opaque tokens: ask a Keycloak issuer whether the token is active (RFC 7662 introspection).
 
 python-keycloak makes the call (the bridge authenticates as ``[[issuers]] introspection``'s
-client), over https trusting the issuer's ``ca_file`` or the system store. An active answer goes
-through the same clock checks and Keycloak profile as a signed token; a yes is remembered only
-INTROSPECTION_CACHE_SECONDS, so a revoked token stops working within that while.
+client), over https trusting the issuer's ``ca_file`` or the system store, following no
+redirect (a 3xx is a failure: the token is refused as when the issuer is unreachable). An
+active answer goes through the same clock checks and Keycloak profile as a signed token; a yes
+is remembered only INTROSPECTION_CACHE_SECONDS, so a revoked token stops working within that
+while.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from .errors import invalid_grant
 from .names import KEYCLOAK_ISSUER_RE
-from .outbound import requests_verify
+from .outbound import lock_down, requests_verify
 from .provider_profiles import keycloak_profile
 from .settings import IssuerSettings
 from .token_claims import CLAIM_CLIP, VerifiedToken, build, clip, time_checks, unavailable
@@ -46,7 +48,7 @@ class Introspector:
             assert s.introspection is not None
             m = KEYCLOAK_ISSUER_RE.match(s.issuer)
             assert m is not None
-            self._client = KeycloakOpenID(
+            client = KeycloakOpenID(
                 # The trailing slash keeps a base path (".../auth/") in python-keycloak's urljoin.
                 server_url=m["base"] + "/",
                 realm_name=m["realm"],
@@ -57,6 +59,10 @@ class Introspector:
                 timeout=s.http_timeout,  # type: ignore[arg-type]
                 verify=requests_verify(s.ca_file or None),
             )
+            # No redirect followed (the secret and the token would be sent again, wherever it
+            # points), nothing taken from the environment.
+            lock_down(client.connection._s, s.ca_file or None)
+            self._client = client
         return self._client.introspect(token)
 
 

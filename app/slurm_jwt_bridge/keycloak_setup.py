@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .outbound import TrustError, http_client, requests_verify
+from .outbound import TrustError, http_client, lock_down, requests_verify
+from .untrusted import insecure_url, printable
 
 AUDIENCE_MAPPER = "oidc-audience-mapper"
 DEVICE_GRANT_ATTR = "oauth2.device.authorization.grant.enabled"
@@ -286,6 +287,19 @@ def realm_issuer(server: str, realm: str, timeout: float = 10.0, ca_file: str | 
     return str(issuer)
 
 
+def server_url_problem(server: str) -> str | None:
+    """One line when ``--server`` is not https (or plain http to this machine): the admin
+    password or client secret travels there, as ``login`` sends tokens only that way."""
+    if not server.lower().startswith(("https://", "http://")):
+        return f"--server must be an http(s) URL, got {server[:200]!r}"
+    if insecure_url(server):
+        return (
+            "--server must be https:// (plain http only to this machine): the admin password "
+            f"or secret would cross the network in clear text, got {printable(server, 100)}"
+        )
+    return None
+
+
 def connect(
     server: str,
     realm: str,
@@ -302,6 +316,9 @@ def connect(
     from keycloak import KeycloakAdmin
     from keycloak.exceptions import KeycloakConnectionError, KeycloakError
 
+    problem = server_url_problem(server)
+    if problem:
+        raise SetupError(problem)
     kwargs: dict[str, Any] = {
         "server_url": server.rstrip("/") + "/",
         "realm_name": realm,
@@ -319,6 +336,10 @@ def connect(
     who = f"user {username!r}" if username else f"client {client_id!r}"
     try:
         admin = KeycloakAdmin(**kwargs)
+        # Both of python-keycloak's sessions (the admin API's and the sign-in's): no redirect
+        # followed, so the password or secret is never sent again wherever a 3xx points.
+        lock_down(admin.connection._s, ca_file)
+        lock_down(admin.connection.keycloak_openid.connection._s, ca_file)
         admin.connection.get_token()
     except KeycloakConnectionError:
         raise SetupError(f"cannot reach {server}") from None

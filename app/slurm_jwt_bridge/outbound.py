@@ -14,6 +14,13 @@ The standard library does this on Linux (``ssl.create_default_context()`` reads 
 store), so no package is added; httpx takes the context as it is. python-keycloak and authlib
 send through requests, which takes a file or directory path, not a context:
 ``requests_verify`` names the same store for them.
+
+No client follows a redirect: a 3xx is a failure, never a second request carrying a client
+secret, a password or a user's token to wherever the answer pointed (plain http included).
+requests is also kept from the environment (``trust_env`` off): ``REQUESTS_CA_BUNDLE`` and
+``CURL_CA_BUNDLE`` would replace ``ca_file`` or the system store, and ``*_proxy`` variables
+would route the request elsewhere; ``requests_options`` says so for authlib (its
+``client_kwargs``), ``lock_down`` applies it to a session python-keycloak made.
 """
 
 from __future__ import annotations
@@ -25,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["TrustError", "http_client", "requests_verify", "trust"]
+__all__ = [
+    "TrustError",
+    "http_client",
+    "lock_down",
+    "requests_options",
+    "requests_verify",
+    "trust",
+]
 
 USER_AGENT = "slurm-jwt-bridge"
 
@@ -60,6 +74,24 @@ def requests_verify(ca_file: str | os.PathLike[str] | None = None) -> str | bool
         if path and os.path.exists(path):
             return path
     return True
+
+
+def requests_options(ca_file: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """A requests session's settings: ``ca_file`` or the system store, nothing from the
+    environment, no redirect followed (requests raises ``TooManyRedirects`` at the first)."""
+    return {"verify": requests_verify(ca_file), "trust_env": False, "max_redirects": 0}
+
+
+def lock_down(session: Any, ca_file: str | os.PathLike[str] | None = None) -> Any:
+    """Apply ``requests_options`` to a ``requests.Session`` (python-keycloak's ``_s``); anything
+    else is refused rather than left following redirects."""
+    import requests
+
+    if not isinstance(session, requests.Session):
+        raise TypeError(f"expected a requests.Session, got {type(session).__name__}")
+    for name, value in requests_options(ca_file).items():
+        setattr(session, name, value)
+    return session
 
 
 def http_client(

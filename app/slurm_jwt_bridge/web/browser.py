@@ -46,10 +46,11 @@ from ..accounts import PosixIdentity
 from ..errors import BridgeError
 from ..issuer_documents import discovery_url
 from ..keys import KeyRingError, load_session_key, session_key_path
-from ..outbound import http_client, requests_verify
+from ..outbound import http_client, requests_options
 from ..pipeline import Grant, Request
 from ..policy import parse_seconds
 from ..settings import TENANT_PLACEHOLDER, IssuerSettings, Settings
+from ..untrusted import insecure_url, printable
 from . import current_bridge as _bridge
 from . import extension
 from .urls import own_url
@@ -200,8 +201,9 @@ def init_browser(app: Flask, settings: Settings) -> None:
         kwargs: dict[str, Any] = {
             "scope": " ".join(iss.scopes),
             "code_challenge_method": "S256",
-            # authlib sends through requests: the issuer's ca_file or the system store.
-            "verify": requests_verify(iss.ca_file or None),
+            # authlib sends through requests: the issuer's ca_file or the system store, no
+            # redirect followed, nothing from the environment.
+            **requests_options(iss.ca_file or None),
         }
         if not iss.client_secret:
             kwargs["token_endpoint_auth_method"] = "none"
@@ -222,6 +224,48 @@ def init_browser(app: Flask, settings: Settings) -> None:
 
 def _oauth() -> OAuth:
     return extension("slurm_jwt_bridge_oauth", OAuth)
+
+
+# Where authlib's copy of the discovery document sends the browser, the code, the refresh
+# token, the ID token hint, or fetches the keys from.
+ENDPOINTS = (
+    "authorization_endpoint",
+    "token_endpoint",
+    "jwks_uri",
+    "revocation_endpoint",
+    "end_session_endpoint",
+)
+
+
+class UnsafeEndpoint(Exception):
+    """The discovery document names an endpoint the login must not use; one line."""
+
+
+def endpoint_problem(iss: IssuerSettings, what: str, uri: Any) -> str | None:
+    """Why ``uri`` may not be used, or None: https, or plain http only when the issuer itself is
+    plain http and allowed so (this machine, or ``allow_insecure_http`` for another)."""
+    if not isinstance(uri, str) or not uri.lower().startswith(("https://", "http://")):
+        return f"the discovery document names no http(s) {what}: {printable(uri, 100)}"
+    if uri.lower().startswith("https://"):
+        return None
+    if iss.issuer.lower().startswith("http://") and (
+        iss.allow_insecure_http or not insecure_url(uri)
+    ):
+        return None
+    return f"the discovery document names a plain http {what} {printable(uri, 100)}"
+
+
+def _metadata(client: Any, iss: IssuerSettings) -> dict[str, Any]:
+    """authlib's discovery document for ``iss``, every endpoint in it checked; a refused one is
+    fetched again next time (the provider may be fixed)."""
+    meta = client.load_server_metadata() or {}
+    for what in ENDPOINTS:
+        if what in meta:
+            problem = endpoint_problem(iss, what, meta[what])
+            if problem:
+                client.server_metadata.pop("_loaded_at", None)
+                raise UnsafeEndpoint(f"issuer {iss.name!r}: {problem}")
+    return meta
 
 
 def _page(template: str, status: int = 200, **context: Any) -> Response:
@@ -340,7 +384,7 @@ def _revoke(name: str | None, refresh_token: str | None) -> None:
     if iss is None or client is None:
         return
     try:
-        endpoint = (client.load_server_metadata() or {}).get("revocation_endpoint")
+        endpoint = _metadata(client, iss).get("revocation_endpoint")
         if not endpoint:
             return
         data = {"token": refresh_token, "token_type_hint": "refresh_token"}
@@ -356,7 +400,9 @@ def _revoke(name: str | None, refresh_token: str | None) -> None:
                 r = http.post(endpoint, data=data, auth=auth)
         if r.status_code != 200:
             log.warning("refresh token revocation at %s answered %s", name, r.status_code)
-    except Exception as exc:  # the logout goes on; the token expires at the IdP
+    except UnsafeEndpoint as exc:  # the logout goes on; the token expires at the IdP
+        log.warning("refresh token revocation refused: %s", exc)
+    except Exception as exc:
         log.warning("refresh token revocation at %s failed: %s", name, type(exc).__name__)
 
 
@@ -420,7 +466,16 @@ def login() -> ResponseReturnValue:
     client: FlaskOAuth2App = _oauth().create_client(chosen.name)
     redirect_uri = own_url("browser.callback")
     try:
+        _metadata(client, chosen)
         return client.authorize_redirect(redirect_uri)
+    except UnsafeEndpoint as exc:
+        _audit_refusal("login", str(exc)[:200], "unsafe_idp_endpoint")
+        return error_page(
+            "Identity provider refused",
+            f"{chosen.display_name or chosen.name} names an endpoint that is not https; "
+            "login refused.",
+            502,
+        )
     except Exception as exc:  # discovery failed: the IdP is unreachable
         log.warning("login redirect for %s failed: %s", chosen.name, exc)
         return error_page(
@@ -452,7 +507,13 @@ def callback() -> ResponseReturnValue:
         _audit_refusal("login", mixup, "issuer_mixup", user=None)
         return error_page("Login refused", mixup)
     try:
-        tokens = client.authorize_access_token()
+        tokens = _token_answer(client, name)
+    except UnsafeEndpoint as exc:
+        session.pop("login_issuer", None)
+        _audit_refusal("login", str(exc)[:200], "unsafe_idp_endpoint", user=None)
+        return error_page(
+            "Login failed", "The identity provider names an endpoint that is not https.", 502
+        )
     except OAuthError as exc:
         _audit_refusal("login", f"login answer refused: {exc.error}"[:200], "login_answer_refused")
         return error_page("Login failed", f"{exc.error}: {exc.description or ''}".strip(": "))
@@ -484,6 +545,16 @@ def callback() -> ResponseReturnValue:
     if isinstance(device_next, str):
         return redirect(url_for("device.page", code=device_next or None))
     return redirect(url_for("browser.index"))
+
+
+def _token_answer(client: Any, name: str) -> dict[str, Any]:
+    """The code exchange, once the endpoints it uses are checked."""
+    iss = _bridge().settings.issuer_named(name)
+    if iss is None:
+        raise UnsafeEndpoint(f"issuer {name!r} is no longer configured")
+    _metadata(client, iss)
+    tokens: dict[str, Any] = client.authorize_access_token()
+    return tokens
 
 
 def _mixup_reason(client: Any, name: str) -> str | None:
@@ -570,9 +641,20 @@ def _refreshed_token(grant: Grant, lifetime: int | None) -> ResponseReturnValue:
     client = _oauth().create_client(name) if name else None
     if client is None:
         return _ended("Login ended", "The login issuer is no longer configured; log in again.")
+    iss = _bridge().settings.issuer_named(name) if name else None
     try:
+        if iss is None:
+            raise UnsafeEndpoint(f"issuer {name!r} is no longer configured")
+        _metadata(client, iss)
         tokens = client.fetch_access_token(
             grant_type="refresh_token", refresh_token=session["refresh_token"]
+        )
+    except UnsafeEndpoint as exc:
+        _refused(grant, str(exc)[:200], "unsafe_idp_endpoint")
+        return error_page(
+            "Identity provider refused",
+            "The identity provider names an endpoint that is not https; try again later.",
+            502,
         )
     except OAuthError as exc:
         _refused(grant, f"refresh refused by the identity provider: {exc.error}", "refresh_refused")
