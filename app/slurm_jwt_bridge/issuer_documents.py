@@ -309,7 +309,12 @@ class IssuerDocuments:
             uri = doc.body.get("jwks_uri")
             if not isinstance(uri, str) or not re.match(r"^https?://", uri):
                 raise FetchError("discovery document has no http(s) jwks_uri")
-            if insecure_url(uri) and not s.allow_insecure_http:
+            # An https issuer's keys come over https: a plain-http jwks_uri, even on this
+            # machine, is whoever holds that port.
+            downgrade = uri.lower().startswith("http://") and s.issuer.lower().startswith(
+                "https://"
+            )
+            if (insecure_url(uri) or downgrade) and not s.allow_insecure_http:
                 raise FetchError(
                     f"discovery document names a plain http jwks_uri {clip(uri)}; refused "
                     "(https, or allow_insecure_http = true for this issuer)"
