@@ -95,33 +95,24 @@ def _origin(door: str) -> Request:
 
 @bp.post("/oauth/token")
 def oauth_token() -> Response:
-    if request.mimetype != "application/x-www-form-urlencoded":
-        raise invalid_request("send the request form-encoded (application/x-www-form-urlencoded)")
+    pipeline = _bridge().pipeline
+    origin = _origin("token-exchange")
+    with pipeline.parsing("exchange", origin):
+        if request.mimetype != "application/x-www-form-urlencoded":
+            raise invalid_request(
+                "send the request form-encoded (application/x-www-form-urlencoded)",
+                "bad_content_type",
+            )
     form = _form()
     grant = form.get("grant_type", "")
     if grant == GRANT_DEVICE_CODE and device_login_enabled(current_app):
-        lifetime = parse_seconds(form.get("requested_lifetime"), "requested_lifetime")
+        with pipeline.parsing("device", _origin("device")):
+            lifetime = parse_seconds(form.get("requested_lifetime"), "requested_lifetime")
         return device_token(form, lifetime)
-    if grant != GRANT_TOKEN_EXCHANGE:
-        raise BridgeError(
-            "unsupported_grant_type", f"grant_type must be {GRANT_TOKEN_EXCHANGE}", 400
-        )
-    subject_token = form.get("subject_token", "")
-    if not subject_token and not form.get("requested_subject"):
-        raise invalid_request("subject_token is missing")
-    stt = form.get("subject_token_type", "")
-    if (subject_token or stt) and stt not in SUBJECT_TOKEN_TYPES:
-        raise invalid_request("subject_token_type must be one of " + ", ".join(SUBJECT_TOKEN_TYPES))
-    rtt = form.get("requested_token_type")
-    if rtt and rtt not in REQUESTED_TOKEN_TYPES:
-        raise invalid_request(f"requested_token_type must be {TT_JWT}")
-    actor_token = form.get("actor_token") or None
-    if actor_token and form.get("actor_token_type") not in (TT_ACCESS, TT_JWT):
-        raise invalid_request(f"actor_token_type must be {TT_ACCESS} or {TT_JWT}")
-    origin = _origin("token-exchange")
-    with _bridge().pipeline.parsing("exchange", origin):
+    with pipeline.parsing("exchange", origin):
+        subject_token, stt, actor_token = _exchange_form(form, grant)
         lifetime = parse_seconds(form.get("requested_lifetime"), "requested_lifetime")
-    result = _bridge().pipeline.exchange(
+    result = pipeline.exchange(
         subject_token or None,
         expected_use=SUBJECT_TOKEN_TYPES[stt] if stt else None,
         lifetime=lifetime,
@@ -133,22 +124,47 @@ def oauth_token() -> Response:
     return token_answer(result)
 
 
+def _exchange_form(form: dict[str, str], grant: str) -> tuple[str, str, str | None]:
+    """The token-exchange form's subject_token, subject_token_type and actor_token, or the
+    BridgeError naming what is wrong with it."""
+    if grant != GRANT_TOKEN_EXCHANGE:
+        raise BridgeError(
+            "unsupported_grant_type", f"grant_type must be {GRANT_TOKEN_EXCHANGE}", 400
+        )
+    subject_token = form.get("subject_token", "")
+    if not subject_token and not form.get("requested_subject"):
+        raise invalid_request("subject_token is missing", "missing_subject_token")
+    stt = form.get("subject_token_type", "")
+    if (subject_token or stt) and stt not in SUBJECT_TOKEN_TYPES:
+        raise invalid_request(
+            "subject_token_type must be one of " + ", ".join(SUBJECT_TOKEN_TYPES),
+            "bad_token_type",
+        )
+    rtt = form.get("requested_token_type")
+    if rtt and rtt not in REQUESTED_TOKEN_TYPES:
+        raise invalid_request(f"requested_token_type must be {TT_JWT}", "bad_token_type")
+    actor_token = form.get("actor_token") or None
+    if actor_token and form.get("actor_token_type") not in (TT_ACCESS, TT_JWT):
+        raise invalid_request(f"actor_token_type must be {TT_ACCESS} or {TT_JWT}", "bad_token_type")
+    return subject_token, stt, actor_token
+
+
 @bp.post("/api/v1/token")
 def api_token() -> Response:
+    pipeline = _bridge().pipeline
+    origin = _origin("api")
     auth = request.headers.get("Authorization", "")
     scheme, _, credentials = auth.partition(" ")
-    if scheme.lower() != "bearer" or not credentials.strip():
-        raise BridgeError(
-            "invalid_request",
-            "send the identity provider's token as 'Authorization: Bearer <token>'",
-            401,
-        )
-    origin = _origin("api")
-    with _bridge().pipeline.parsing("exchange", origin):
+    with pipeline.parsing("exchange", origin):
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise BridgeError(
+                "invalid_request",
+                "send the identity provider's token as 'Authorization: Bearer <token>'",
+                401,
+                metric="no_bearer",
+            )
         lifetime, alg = _json_options()
-    result = _bridge().pipeline.exchange(
-        credentials.strip(), lifetime=lifetime, alg=alg, request=origin
-    )
+    result = pipeline.exchange(credentials.strip(), lifetime=lifetime, alg=alg, request=origin)
     return token_answer(result)
 
 

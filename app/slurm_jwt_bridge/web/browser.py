@@ -459,6 +459,7 @@ def login() -> ResponseReturnValue:
         return _page("chooser.html", issuers=issuers, device=1 if device else None)
     chosen = issuers[0] if name is None else next((i for i in issuers if i.name == name), None)
     if chosen is None:
+        _audit_refusal("login", f"no login issuer is named {(name or '')[:64]!r}", "unknown_issuer")
         return error_page(
             "Unknown identity provider", f"No login issuer is named {(name or '')[:64]!r}.", 404
         )
@@ -497,9 +498,13 @@ def callback() -> ResponseReturnValue:
         )
         return error_page("Login refused by the identity provider", f"{error}: {desc}".strip(": "))
     if not name:
+        _audit_refusal("login", "no login is in progress in this browser", "no_login_in_progress")
         return error_page("Login expired", "No login is in progress in this browser; start again.")
     client = _oauth().create_client(name)
     if client is None:
+        _audit_refusal(
+            "login", f"login issuer {name[:64]!r} is no longer configured", "unknown_issuer"
+        )
         return error_page("Unknown identity provider", "The login issuer is no longer configured.")
     mixup = _mixup_reason(client, name)
     if mixup:
@@ -519,9 +524,15 @@ def callback() -> ResponseReturnValue:
         return error_page("Login failed", f"{exc.error}: {exc.description or ''}".strip(": "))
     except Exception as exc:
         log.warning("code exchange with %s failed: %s", name, type(exc).__name__)
+        _audit_refusal(
+            "login",
+            f"the identity provider's answer could not be used: {type(exc).__name__}",
+            "login_answer_unusable",
+        )
         return error_page("Login failed", "The identity provider's answer could not be used.", 502)
     id_token = tokens.get("id_token")
     if not id_token:
+        _audit_refusal("login", "the identity provider returned no ID token", "no_id_token")
         return error_page("Login failed", "The identity provider returned no ID token.")
     settings: Settings = _bridge().settings
     # A login started at the device page goes back there (with the typed code, if any).
@@ -640,6 +651,9 @@ def _refreshed_token(grant: Grant, lifetime: int | None) -> ResponseReturnValue:
     name = session.get("issuer")
     client = _oauth().create_client(name) if name else None
     if client is None:
+        _refused(
+            grant, f"login issuer {str(name)[:64]!r} is no longer configured", "unknown_issuer"
+        )
         return _ended("Login ended", "The login issuer is no longer configured; log in again.")
     iss = _bridge().settings.issuer_named(name) if name else None
     try:
@@ -691,6 +705,7 @@ def _refreshed_token(grant: Grant, lifetime: int | None) -> ResponseReturnValue:
         return error_page("No new token", exc.reason, exc.status, login=True)
     fresh = result.grant
     if (fresh.user, fresh.issuer, fresh.subject) != (grant.user, grant.issuer, grant.subject):
+        _refused(grant, "the identity provider renewed another account", "login_changed")
         return _ended(
             "Login changed", "The identity provider renewed another account: log in again."
         )
@@ -698,6 +713,7 @@ def _refreshed_token(grant: Grant, lifetime: int | None) -> ResponseReturnValue:
         # Logged out while the identity provider answered: the rotated refresh token must not
         # outlive the session.
         _revoke(name, tokens.get("refresh_token"))
+        _refused(grant, "the login ended while a new token was being made", "session_invalid")
         session.clear()
         return _ended("Logged out", "This login ended while a new token was being made.")
     _store(result)

@@ -12,6 +12,7 @@ the identity provider offers none (Amazon Cognito, many site IdPs).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
@@ -88,10 +89,29 @@ def _device_key(device_code: str) -> str:
     return "dc:" + hashlib.sha256(device_code.encode()).hexdigest()
 
 
-def _audit(outcome: str, reason: str | None = None, **fields: Any) -> None:
+def _origin() -> Request:
+    return Request(door="device", remote_addr=request.remote_addr)
+
+
+def _audit(outcome: str, **fields: Any) -> None:
+    """A decision of the device grant that is not a refusal (issued, approved, denied)."""
     _bridge().pipeline.audit.record(
-        "device", outcome, reason=reason, door="device", remote_addr=request.remote_addr, **fields
+        "device", outcome, reason=None, door="device", remote_addr=request.remote_addr, **fields
     )
+
+
+def _refuse(exc: BridgeError, **fields: Any) -> BridgeError:
+    """A refusal of the device grant, through the pipeline's one refusal path (one audit line,
+    counted in tokens_refused_total by ``exc.metric``); returns ``exc`` for the caller to
+    raise or to answer with a page."""
+    with contextlib.suppress(BridgeError):
+        _bridge().pipeline.refuse_input("device", _origin(), exc, **fields)
+    return exc
+
+
+def _refuse_page(reason: str, metric: str, **fields: Any) -> None:
+    """A refusal the device page answers with its own page."""
+    _refuse(BridgeError("access_denied", reason, 400, metric=metric), **fields)
 
 
 def _printable(value: str) -> str:
@@ -105,9 +125,12 @@ def device_authorization() -> Response:
     """``POST /oauth/device_authorization`` (routed by the token door)."""
     cfg = _bridge().settings.browser
     if request.mimetype != "application/x-www-form-urlencoded":
-        exc = invalid_request("send the request form-encoded (application/x-www-form-urlencoded)")
-        _audit("refused", exc.reason)
-        raise exc
+        raise _refuse(
+            invalid_request(
+                "send the request form-encoded (application/x-www-form-urlencoded)",
+                "bad_content_type",
+            )
+        )
     client = _printable(request.form.get("client_id", "") or "slurm-jwt-bridge login")
     now = int(time.time())
     device_code = secrets.token_urlsafe(32)
@@ -126,9 +149,7 @@ def device_authorization() -> Response:
         if _store().put("uc:" + user_code, {"device": key}, cfg.device_code_lifetime):
             break
     else:
-        exc = BridgeError("temporarily_unavailable", "no free user code; try again", 503)
-        _audit("refused", exc.reason)
-        raise exc
+        raise _refuse(BridgeError("temporarily_unavailable", "no free user code; try again", 503))
     record["user_code"] = user_code
     _store().put(key, record, cfg.device_code_lifetime)
     _audit("issued", user_code=shown(user_code), client=client)
@@ -175,25 +196,26 @@ def device_token(form: dict[str, str], lifetime: int | None) -> Response:
 
     device_code = form.get("device_code", "")
     if not device_code or len(device_code) > 128:
-        exc = invalid_request("device_code is missing")
-        _audit("refused", exc.reason)
-        raise exc
+        raise _refuse(invalid_request("device_code is missing", "device_code_missing"))
     outcome = _store().update(_device_key(device_code), _poll)
     if isinstance(outcome, BridgeError):
         if outcome.error != "authorization_pending":
-            _audit("refused", outcome.reason, error=outcome.error)
+            raise _refuse(outcome, error=outcome.error)
         raise outcome
     from .browser import grant_from_dict, session_revoked
 
     if session_revoked(outcome.get("session")):
         # The person who allowed the code has logged out since: the code dies with the login.
-        exc = BridgeError("access_denied", "the login that allowed this code has ended", 400)
-        _audit("refused", exc.reason)
-        raise exc
+        raise _refuse(
+            BridgeError(
+                "access_denied",
+                "the login that allowed this code has ended",
+                400,
+                metric="device_login_ended",
+            )
+        )
     grant = grant_from_dict(outcome["grant"])
-    result = _bridge().pipeline.remint(
-        grant, lifetime, None, Request(door="device", remote_addr=request.remote_addr), "device"
-    )
+    result = _bridge().pipeline.remint(grant, lifetime, None, _origin(), "device")
     return token_answer(result)
 
 
@@ -207,7 +229,7 @@ def _fail_attempt(reason: str) -> Response:
     cfg = _bridge().settings.browser
     session["device_fails"] = int(session.get("device_fails", 0)) + 1
     _store().incr(f"fail:{request.remote_addr}", cfg.device_code_lifetime)
-    _audit("refused", reason)
+    _refuse_page(reason, "device_bad_code")
     return error_page("Code not accepted", reason, 400)
 
 
@@ -223,7 +245,7 @@ def _lookup(raw: str) -> tuple[str, dict[str, Any]] | Response:
     from .browser import error_page
 
     if _locked_out():
-        _audit("refused", "too many wrong codes")
+        _refuse_page("too many wrong codes", "device_locked_out")
         return error_page(
             "Too many wrong codes",
             "Too many wrong codes were entered; start the login in the terminal again later.",
@@ -237,7 +259,7 @@ def _lookup(raw: str) -> tuple[str, dict[str, Any]] | Response:
     if ref is None or record is None or record["expires"] <= time.time():
         return _fail_attempt("No login is waiting for that code (wrong or expired code).")
     if record["status"] != "pending":
-        _audit("refused", "code already answered", user_code=shown(code))
+        _refuse_page("code already answered", "device_code_answered", user_code=shown(code))
         return error_page(
             "Code already used",
             "This code was already allowed or denied; start the login in the terminal again.",
@@ -282,7 +304,11 @@ def answer() -> ResponseReturnValue:
     _check_csrf()
     decision = request.form.get("decision", "")
     if decision not in ("allow", "deny"):
-        _audit("refused", "the device page's answer was neither allow nor deny", user=grant.user)
+        _refuse_page(
+            "the device page's answer was neither allow nor deny",
+            "device_bad_answer",
+            user=grant.user,
+        )
         return error_page("No answer", "Choose Allow or Deny.", 400)
     found = _lookup(request.form.get("code", "")[:32])
     if not isinstance(found, tuple):
@@ -304,7 +330,12 @@ def answer() -> ResponseReturnValue:
         }, True
 
     if not _store().update(key, decide):
-        _audit("refused", "code already answered or expired", user_code=code, user=grant.user)
+        _refuse_page(
+            "code already answered or expired",
+            "device_code_answered",
+            user_code=code,
+            user=grant.user,
+        )
         return error_page(
             "Code already used",
             "This code was already allowed, denied or has expired; start again in the terminal.",

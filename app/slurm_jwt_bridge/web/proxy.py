@@ -408,8 +408,15 @@ def _credentials(proxy: SlurmRestProxy, origin: Request) -> tuple[_Caller, _Cach
     try:
         caller = _authenticate(proxy, origin)
         if caller is None:
-            raise BridgeError(
-                "invalid_request", "send 'Authorization: Bearer <identity provider token>'", 401
+            proxy.pipeline.refuse_input(
+                "exchange",
+                origin,
+                BridgeError(
+                    "invalid_request",
+                    "send 'Authorization: Bearer <identity provider token>'",
+                    401,
+                    metric="no_credentials",
+                ),
             )
         if caller.grant is None:
             return caller, None
@@ -655,10 +662,15 @@ def proxy_auth() -> Response:
     proxy = _proxy()
     origin = _origin()
     if not _peer_allowed(proxy.cfg.auth_request_allow_from):
-        return _json_error(
-            403,
-            "access_denied",
-            "this address may not use /proxy/auth ([proxy] auth_request_allow_from)",
+        proxy.pipeline.refuse_input(
+            "exchange",
+            origin,
+            BridgeError(
+                "access_denied",
+                "this address may not use /proxy/auth ([proxy] auth_request_allow_from)",
+                403,
+                metric="address_not_allowed",
+            ),
         )
     original = request.headers.get(ORIGINAL_URI_HEADER)
     if original is not None:
