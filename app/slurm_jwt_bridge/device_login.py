@@ -116,12 +116,17 @@ def device_login(
         answer = _json(ex_resp, "token exchange")
         if ex_resp.status_code != 200:
             raise LoginError(_refusal("the bridge refused", answer))
-        token = answer.get("access_token")
-        if not isinstance(token, str) or not COMPACT_JWT.fullmatch(token):
-            raise LoginError(
-                "the bridge answered with something that is not a Slurm token (a compact JWT)"
-            )
-        return answer
+        return _slurm_token_answer(answer)
+
+
+def _slurm_token_answer(answer: dict[str, Any]) -> dict[str, Any]:
+    """The bridge's answer, once its access_token is a Slurm token (a compact JWT)."""
+    token = answer.get("access_token")
+    if not isinstance(token, str) or not COMPACT_JWT.fullmatch(token):
+        raise LoginError(
+            "the bridge answered with something that is not a Slurm token (a compact JWT)"
+        )
+    return answer
 
 
 def _bridge_grant(
@@ -161,12 +166,7 @@ def _bridge_grant(
     answer = _wait_for_approval(
         http, client_id, token_endpoint, dev, interval, prompt, extra, at_bridge=True
     )
-    token = answer.get("access_token")
-    if not isinstance(token, str) or not COMPACT_JWT.fullmatch(token):
-        raise LoginError(
-            "the bridge answered with something that is not a Slurm token (a compact JWT)"
-        )
-    return answer
+    return _slurm_token_answer(answer)
 
 
 def _wait_for_approval(
