@@ -590,20 +590,41 @@ def _short_login(page: Page, short: ShortSite, issuer: str) -> dict:
     return jwt_claims(page.input_value("#token"))
 
 
+@dataclass
+class ShortLogin:
+    page: Page
+    first: dict  # the claims of the token the login page showed
+
+
+@pytest.fixture(scope="module")
+def short_logins(short_site: ShortSite, browser: Browser) -> Iterator[dict[str, ShortLogin]]:
+    """One login at each short-lived issuer, both made before either test waits, so the two
+    tests share one wait for the ID tokens to expire."""
+    logins: dict[str, ShortLogin] = {}
+    with contextlib.ExitStack() as stack:
+        for issuer in ("rt", "nort"):
+            ctx = browser.new_context()
+            stack.callback(ctx.close)
+            ctx.set_default_timeout(TIMEOUT_MS)
+            page = ctx.new_page()
+            logins[issuer] = ShortLogin(page, _short_login(page, short_site, issuer))
+        yield logins
+
+
 def _wait_past(exp: int) -> None:
     while time.time() <= exp + 1:
         time.sleep(0.2)
 
 
 def test_short_id_token_with_refresh_token_remints_through_a_refresh(
-    short_site: ShortSite, context: BrowserContext, site: Site
+    short_site: ShortSite, short_logins: dict[str, ShortLogin], site: Site
 ) -> None:
-    page = context.new_page()
-    first = _short_login(page, short_site, "rt")
+    login = short_logins["rt"]
+    page, first = login.page, login.first
     # The Slurm token never outlives the ID token it came from (issued just before it).
     assert first["exp"] - first["iat"] <= SHORT_TTL, first
-    refreshes = sum(1 for line in short_site.prov.lines if line.startswith("POST /token 200"))
     _wait_past(first["exp"])
+    refreshes = sum(1 for line in short_site.prov.lines if line.startswith("POST /token 200"))
 
     page.fill("#lifetime", "300")
     before = int(time.time())
@@ -621,13 +642,12 @@ def test_short_id_token_with_refresh_token_remints_through_a_refresh(
 
 
 def test_short_id_token_without_refresh_token_asks_for_a_new_login(
-    short_site: ShortSite, context: BrowserContext
+    short_site: ShortSite, short_logins: dict[str, ShortLogin]
 ) -> None:
-    page = context.new_page()
-    first = _short_login(page, short_site, "nort")
-    assert first["exp"] - first["iat"] <= SHORT_TTL, first
-    _wait_past(first["exp"])
-    _remint_refused(page, short_site.bridge.url, "log in again")
+    login = short_logins["nort"]
+    assert login.first["exp"] - login.first["iat"] <= SHORT_TTL, login.first
+    _wait_past(login.first["exp"])
+    _remint_refused(login.page, short_site.bridge.url, "log in again")
 
 
 # ------------------------------------------------------------------ 11. replicas over Redis

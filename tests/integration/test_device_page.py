@@ -62,12 +62,14 @@ COOKIE = "sjb_session"
 Site = SiteOf[OidcProvider]
 
 
-def _config(port: int, prov: OidcProvider, keys_dir: Path, browser_extra: str = "") -> str:
+def _config(
+    port: int, prov: OidcProvider, keys_dir: Path, browser_extra: str = "", poll_interval: int = 1
+) -> str:
     issuer = login_issuer_toml(
         "op", "oidc", prov.issuer, CLIENT_ID, CLIENT_SECRET, [CLIENT_ID, prov.resource]
     )
     cli = '[cli_login]\nissuer = "op"\nclient_id = "bridge-cli"\n'
-    browser = f"session_lifetime = 3600\ndevice_poll_interval = 1\n{browser_extra}"
+    browser = f"session_lifetime = 3600\ndevice_poll_interval = {poll_interval}\n{browser_extra}"
     return bridge_toml(port, keys_dir, issuer + cli, browser=browser)
 
 
@@ -198,6 +200,11 @@ def _poll(url: str, device_code: str) -> requests.Response:
     return requests.post(url + "/oauth/token", data=data, timeout=10)
 
 
+# Seconds between polls at the replicas: the server counts whole seconds, so an interval of
+# one could let an immediate poll through as on time; three leaves room for a slow machine.
+REPLICA_POLL_INTERVAL = 3
+
+
 def test_two_replicas_share_pending_codes_through_redis(tmp_path: Path, site: Site) -> None:
     with redis_replicas(tmp_path) as (redis_url, (port_a, port_b), stack):
         url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
@@ -208,18 +215,22 @@ def test_two_replicas_share_pending_codes_through_redis(tmp_path: Path, site: Si
         )
         stack.callback(prov.stop)
         extra = f"session_storage_uri = {toml_str(redis_url)}\n"
-        configs = {p: _config(p, prov, site.slurm.keys_dir, extra) for p in (port_a, port_b)}
+        configs = {
+            p: _config(p, prov, site.slurm.keys_dir, extra, REPLICA_POLL_INTERVAL)
+            for p in (port_a, port_b)
+        }
         start_replicas(stack, tmp_path, configs)
 
         s = _login_session(prov, url_a)
         dev = _start(url_b)  # the terminal talks to replica B
+        assert dev["interval"] == REPLICA_POLL_INTERVAL
+        # too fast, at either replica: the pending code's poll time is shared
+        assert _poll(url_b, dev["device_code"]).json()["error"] == "slow_down"
+        assert _poll(url_a, dev["device_code"]).json()["error"] == "slow_down"
         page = s.get(url_a + "/device", params={"code": dev["user_code"]}, timeout=10)
         assert page.status_code == 200 and dev["user_code"] in page.text, page.text[:1000]
         csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
         assert csrf
-        # too fast, at either replica: the pending code's poll time is shared
-        assert _poll(url_b, dev["device_code"]).json()["error"] == "slow_down"
-        assert _poll(url_a, dev["device_code"]).json()["error"] == "slow_down"
         r = s.post(
             url_a + "/device",
             data={"csrf": csrf.group(1), "code": dev["user_code"], "decision": "allow"},

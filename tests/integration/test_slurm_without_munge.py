@@ -23,6 +23,7 @@ import re
 import secrets
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import jwt
 import pytest
@@ -128,15 +129,18 @@ def test_without_token_the_commands_fail_for_want_of_munge(
     cluster = slurm.cluster
     assert "AuthAltParameters" not in cluster.host_path(cluster.client_conf()).read_text()
     job_id = _sleep_job(slurm, USER, jobs)
-    for argv in (
+    argvs = (
         ["squeue"],
         ["sinfo"],
         ["scontrol", "show", "partition"],
         ["sbatch", "--wrap", "id -un"],
         ["scancel", str(job_id)],
         ["srun", "-t", "1", "id", "-un"],
-    ):
-        proc = cluster.run_without_munge(argv, user=USER, token=None)
+    )
+    # Each command retries the munge socket for seconds before it gives up: run them at once.
+    with ThreadPoolExecutor(len(argvs)) as pool:
+        procs = list(pool.map(lambda a: cluster.run_without_munge(a, user=USER, token=None), argvs))
+    for argv, proc in zip(argvs, procs, strict=True):
         assert proc.returncode != 0, f"{argv}: {_explain(proc)}"
         assert MUNGE_UNREACHABLE in proc.stderr, f"{argv}: {_explain(proc)}"
     # The job the token-less scancel aimed at is untouched.
