@@ -84,13 +84,16 @@ def run_wrk(
     mode: str = "cycle",
     label: str = "",
     timeout_s: int = 5,
+    start: int = 0,
 ) -> Result:
+    """One wrk run; ``start`` (distinct mode) skips the lines earlier runs already sent."""
     env = {
         **os.environ,
         "BENCH_REQUESTS": str(requests_file),
         "BENCH_RATE": str(int(rate)),
         "BENCH_MODE": mode,
         "BENCH_THREADS": str(threads),
+        "BENCH_START": str(start),
     }
     argv = [
         *layout.client_prefix(),

@@ -205,7 +205,7 @@ def _exchange_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     if beyond is not None and beyond > CPU_BEYOND_RSA_US:
         floor = _get(L, "healthz", "cpu_us")
         why = (
-            f"gunicorn + Flask answering /healthz alone cost {fmt(floor)} µs "
+            f"{_server(res)} + Flask answering /healthz alone cost {fmt(floor)} µs "
             "(see 'where the time goes')"
         )
     refusals = [(k, _get(L, k, "cpu_us")) for k in REFUSALS if _get(L, k, "cpu_us")]
@@ -268,6 +268,34 @@ REFUSALS = {
 }
 
 
+def _server(res: dict[str, Any]) -> str:
+    """The HTTP server the bridge's figures in ``res`` were measured with."""
+    return str(res.get("server", "gunicorn gthread"))
+
+
+def server_view(res: dict[str, Any], server: str) -> dict[str, Any] | None:
+    """``res`` with the bridge's own figures (exchanges, JWKS, proxy, auth_request) taken from
+    the series run under ``server`` (kept under that key beside gunicorn's), the others' (the
+    ceiling, oidc-provider, Keycloak, slurmrestd direct, nginx) as they are; None when the run
+    has no such series."""
+    ex = _get(res, "exchange", "layouts", "pinned", server)
+    if not ex:
+        return None
+    view = {**res, "server": server}
+    pinned = {**_get(res, "exchange", "layouts", "pinned"), **ex}
+    view["exchange"] = {**res["exchange"], "layouts": {"pinned": pinned}}
+    if _get(res, "jwks", server):
+        view["jwks"] = {**res["jwks"], **res["jwks"][server]}
+    view["slurm"] = {}
+    for version, sl in res.get("slurm", {}).items():
+        px = sl.get("proxy", {})
+        # without that server's proxy series, the proxy rows read "not measured"
+        mine = {k: v for k, v in px.items() if k not in ("proxied", "proxied-1conn")}
+        mine.pop("auth-request", None)
+        view["slurm"][version] = {**sl, "proxy": {**mine, **px.get(server, {})}}
+    return view
+
+
 def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     """The rows of the targets table: measured ratio, target, met/missed, why."""
     rows: list[dict[str, Any]] = []
@@ -292,7 +320,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             why = (
                 f"both sign one RSA-2048 token per request, but the bridge spends {fmt(cpu)} µs "
                 f"of CPU per exchange against oidc-provider's {fmt(op_cpu)} µs per grant: "
-                f"gunicorn + Flask answering /healthz alone cost {fmt(floor)} µs"
+                f"{_server(res)} + Flask answering /healthz alone cost {fmt(floor)} µs"
             )
             if sign_us and op_cpu:
                 why += (
@@ -321,7 +349,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
                 f"50 % of the ceiling leaves {fmt(budget)} µs of CPU per exchange, of which one "
                 f"signature at the measured ceiling takes {fmt(sign_us)} µs; the bridge needs "
                 f"{fmt(cpu)} µs: "
-                f"{fmt(floor)} µs is the gunicorn gthread + Flask floor (/healthz), "
+                f"{fmt(floor)} µs is the {_server(res)} + Flask floor (/healthz), "
                 f"{fmt((hs_cpu or 0) - (floor or 0))} µs the exchange without RSA (HS256 minus "
                 f"/healthz)"
             )
@@ -380,8 +408,9 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             why = (
                 f"slurmrestd + slurmctld need {fmt(d_cpu)} µs of CPU per GET; through the "
                 f"bridge's own proxy the shared core pays {fmt(p_cpu)} µs per request: "
-                "gunicorn, Flask, the Python HTTP client and the relay run for every request "
-                "(about 1 ms of CPU; 80 % of it is the Python interpreter under perf), and "
+                f"{_server(res)}, Flask, the Python HTTP client and the relay run for every "
+                "request (under gunicorn about 1 ms of CPU, 80 % of it the Python interpreter "
+                "under perf), and "
                 f"slurmrestd works harder when fed one request per worker connection{ng_note}. "
                 "The nginx auth_request rows below are the fast path"
             )
@@ -400,7 +429,7 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         why = ""
         if added is not None and added > PROXY_ADDED_P50_MS:
             why = (
-                "every proxied request runs gunicorn + Flask and the forwarding on the core "
+                f"every proxied request runs {_server(res)} + Flask and the forwarding on the core "
                 "slurmrestd needs too (about 1 ms of CPU per request, see the row above)"
             )
         rows.append(
@@ -464,6 +493,20 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _targets_table(w: Any, rows: list[dict[str, Any]]) -> None:
+    w("| ratio | measured | target | | figures | why |\n|---|---|---|---|---|---|")
+    for row in rows:
+        unit = row.get("unit", TIMES)
+        m = row["measured"]
+        shown = DASH if m is None else f"{fmt(m, row.get('digits', 2))}{unit}"
+        tgt = f"{row['op']} {row['target']:,g}{unit}"
+        w(
+            f"| {row['what']} | {shown} | {tgt} | {row['status']} | {row['detail']} | "
+            f"{row['why'] or DASH} |"
+        )
+    w("")
+
+
 def render(res: dict[str, Any]) -> str:
     meta = res.get("meta", {})
     out: list[str] = []
@@ -517,7 +560,10 @@ def render(res: dict[str, Any]) -> str:
         "answered: the cost of one request, less sensitive to disturbance than req/s.\n"
         "- **The bridge**: `slurm-jwt-bridge serve --prod --workers N` (gunicorn with "
         "`gunicorn_conf.py`, gthread, threads from `GUNICORN_THREADS`), its JSON access log "
-        "to a file as in production. Configuration: `[rate_limit] enabled = false` (the "
+        "to a file as in production; on the pinned layout the exchange, proxy, auth_request "
+        "and JWKS series run again under `serve --prod --server granian` (granian_serve.py, "
+        "the same workers x threads, its JSON access log too). Configuration: "
+        "`[rate_limit] enabled = false` (the "
         "defaults, 120/minute per address and 60/minute per subject, would refuse almost "
         'everything), `[audit] destination = "file:..."` (one JSON line per decision, as in '
         "production; one series with `none` shows its cost), `[browser] enabled = false`, one "
@@ -591,15 +637,28 @@ def render(res: dict[str, Any]) -> str:
     w(_load_row(f"bridge RS256 exchange, pool ({lay})", L.get("RS256-pool")))
     w(_load_row(f"bridge HS256 exchange, pool ({lay})", L.get("HS256-pool")))
     w(_load_row(f"bridge RS256 exchange, distinct tokens ({lay})", L.get("RS256-distinct")))
+    G = L.get("granian", {})
+    if G:
+        w(_load_row(f"bridge under granian, RS256 exchange, pool ({lay})", G.get("RS256-pool")))
+        w(_load_row(f"bridge under granian, HS256 exchange, pool ({lay})", G.get("HS256-pool")))
     w(_load_row(f"oidc-provider client_credentials ({lay})", _get(res, "oidc", lay, "capacity")))
     w(_load_row(f"Keycloak client_credentials ({lay})", _get(res, "keycloak", lay, "capacity")))
     for v, s in res.get("slurm", {}).items():
         px = s.get("proxy", {})
         w(_load_row(f"slurmrestd {v} GET jobs, direct", px.get("direct")))
         w(_load_row(f"slurmrestd {v} GET jobs, through the proxy", px.get("proxied")))
+        if _get(px, "granian", "proxied"):
+            w(
+                _load_row(
+                    f"slurmrestd {v} GET jobs, through the proxy under granian",
+                    _get(px, "granian", "proxied"),
+                )
+            )
     j = res.get("jwks", {})
     w(_load_row("JWKS 200", j.get("200")))
     w(_load_row("JWKS 304 (If-None-Match)", j.get("304")))
+    if _get(j, "granian", "200"):
+        w(_load_row("JWKS 200 under granian", _get(j, "granian", "200")))
     w("")
     for v, s in res.get("slurm", {}).items():
         sc = s.get("scontrol", {})
@@ -617,17 +676,18 @@ def render(res: dict[str, Any]) -> str:
 
     # ------------------------------------------------------------ targets
     w("## Targets\n")
-    w("| ratio | measured | target | | figures | why |\n|---|---|---|---|---|---|")
-    for row in targets(res):
-        unit = row.get("unit", TIMES)
-        m = row["measured"]
-        shown = DASH if m is None else f"{fmt(m, row.get('digits', 2))}{unit}"
-        tgt = f"{row['op']} {row['target']:,g}{unit}"
+    granian = server_view(res, "granian")
+    if granian is not None:
         w(
-            f"| {row['what']} | {shown} | {tgt} | {row['status']} | {row['detail']} | "
-            f"{row['why'] or DASH} |"
+            "Each target twice: with gunicorn (the default, `serve --prod`) and with granian "
+            "(`serve --prod --server granian`, the same workers x threads), each server's "
+            "series in this same run beside the same peers.\n"
         )
-    w("")
+        w("### gunicorn\n")
+    _targets_table(w, targets(res))
+    if granian is not None:
+        w("### granian\n")
+        _targets_table(w, targets(granian))
 
     # ------------------------------------------------------------ details
     w("## 1. The ceiling\n")
@@ -648,7 +708,7 @@ def render(res: dict[str, Any]) -> str:
         "figures come from `python -m bench.ceiling`, one process per core.\n"
     )
 
-    w("## 2. The bridge under gunicorn\n")
+    w("## 2. The bridge under gunicorn (and granian)\n")
     for name, L in ex.get("layouts", {}).items():
         w(f"### {name}: {_get(meta, 'layouts', name, default='')}\n")
         w("Workers x threads (RS256, pool, one round each):\n")
@@ -688,6 +748,21 @@ def render(res: dict[str, Any]) -> str:
                 "so some requests reused a token)\n"
             )
         w(f"RSS per worker after the runs: {_kib(L.get('rss_kib'))}.\n")
+        G = L.get("granian")
+        if G:
+            w(
+                f"The same series under granian (`serve --prod --server granian`), "
+                f"{G.get('config')}:\n"
+            )
+            w(LOAD_HEAD)
+            w(_load_row("granian: RS256, pool", G.get("RS256-pool")))
+            w(_load_row("granian: HS256, pool", G.get("HS256-pool")))
+            w(_load_row("granian: RS256, distinct tokens", G.get("RS256-distinct")))
+            for key, label in REFUSALS.items():
+                if G.get(key):
+                    w(_load_row(f"granian: refused: {label}", G.get(key)))
+            w(_load_row("granian: GET /healthz (framework floor)", G.get("healthz")))
+            w(f"\nRSS per granian worker after the runs: {_kib(G.get('rss_kib'))}.\n")
         if L.get("latency"):
             w("Latency at a constant rate (RS256, pool):\n")
             w(
@@ -818,6 +893,19 @@ def render(res: dict[str, Any]) -> str:
         w(_load_row("nginx + auth_request, cached, 1 connection", ar.get("cached-1conn")))
         w(_load_row("nginx + bridge auth_request, uncached", ar.get("uncached")))
         w(_load_row("nginx + auth_request, uncached, 1 connection", ar.get("uncached-1conn")))
+        gx = px.get("granian", {})
+        if gx:
+            gar = gx.get("auth-request", {})
+            w(_load_row("granian: through the proxy", gx.get("proxied")))
+            w(_load_row("granian: through the proxy, 1 connection", gx.get("proxied-1conn")))
+            w(_load_row("granian: nginx + bridge auth_request, cached", gar.get("cached")))
+            w(_load_row("granian: nginx + auth_request, cached, 1 conn.", gar.get("cached-1conn")))
+            w(_load_row("granian: nginx + bridge auth_request, uncached", gar.get("uncached")))
+            w(
+                _load_row(
+                    "granian: nginx + auth_request, uncached, 1 conn.", gar.get("uncached-1conn")
+                )
+            )
         d, p = px.get("direct-1conn"), px.get("proxied-1conn")
         if d and p:
             w(
@@ -847,6 +935,9 @@ def render(res: dict[str, Any]) -> str:
         w(LOAD_HEAD)
         w(_load_row("200 (full document)", j.get("200")))
         w(_load_row("304 (If-None-Match)", j.get("304")))
+        if j.get("granian"):
+            w(_load_row(f"200 under {j['granian'].get('config')}", _get(j, "granian", "200")))
+            w(_load_row("304 under granian", _get(j, "granian", "304")))
         w("")
 
     extra = res.get("notes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -17,6 +18,7 @@ from .servers import (
     BridgeConfig,
     Upstream,
     exchange_body,
+    granian_installed,
     plain_proxy_conf,
     restd_pids,
     start_bridge,
@@ -85,6 +87,7 @@ def _series(
             mode="cycle" if mode == "distinct" else mode,
         )
     out = []
+    sent = 0  # distinct mode: lines earlier rounds sent (each round starts past them)
     for i in range(rounds or plan.rounds):
         r = run_wrk(
             url,
@@ -96,7 +99,11 @@ def _series(
             rate=rate,
             mode=mode,
             label=label,
+            start=sent,
         )
+        # wrk builds one request per thread it never sends, and one per connection may have
+        # been in flight when the round ended
+        sent += r.requests + conns + 1
         ctx.log(
             f"  {label} [{layout.name}] round {i + 1}: {r.rps:,.0f}/s p50 {r.p50_ms:.2f} ms "
             f"p99 {r.p99_ms:.2f} ms server {r.server_cores:.2f} cores, wrk {r.client_cores:.2f}, "
@@ -250,45 +257,39 @@ def exchange(ctx: Ctx, upstream: Upstream, keys_dir: Path, local_users: bool) ->
             "workers": cfg.workers,
             "threads": cfg.threads,
         }
+        distinct_file: Path | None = None
         b = start_bridge(wd, keys_dir, upstream, cfg, layout, ctx.procs)
         try:
-            for alg in ("RS256", "HS256"):
-                res[f"{alg}-pool"] = summarize(
-                    _series(ctx, b.url, files[alg], layout, b.pids(), f"{alg} pool")
-                )
-            res["rss_kib"] = b.worker_rss_kib()
-            # the framework floor: gunicorn + Flask + access log answering /healthz
-            hz = write_requests([Req("GET", "/healthz")], wd)
-            res["healthz"] = summarize(
-                _series(ctx, b.url, hz, layout, b.pids(), "healthz", rounds=1, duration=plan.short)
-            )
+            res.update(_pool_series(ctx, b, files, layout, wd))
             if name == "pinned":
                 cap = res["RS256-pool"]["rps"]
                 res["latency"] = _latency_levels(ctx, b, files["RS256"], layout, "RS256", cap)
                 # distinct tokens: every request verifies a new upstream signature
-                count = int(cap * 1.3 * (plan.duration * plan.rounds + plan.warmup)) + 500
+                # enough for every round without a repeat, with room for a faster granian
+                room = 2.0 if granian_installed() else 1.3
+                count = int(cap * room * plan.duration * plan.rounds) + 500
                 ctx.log(f"  minting {count} distinct upstream tokens")
                 t0 = time.monotonic()
                 distinct = upstream.many_tokens(users, count)
                 ctx.log(f"  minted in {time.monotonic() - t0:.1f} s")
-                f = write_requests(_exchange_reqs(distinct, "RS256"), wd)
+                distinct_file = write_requests(_exchange_reqs(distinct, "RS256"), wd)
                 del distinct
-                res["RS256-distinct"] = summarize(
-                    _series(
-                        ctx,
-                        b.url,
-                        f,
-                        layout,
-                        b.pids(),
-                        "RS256 distinct",
-                        mode="distinct",
-                        warm=False,
-                    )
-                )
-                f.unlink()
+                res["RS256-distinct"] = _distinct_series(ctx, b, distinct_file, layout)
                 res.update(_refusals(ctx, b, upstream, pool, local_users, layout, wd))
         finally:
             b.stop()
+        if name == "pinned" and distinct_file is not None:
+            try:
+                if granian_installed():
+                    # the other server `serve --prod` offers, the same workers x threads
+                    gcfg = dataclasses.replace(cfg, server="granian")
+                    res["granian"] = _server_series(
+                        ctx, gcfg, wd, keys_dir, upstream, layout, files, distinct_file, pool
+                    )
+                else:
+                    ctx.log("  granian is not installed (pip install '.[granian]'): not measured")
+            finally:
+                distinct_file.unlink()
         if name == "pinned":
             cfg_none = BridgeConfig(cfg.workers, cfg.threads, "none", local_accounts=local_users)
             b = start_bridge(wd, keys_dir, upstream, cfg_none, layout, ctx.procs)
@@ -302,6 +303,58 @@ def exchange(ctx: Ctx, upstream: Upstream, keys_dir: Path, local_users: bool) ->
     ctx.results["exchange"] = out
     layout = ctx.layouts.get("pinned") or next(iter(ctx.layouts.values()))
     out["breakdown"] = breakdown(ctx, upstream, keys_dir, local_users, pool, layout)
+
+
+def _pool_series(
+    ctx: Ctx, b: Any, files: dict[str, Path], layout: Layout, wd: Path
+) -> dict[str, Any]:
+    """The token pool's RS256 and HS256 exchanges, the workers' RSS, and the framework floor
+    (the HTTP server + Flask + access log answering /healthz)."""
+    server = b.cfg.server
+    res: dict[str, Any] = {}
+    for alg in ("RS256", "HS256"):
+        res[f"{alg}-pool"] = summarize(
+            _series(ctx, b.url, files[alg], layout, b.pids(), f"{server} {alg} pool")
+        )
+    res["rss_kib"] = b.worker_rss_kib()
+    hz = write_requests([Req("GET", "/healthz")], wd)
+    res["healthz"] = summarize(
+        _series(
+            ctx, b.url, hz, layout, b.pids(), f"{server} healthz", rounds=1, duration=ctx.plan.short
+        )
+    )
+    return res
+
+
+def _distinct_series(ctx: Ctx, b: Any, reqs: Path, layout: Layout) -> dict[str, Any]:
+    """Distinct tokens: every request verifies a new upstream signature (no token twice)."""
+    return summarize(
+        _series(ctx, b.url, reqs, layout, b.pids(), "RS256 distinct", mode="distinct", warm=False)
+    )
+
+
+def _server_series(
+    ctx: Ctx,
+    cfg: BridgeConfig,
+    wd: Path,
+    keys_dir: Path,
+    upstream: Upstream,
+    layout: Layout,
+    files: dict[str, Path],
+    distinct: Path,
+    pool: list[str],
+) -> dict[str, Any]:
+    """The exchange series every target reads (pool RS256 and HS256, /healthz, distinct
+    tokens, refusals) with the bridge served by ``cfg.server``."""
+    res: dict[str, Any] = {"config": cfg.describe(), "workers": cfg.workers, "threads": cfg.threads}
+    b = start_bridge(wd, keys_dir, upstream, cfg, layout, ctx.procs)
+    try:
+        res.update(_pool_series(ctx, b, files, layout, wd))
+        res["RS256-distinct"] = _distinct_series(ctx, b, distinct, layout)
+        res.update(_refusals(ctx, b, upstream, pool, cfg.local_accounts, layout, wd))
+    finally:
+        b.stop()
+    return res
 
 
 def forged(tokens: list[str]) -> list[str]:
@@ -390,6 +443,18 @@ def jwks(ctx: Ctx, keys_dir: Path) -> None:
     best = ctx.results.get("exchange", {}).get("layouts", {}).get(layout.name, {})
     cfg = BridgeConfig(best.get("workers", 1), best.get("threads", 1), "file")
     wd = ctx.workdir / "jwks"
+    out: dict[str, Any] = _jwks_series(ctx, cfg, wd, keys_dir, layout)
+    out["layout"] = layout.name
+    if granian_installed():
+        out["granian"] = _jwks_series(
+            ctx, dataclasses.replace(cfg, server="granian"), wd, keys_dir, layout
+        )
+    ctx.results["jwks"] = out
+
+
+def _jwks_series(
+    ctx: Ctx, cfg: BridgeConfig, wd: Path, keys_dir: Path, layout: Layout
+) -> dict[str, Any]:
     b = start_bridge(wd, keys_dir, None, cfg, layout, ctx.procs)
     try:
         import urllib.request
@@ -399,16 +464,17 @@ def jwks(ctx: Ctx, keys_dir: Path) -> None:
             size = len(r.read())
         plain = write_requests([Req("GET", "/.well-known/jwks.json")], wd)
         cond = write_requests([Req("GET", "/.well-known/jwks.json", {"If-None-Match": etag})], wd)
-        out = {"config": cfg.describe(), "layout": layout.name, "body_bytes": size}
+        out: dict[str, Any] = {"config": cfg.describe(), "body_bytes": size}
+        label = f"{cfg.server} JWKS"
         out["200"] = summarize(
-            _series(ctx, b.url, plain, layout, b.pids(), "JWKS 200", duration=ctx.plan.short)
+            _series(ctx, b.url, plain, layout, b.pids(), f"{label} 200", duration=ctx.plan.short)
         )
         out["304"] = summarize(
-            _series(ctx, b.url, cond, layout, b.pids(), "JWKS 304", duration=ctx.plan.short)
+            _series(ctx, b.url, cond, layout, b.pids(), f"{label} 304", duration=ctx.plan.short)
         )
     finally:
         b.stop()
-    ctx.results["jwks"] = out
+    return out
 
 
 # ---------------------------------------------------------------- 3. oidc-provider
@@ -627,19 +693,24 @@ def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> d
         ctx.log("  nginx is not installed (make bench installs it): no nginx series")
     if cluster.version != "22.05":
         out.update(_baseline_series(ctx, cluster, restd, upstream, proxied, tokens[0], layout, wd))
-    b = start_bridge(wd, bc.keys_dir, upstream, cfg, layout, ctx.procs)
-    try:
-        _check_proxy(b.url + path, tokens[0])
-        pids = restd + b.pids()
-        out["config"] = cfg.describe()
-        _pair(ctx, out, "proxied", b.url, proxied, layout, pids, "through the proxy")
-        out["rss_kib"] = b.worker_rss_kib()
-        if have_nginx:
-            out["auth-request"] = _auth_request_series(
-                ctx, cluster, restd, b, proxied, tokens[0], layout, wd
-            )
-    finally:
-        b.stop()
+    servers = [cfg, dataclasses.replace(cfg, server="granian")] if granian_installed() else [cfg]
+    for server_cfg in servers:
+        # gunicorn's figures at the top level, granian's under "granian"
+        into = out if server_cfg.server == "gunicorn" else out.setdefault(server_cfg.server, {})
+        b = start_bridge(wd, bc.keys_dir, upstream, server_cfg, layout, ctx.procs)
+        try:
+            _check_proxy(b.url + path, tokens[0])
+            pids = restd + b.pids()
+            into["config"] = server_cfg.describe()
+            label = "through the proxy" + ("" if into is out else f" ({server_cfg.server})")
+            _pair(ctx, into, "proxied", b.url, proxied, layout, pids, label)
+            into["rss_kib"] = b.worker_rss_kib()
+            if have_nginx:
+                into["auth-request"] = _auth_request_series(
+                    ctx, cluster, restd, b, proxied, tokens[0], layout, wd
+                )
+        finally:
+            b.stop()
     return out
 
 
@@ -734,7 +805,7 @@ def _auth_request_series(
         try:
             _check_proxy(ng.url + path, check_token)
             pids = [*restd, ng.pid, *b.pids()]
-            label = f"nginx + bridge auth_request, {name}"
+            label = f"nginx + bridge ({b.cfg.server}) auth_request, {name}"
             _pair(ctx, res, name, ng.url, proxied, layout, pids, label)
         finally:
             ng.stop()

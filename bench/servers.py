@@ -123,9 +123,13 @@ class BridgeConfig:
     proxy_auth_request: bool = False
     local_accounts: bool = False  # [mapping] require_local_account
     extra: str = ""
+    server: str = "gunicorn"  # serve --prod --server NAME: gunicorn | granian
 
     def describe(self) -> str:
-        return f"{self.workers} worker(s) x {self.threads} thread(s), audit {self.audit}"
+        return (
+            f"{self.server}, {self.workers} worker(s) x {self.threads} thread(s), "
+            f"audit {self.audit}"
+        )
 
 
 @dataclass
@@ -204,11 +208,12 @@ def start_bridge(
     layout: Layout,
     procs: Procs,
 ) -> Bridge:
-    """``slurm-jwt-bridge serve --prod --workers N`` (gunicorn, gunicorn_conf.py) with
-    GUNICORN_THREADS, pinned to the layout's server cores; waits until every worker answers."""
+    """``slurm-jwt-bridge serve --prod --server S --workers N`` (gunicorn with gunicorn_conf.py,
+    or granian with granian_serve.py) with GUNICORN_THREADS, pinned to the layout's server
+    cores; waits until every worker answers."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    name = f"bridge-{cfg.workers}x{cfg.threads}-{cfg.audit}-{port}"
+    name = f"bridge-{cfg.server}-{cfg.workers}x{cfg.threads}-{cfg.audit}-{port}"
     config_path = workdir / f"{name}.toml"
     config_path.write_text(bridge_toml(workdir, port, keys_dir, upstream, cfg))
     metrics_dir = workdir / f"{name}-metrics"
@@ -230,6 +235,8 @@ def start_bridge(
         "--port",
         str(port),
         "--prod",
+        "--server",
+        cfg.server,
         "--workers",
         str(cfg.workers),
     ]
@@ -245,6 +252,13 @@ def start_bridge(
         bridge.stop()
         raise RuntimeError(f"bridge did not start; log:\n{log.read_text()[-3000:]}") from None
     return bridge
+
+
+def granian_installed() -> bool:
+    """Whether ``serve --prod --server granian`` can run (the ``granian`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("granian") is not None
 
 
 # ---------------------------------------------------------------- npm oidc-provider

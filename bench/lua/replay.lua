@@ -14,11 +14,14 @@
 --   coordinated-omission correction as in wrk2), which is why we load at most 90 % of capacity.
 -- BENCH_MODE: "cycle" (each thread cycles through all requests from its own offset) or
 --   "distinct" (thread i of n takes lines i, i+n, ...; a thread that runs out wraps, counted).
+-- BENCH_START: in "distinct" mode, the number of lines an earlier run already sent (0 by
+--   default): each thread starts past them, so no round resends a request of the one before.
 
 local path = os.getenv("BENCH_REQUESTS")
 local rate = tonumber(os.getenv("BENCH_RATE") or "0")
 local mode = os.getenv("BENCH_MODE") or "cycle"
 local nthreads = tonumber(os.getenv("BENCH_THREADS") or "1")
+local start = tonumber(os.getenv("BENCH_START") or "0")
 
 local raw = {}
 for line in io.lines(path) do
@@ -77,7 +80,11 @@ function init(args)
   end
   raw = nil
   if n == 0 then error("no requests for thread " .. id) end
-  if mode ~= "distinct" then pos = (id * 7919) % n end
+  if mode ~= "distinct" then
+    pos = (id * 7919) % n
+  else
+    pos = math.floor(start / nthreads) % n
+  end
 end
 
 function request()
