@@ -6,6 +6,10 @@ from typing import Any
 
 from .common import fmt
 
+# the rate-limited series' client addresses (bench/scenarios.py); kept here so that rendering
+# an earlier run's JSON needs nothing else
+LIMITED_ADDRESSES = 2000
+
 DASH = "\u2013"  # shown for a figure that was not measured
 TIMES = "\u00d7"
 
@@ -565,7 +569,12 @@ def render(res: dict[str, Any]) -> str:
         "the same workers x threads, its JSON access log too). Configuration: "
         "`[rate_limit] enabled = false` (the "
         "defaults, 120/minute per address and 60/minute per subject, would refuse almost "
-        'everything), `[audit] destination = "file:..."` (one JSON line per decision, as in '
+        "everything from one load generator) except in one series, which turns them on as in "
+        "production (memory storage, 120/minute per address, the per-subject limit raised to "
+        f"100000/minute) and sends each request from one of {fmt(LIMITED_ADDRESSES)} client "
+        "addresses (`X-Forwarded-For` behind `[server] proxy_fix = 1`) so that none is "
+        "refused: the cost of counting), "
+        '`[audit] destination = "file:..."` (one JSON line per decision, as in '
         "production; one series with `none` shows its cost), `[browser] enabled = false`, one "
         "`oidc` issuer (the local test issuer, tests/helpers/test_issuer.py, serving discovery "
         "and JWKS over HTTP), one mapping rule on `preferred_username`.\n"
@@ -737,6 +746,13 @@ def render(res: dict[str, Any]) -> str:
             w(_load_row("RS256, distinct tokens", L.get("RS256-distinct")))
         if L.get("RS256-pool-audit-none"):
             w(_load_row("RS256, pool, audit none", L.get("RS256-pool-audit-none")))
+        if L.get("RS256-pool-rate-limited"):
+            w(
+                _load_row(
+                    f"RS256, pool, rate limits on ({fmt(LIMITED_ADDRESSES)} client addresses)",
+                    L.get("RS256-pool-rate-limited"),
+                )
+            )
         for key, label in REFUSALS.items():
             if L.get(key):
                 w(_load_row(f"refused: {label}", L.get(key)))

@@ -14,6 +14,7 @@ from typing import Any
 from .ceiling import inprocess, openssl_rsa2048
 from .common import Layout, Procs, cpu_seconds, free_port, median
 from .loadgen import Req, Result, run_wrk, write_requests
+from .report import LIMITED_ADDRESSES
 from .servers import (
     BridgeConfig,
     Upstream,
@@ -299,6 +300,9 @@ def exchange(ctx: Ctx, upstream: Upstream, keys_dir: Path, local_users: bool) ->
                 )
             finally:
                 b.stop()
+            res["RS256-pool-rate-limited"] = _rate_limited_series(
+                ctx, cfg, wd, keys_dir, upstream, layout, pool
+            )
         out["layouts"][name] = res
     ctx.results["exchange"] = out
     layout = ctx.layouts.get("pinned") or next(iter(ctx.layouts.values()))
@@ -323,6 +327,43 @@ def _pool_series(
             ctx, b.url, hz, layout, b.pids(), f"{server} healthz", rounds=1, duration=ctx.plan.short
         )
     )
+    return res
+
+
+def _rate_limited_series(
+    ctx: Ctx,
+    cfg: BridgeConfig,
+    wd: Path,
+    keys_dir: Path,
+    upstream: Upstream,
+    layout: Layout,
+    pool: list[str],
+) -> dict[str, Any]:
+    """The pool's RS256 exchanges with the rate limits on, as in production (memory storage,
+    the default 120/minute per address), each request from one of LIMITED_ADDRESSES client
+    addresses (``[server] proxy_fix = 1``, X-Forwarded-For) so that none is refused: the cost
+    of counting. The per-subject limit is raised (every one of the 200 subjects exchanges
+    several times a second here)."""
+    limited = dataclasses.replace(cfg, rate_limits=True)
+    reqs = [
+        Req(
+            "POST",
+            "/oauth/token",
+            {**FORM, "X-Forwarded-For": f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"},
+            exchange_body(pool[i % len(pool)], "RS256"),
+        )
+        for i in range(LIMITED_ADDRESSES)
+    ]
+    f = write_requests(reqs, wd)
+    b = start_bridge(wd, keys_dir, upstream, limited, layout, ctx.procs)
+    try:
+        res = summarize(_series(ctx, b.url, f, layout, b.pids(), "RS256 pool, rate limits on"))
+    finally:
+        b.stop()
+        f.unlink()
+    answered = sum(r["requests"] for r in res["rounds"])
+    if res["non2xx"]:
+        raise RuntimeError(f"rate-limited series: {res['non2xx']} of {answered} refused")
     return res
 
 

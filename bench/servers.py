@@ -124,11 +124,14 @@ class BridgeConfig:
     local_accounts: bool = False  # [mapping] require_local_account
     extra: str = ""
     server: str = "gunicorn"  # serve --prod --server NAME: gunicorn | granian
+    # [rate_limit] on (memory, default per-address limit, per-subject raised) behind one
+    # trusted proxy hop (proxy_fix = 1): see scenarios._rate_limited_series
+    rate_limits: bool = False
 
     def describe(self) -> str:
         return (
             f"{self.server}, {self.workers} worker(s) x {self.threads} thread(s), "
-            f"audit {self.audit}"
+            f"audit {self.audit}" + (", rate limits on" if self.rate_limits else "")
         )
 
 
@@ -163,6 +166,7 @@ def bridge_toml(
 [server]
 host = "127.0.0.1"
 port = {port}
+proxy_fix = {1 if cfg.rate_limits else 0}
 
 [keys]
 dir = {json.dumps(str(keys_dir))}
@@ -174,7 +178,8 @@ destination = {json.dumps(audit)}
 enabled = false
 
 [rate_limit]
-enabled = false
+enabled = {json.dumps(cfg.rate_limits)}
+per_subject = "100000/minute"
 
 [mapping]
 require_local_account = {json.dumps(cfg.local_accounts)}
