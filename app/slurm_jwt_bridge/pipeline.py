@@ -240,10 +240,20 @@ class Pipeline:
         alg: str | None,
         request: Request,
         event: str = "remint",
+        *,
+        count_subject: bool = True,
     ) -> Exchange:
         """A new token for a grant decided earlier (the browser session, a device code approved
-        in it); policy re-applies."""
+        in it, the proxy's cached grant); policy re-applies. With ``count_subject`` the grant's
+        subject is counted against ``[rate_limit] per_subject`` as an exchange would be (the
+        proxy's grants were counted when their upstream token was verified)."""
         with self._audited(event, request) as decision:
+            limiter = self.subject_limiter if count_subject else None
+            if limiter is not None and grant.issuer and grant.subject:
+                decision.fields.update(
+                    {k: v for k, v in grant.audit_fields().items() if v is not None}
+                )
+                limiter(grant.issuer, grant.subject)
             return self._issue(grant, lifetime=lifetime, alg=alg, decision=decision)
 
     def refuse_input(

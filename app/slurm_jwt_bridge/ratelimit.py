@@ -7,11 +7,13 @@ host, each of the N workers (``serve --prod``, gunicorn_conf.py) allows 1/N of i
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import threading
 import time
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 from flask import Flask, Response, jsonify, request
@@ -30,13 +32,15 @@ log = logging.getLogger(__name__)
 # How long a client is asked to wait while the counters cannot be reached.
 STORAGE_RETRY_AFTER = 5
 
-# The audited event and the door of each endpoint the per-address limit covers.
+# The audited event and the door of each endpoint the per-address limit covers (every door
+# where a request can lead to a new token, but the proxy's).
 ENDPOINT_EVENTS = {
     "api.oauth_token": ("exchange", "token-exchange"),
     "api.api_token": ("exchange", "api"),
     "api.oauth_device_authorization": ("device", "device"),
     "browser.login": ("login", "browser"),
     "browser.callback": ("login", "browser"),
+    "browser.new_token": ("remint", "browser"),
     "device.page": ("device", "device"),
     "device.answer": ("device", "device"),
 }
@@ -72,7 +76,7 @@ class PrunedMemoryStorage(MemoryStorage):
     # limits calls this (its private ``__schedule_expiry``) on every hit.
     def _MemoryStorage__schedule_expiry(self) -> None:
         if not self.timer.is_alive():
-            prune = getattr(self, "_MemoryStorage__expire_events")
+            prune = getattr(self, "_MemoryStorage__expire_events")  # noqa: B009 (private)
             self.timer = threading.Timer(PRUNE_INTERVAL, prune)
             self.timer.daemon = True
             self.timer.start()
@@ -129,7 +133,8 @@ class StorageWatch:
 
 def process_limit(limit: str, storage_uri: str) -> str:
     """``limit`` for this process: whole with shared storage (Redis) or a single process, else
-    1/N for each of N workers (at least 1 request), so that N workers never allow more."""
+    1/N for each of N workers (at least 1 request): N workers allow no more than the limit, or
+    N requests when the limit is smaller than N."""
     try:
         workers = int(os.environ.get(WORKERS_ENV, "1"))
     except ValueError:
@@ -202,8 +207,53 @@ class _Limiter(Limiter):
             self.watch.answered()
 
 
-def init_rate_limits(app: Flask, cfg: RateLimitSettings, endpoints: list[str]) -> Limiter:
-    """Per-address limits on ``endpoints`` (token API and login)."""
+def _refuse_over_limit(description: str) -> BridgeError:
+    """A request over its address's limit, refused through the pipeline like every refusal at
+    a door (an audit line, a count), as the BridgeError the door answers with."""
+    from .web import current_bridge
+
+    exc = BridgeError(
+        "rate_limited", f"too many requests: {description}", 429, metric="rate_limited_address"
+    )
+    event, door = ENDPOINT_EVENTS.get(request.endpoint or "", ("request", "http"))
+    try:
+        current_bridge().pipeline.refuse_input(
+            event, Request(door=door, remote_addr=request.remote_addr), exc
+        )
+    except BridgeError as refused:
+        return refused
+    return exc  # refuse_input always raises
+
+
+def _headers_fail_soft(app: Flask, limiter: _Limiter) -> None:
+    """Flask-Limiter's after-request step reads the counters again for the X-RateLimit headers;
+    if they stopped answering since the request was counted, the answer (maybe a token already
+    minted and audited) goes out without those headers instead of becoming a 500."""
+    hooks = app.after_request_funcs.setdefault(None, [])
+    mine = [
+        i
+        for i, hook in enumerate(hooks)
+        if isinstance(hook, functools.partial) and hook.args[:1] == (limiter,)
+    ]
+    if len(mine) != 1:
+        raise RuntimeError("Flask-Limiter's header hook not found: check the locked version")
+    inject = hooks[mine[0]]
+
+    def headers(response: Response) -> Response:
+        try:
+            return cast(Response, inject(response))
+        except Exception as exc:
+            limiter.watch.failed(exc)
+            return response
+
+    hooks[mine[0]] = headers
+
+
+def init_rate_limits(
+    app: Flask, cfg: RateLimitSettings, endpoints: list[str] | None = None
+) -> Limiter:
+    """Per-address limits on ``endpoints`` (default: every endpoint of ENDPOINT_EVENTS)."""
+    endpoints = list(ENDPOINT_EVENTS) if endpoints is None else endpoints
     limiter = _Limiter(
         get_remote_address,
         app=app,
@@ -214,6 +264,7 @@ def init_rate_limits(app: Flask, cfg: RateLimitSettings, endpoints: list[str]) -
         application_limits=[],
     )
     limiter.watch = StorageWatch(cfg.storage_uri)
+    _headers_fail_soft(app, limiter)
     per_address = process_limit(cfg.per_address, cfg.storage_uri)
     for endpoint in endpoints:
         view = app.view_functions.get(endpoint)
@@ -224,8 +275,8 @@ def init_rate_limits(app: Flask, cfg: RateLimitSettings, endpoints: list[str]) -
 
     @app.errorhandler(429)
     def too_many(exc: Exception) -> tuple[Response, int]:
-        limit = getattr(exc, "description", "") or "too many requests"
-        resp = jsonify(error="rate_limited", error_description=f"too many requests: {limit}")
+        refused = _refuse_over_limit(getattr(exc, "description", "") or "too many requests")
+        resp = jsonify(error=refused.error, error_description=refused.reason)
         # Like every other token-endpoint refusal; Flask-Limiter adds Retry-After.
         resp.headers["Cache-Control"] = "no-store"
         return resp, 429

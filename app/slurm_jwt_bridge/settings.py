@@ -882,7 +882,9 @@ class CliLoginSettings:
 @dataclass(frozen=True)
 class RateLimitSettings:
     enabled: bool = setting(
-        True, "limit `/oauth/token`, `/api/v1/token`, `/login` and `/auth/callback`"
+        True,
+        "limit the doors: `/oauth/token`, `/api/v1/token`, the device grant and page, `/login`, "
+        "`/auth/callback` and the page's `POST /token` (per address), and the tokens per subject",
     )
     per_address: str = setting(
         "120/minute",
@@ -891,8 +893,9 @@ class RateLimitSettings:
     )
     per_subject: str = setting(
         "60/minute",
-        "per verified (issuer, subject), on every door that verifies a token; several limits "
-        'separated by `;` (`"1000/hour;20/minute"`) all apply, as in `per_address`',
+        "per verified (issuer, subject): each upstream token verified at any door and each new "
+        "token minted from a grant decided earlier (the page's new token, a device code); "
+        'several limits separated by `;` (`"1000/hour;20/minute"`) all apply, as in `per_address`',
         check=_rate,
     )
     storage_uri: str = setting(

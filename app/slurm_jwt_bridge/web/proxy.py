@@ -234,7 +234,8 @@ class SlurmRestProxy:
             and self._key_still_listed(hit.token)
         ):
             return hit
-        token = self.pipeline.remint(grant, self.lifetime, None, origin).token
+        # the subject was counted when the grant's upstream token was verified
+        token = self.pipeline.remint(grant, self.lifetime, None, origin, count_subject=False).token
         entry = _Cached(token, token.iat + token.lifetime * REUSE_FRACTION)
         self._tokens.put(cache_key, entry, entry.reuse_until)
         return entry
