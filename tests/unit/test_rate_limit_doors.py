@@ -109,12 +109,20 @@ def test_attack_browser_new_token_is_limited_per_subject(
 def test_attack_storage_lost_after_counting_still_answers_the_minted_token(
     keys_dir: Path, tmp_path: Path, idp: Any
 ) -> None:
-    """Redis answers the count, then stops while a slow mapping command runs: the after-request
-    X-RateLimit headers read it again."""
+    """Redis answers the counts, then stops while the mapping command runs (after both limits
+    were counted): the after-request X-RateLimit headers read it again."""
     redis = RedisServer(tmp_path / "redis")
+    started = tmp_path / "mapping-started"
     script = tmp_path / "slowmap.sh"
-    script.write_text("#!/bin/sh\nsleep 1.5\necho alice\n")
+    script.write_text(f"#!/bin/sh\ntouch '{started}'\nsleep 1.5\necho alice\n")
     script.chmod(0o755)
+
+    def stop_redis_when_the_mapping_runs() -> None:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        redis.stop()
+
     rules = [{"claim": "preferred_username", "command": [str(script)], "command_timeout": 5}]
     try:
         app = _api(
@@ -127,7 +135,7 @@ def test_attack_storage_lost_after_counting_still_answers_the_minted_token(
             storage_uri=redis.url,
         )
         client = app.test_client()
-        stopper = threading.Timer(0.7, redis.stop)
+        stopper = threading.Thread(target=stop_redis_when_the_mapping_runs)
         stopper.start()
         r = client.post("/api/v1/token", headers=bearer(idp_token(idp)))
         stopper.join()
