@@ -1,6 +1,6 @@
 """``python -m bench``: run every benchmark and write docs/BENCHMARKS.md.
 
-    python -m bench                      # everything (~12 minutes on 2 cores)
+    python -m bench                      # everything (~26 minutes on 2 cores)
     python -m bench --quick              # 1 round of 3 s each: checks the harness, writes
                                          # var/bench/quick.md (never docs/BENCHMARKS.md)
     python -m bench --only ceiling,exchange --out /tmp/b.md
