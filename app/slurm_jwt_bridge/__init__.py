@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.rate_limit.enabled:
         from .ratelimit import init_rate_limits
 
-        init_rate_limits(app, settings.rate_limit)  # every door of ratelimit.ENDPOINT_EVENTS
+        init_rate_limits(app, settings.rate_limit)
     if settings.server.proxy_fix:
         from werkzeug.middleware.proxy_fix import ProxyFix
 

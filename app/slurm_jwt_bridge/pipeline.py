@@ -86,7 +86,8 @@ class Grant:
         object.__setattr__(self, "kind", GrantKind(self.kind))
 
     def audit_fields(self) -> dict[str, Any]:
-        return {
+        """The grant's fields of an audit line (those it has)."""
+        fields = {
             "issuer": self.issuer,
             "sub": self.subject[:128] if self.subject else None,
             "client": self.client,
@@ -94,6 +95,7 @@ class Grant:
             "kind": self.kind,
             "actor": self.actor,
         }
+        return {k: v for k, v in fields.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -250,9 +252,7 @@ class Pipeline:
         with self._audited(event, request) as decision:
             limiter = self.subject_limiter if count_subject else None
             if limiter is not None and grant.issuer and grant.subject:
-                decision.fields.update(
-                    {k: v for k, v in grant.audit_fields().items() if v is not None}
-                )
+                decision.fields.update(grant.audit_fields())
                 limiter(grant.issuer, grant.subject)
             return self._issue(grant, lifetime=lifetime, alg=alg, decision=decision)
 
@@ -397,7 +397,7 @@ class Pipeline:
         decision: _Decision,
     ) -> Exchange:
         """authorize -> mint: account policy, lifetime policy, allowed algorithms, signature."""
-        decision.fields.update({k: v for k, v in grant.audit_fields().items() if v is not None})
+        decision.fields.update(grant.audit_fields())
         chosen = self.settings.keys.default_alg if alg is None else alg
         if chosen not in SIGNING_ALGS:
             raise invalid_request(f"alg must be RS256 or HS256, got {chosen[:16]!r}", "bad_alg")

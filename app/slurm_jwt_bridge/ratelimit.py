@@ -222,7 +222,6 @@ def _refuse_over_limit(description: str) -> BridgeError:
         )
     except BridgeError as refused:
         return refused
-    return exc  # refuse_input always raises
 
 
 def _headers_fail_soft(app: Flask, limiter: _Limiter) -> None:
@@ -249,11 +248,8 @@ def _headers_fail_soft(app: Flask, limiter: _Limiter) -> None:
     hooks[mine[0]] = headers
 
 
-def init_rate_limits(
-    app: Flask, cfg: RateLimitSettings, endpoints: list[str] | None = None
-) -> Limiter:
-    """Per-address limits on ``endpoints`` (default: every endpoint of ENDPOINT_EVENTS)."""
-    endpoints = list(ENDPOINT_EVENTS) if endpoints is None else endpoints
+def init_rate_limits(app: Flask, cfg: RateLimitSettings) -> Limiter:
+    """Per-address limits on every endpoint of ENDPOINT_EVENTS."""
     limiter = _Limiter(
         get_remote_address,
         app=app,
@@ -266,7 +262,7 @@ def init_rate_limits(
     limiter.watch = StorageWatch(cfg.storage_uri)
     _headers_fail_soft(app, limiter)
     per_address = process_limit(cfg.per_address, cfg.storage_uri)
-    for endpoint in endpoints:
+    for endpoint in ENDPOINT_EVENTS:
         view = app.view_functions.get(endpoint)
         if view is not None:
             # Callable[P, R] -> Callable[P, R] solved over Flask's sync-or-async view union

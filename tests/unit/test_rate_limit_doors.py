@@ -41,6 +41,14 @@ def _browser(keys_dir: Path, tmp_path: Path, idp: Any, upstream: Any, **rate_lim
     return create_app(parse_settings(data, tmp_path))
 
 
+def _new_tokens(client: Any, n: int) -> list[int]:
+    """The statuses of ``n`` presses of the page's "Get a new token" button."""
+    return [
+        client.post("/token", data={"csrf": "x"}, headers={"Origin": PUBLIC}).status_code
+        for _ in range(n)
+    ]
+
+
 def _audit(tmp_path: Path) -> list[dict[str, Any]]:
     path = tmp_path / "audit.log"
     return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
@@ -75,11 +83,7 @@ def test_attack_browser_new_token_is_limited_per_address(
     app = _browser(
         keys_dir, tmp_path, idp, upstream, per_address="3/minute", per_subject="1000/minute"
     )
-    client = logged_in(app)
-    codes = [
-        client.post("/token", data={"csrf": "x"}, headers={"Origin": PUBLIC}).status_code
-        for _ in range(6)
-    ]
+    codes = _new_tokens(logged_in(app), 6)
     assert codes == [302, 302, 302, 429, 429, 429], codes
     minted = [a for a in _audit(tmp_path) if (a["event"], a["outcome"]) == ("remint", "minted")]
     refused = [a for a in _audit(tmp_path) if (a["event"], a["outcome"]) == ("remint", "refused")]
@@ -92,18 +96,12 @@ def test_attack_browser_new_token_is_limited_per_subject(
     app = _browser(
         keys_dir, tmp_path, idp, upstream, per_address="1000/minute", per_subject="2/minute"
     )
-    alice = logged_in(app)
-    codes = [
-        alice.post("/token", data={"csrf": "x"}, headers={"Origin": PUBLIC}).status_code
-        for _ in range(4)
-    ]
+    codes = _new_tokens(logged_in(app), 4)
     assert codes == [302, 302, 429, 429], codes
     refused = [a for a in _audit(tmp_path) if a["outcome"] == "refused"]
     assert len(refused) == 2 and all(a["user"] == "alice" for a in refused), refused
     # another person's session is not affected
-    bob = logged_in(app, "bob")
-    r = bob.post("/token", data={"csrf": "x"}, headers={"Origin": PUBLIC})
-    assert r.status_code == 302
+    assert _new_tokens(logged_in(app, "bob"), 1) == [302]
 
 
 def test_attack_storage_lost_after_counting_still_answers_the_minted_token(

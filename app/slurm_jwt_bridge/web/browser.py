@@ -642,8 +642,7 @@ def new_token() -> ResponseReturnValue:
 
 
 def _refused(grant: Grant, reason: str, metric: str) -> None:
-    fields = {k: v for k, v in grant.audit_fields().items() if v is not None}
-    _audit_refusal("remint", reason, metric, **fields)
+    _audit_refusal("remint", reason, metric, **grant.audit_fields())
 
 
 def _refreshed_token(grant: Grant, lifetime: int | None) -> ResponseReturnValue:
