@@ -72,7 +72,7 @@ def cases(
         ).get_environ()
         return env, env["wsgi.input"].read()
 
-    def wsgi(calls: list[tuple[dict, bytes]]) -> Callable[[], None]:
+    def wsgi(calls: list[tuple[dict, bytes]], target: Any = app) -> Callable[[], None]:
         state = {"i": 0}
 
         def call() -> None:
@@ -80,7 +80,7 @@ def cases(
             state["i"] += 1
             env = dict(env)
             env["wsgi.input"] = io.BytesIO(raw)
-            for _ in app(env, lambda *a: None):
+            for _ in target(env, lambda *a: None):
                 pass
 
         return call
@@ -95,6 +95,10 @@ def cases(
     for alg, n in (("HS256", 2000), ("RS256", 400)):
         out[f"flask_exchange_{alg}"] = (wsgi(form(pool, alg)), n)
     out["flask_refused_signature"] = (wsgi(form(forged(pool), "RS256")), 1000)
+    # the same exchange through Flask's view, without the fast path in front (web/token_door.py)
+    view = app.wsgi_app.app
+    out["flask_view_exchange_HS256"] = (wsgi(form(pool, "HS256"), view), 2000)
+    out["flask_view_refused_signature"] = (wsgi(form(forged(pool), "RS256"), view), 1000)
     token = pool[0]
     origin = Request("token-exchange", "127.0.0.1")
     out["pipeline_exchange_HS256"] = (

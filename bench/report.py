@@ -813,11 +813,25 @@ def render(res: dict[str, Any]) -> str:
             ("gunicorn: RS256 exchange (server CPU per request)", g_rs),
             ("gunicorn: HS256 exchange (server CPU per request)", g_hs),
             ("in-process: Flask GET /healthz", bd.get("flask_healthz")),
-            ("in-process: Flask POST /oauth/token, RS256", bd.get("flask_exchange_RS256")),
-            ("in-process: Flask POST /oauth/token, HS256", bd.get("flask_exchange_HS256")),
             (
-                "in-process: Flask POST /oauth/token, refused (forged signature)",
+                "in-process: POST /oauth/token, RS256 (in front of Flask)",
+                bd.get("flask_exchange_RS256"),
+            ),
+            (
+                "in-process: POST /oauth/token, HS256 (in front of Flask)",
+                bd.get("flask_exchange_HS256"),
+            ),
+            (
+                "in-process: POST /oauth/token, refused (forged signature, in front of Flask)",
                 bd.get("flask_refused_signature"),
+            ),
+            (
+                "in-process: POST /oauth/token, HS256 through Flask's view",
+                bd.get("flask_view_exchange_HS256"),
+            ),
+            (
+                "in-process: POST /oauth/token, refused (forged signature) through Flask's view",
+                bd.get("flask_view_refused_signature"),
             ),
             ("in-process: GET /.well-known/jwks.json (in front of Flask)", bd.get("flask_jwks")),
             (

@@ -13,6 +13,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Collection
 from typing import cast
 from urllib.parse import unquote, urlsplit
 
@@ -24,7 +25,7 @@ from limits.storage import MemoryStorage, storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from .errors import BridgeError
-from .pipeline import Request
+from .pipeline import Pipeline, Request
 from .settings import WORKERS_ENV, RateLimitSettings
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,63 @@ class SubjectLimiter:
         self.watch.answered()
 
 
+class AddressLimit:
+    """The per-address limit of one endpoint, counted outside Flask (the token door's fast path
+    in front of Flask, web/token_door.py): the items, moving window and storage keys
+    Flask-Limiter uses for a view (``LIMITER/<address>/<endpoint>/<limit>``), so counters in a
+    shared storage mean the same to both. ``count`` answers the ``X-RateLimit-*`` headers
+    Flask-Limiter would add, or raises the refusal (429 over the limit, 503 when the storage
+    cannot be reached), audited and counted through the pipeline like every refusal."""
+
+    def __init__(self, cfg: RateLimitSettings, endpoint: str, pipeline: Pipeline) -> None:
+        self.items = sorted(parse_many(process_limit(cfg.per_address, cfg.storage_uri)))
+        self.limiter = MovingWindowRateLimiter(storage_from_string(storage_for(cfg.storage_uri)))
+        self.watch = StorageWatch(cfg.storage_uri)
+        self.endpoint = endpoint
+        self.event, self.door = ENDPOINT_EVENTS[endpoint]
+        self.pipeline = pipeline
+
+    def count(self, address: str) -> list[tuple[str, str]]:
+        """Count one request from ``address``: the rate-limit headers of its answer."""
+        # Flask-Limiter skips a limit whose key is empty; here an unknown address is one more
+        # address, limited like the others.
+        key = address or "-"
+        origin = Request(door=self.door, remote_addr=address or None)
+        breached = None
+        try:
+            for item in self.items:  # the first one over its limit answers, as Flask-Limiter's
+                if not self.limiter.hit(item, key, self.endpoint):
+                    breached = item
+                    break
+            shown = breached or self.items[0]
+            reset, remaining = self.limiter.get_window_stats(shown, key, self.endpoint)
+        except Exception as err:  # the storage's own errors (redis, memcached, ...)
+            self.pipeline.refuse_input(self.event, origin, self.watch.failed(err))
+        self.watch.answered()
+        reset_at = int(reset + 1)
+        headers = [
+            ("X-RateLimit-Limit", str(shown.amount)),
+            ("X-RateLimit-Remaining", str(remaining)),
+            ("X-RateLimit-Reset", str(reset_at)),
+        ]
+        if breached is not None:
+            over = OverAddressLimit(str(breached), headers)
+            over.retry_after = max(1, int(reset_at - time.time()))
+            self.pipeline.refuse_input(self.event, origin, over)
+        return headers
+
+
+class OverAddressLimit(BridgeError):
+    """A request over its address's limit (``AddressLimit``), with the rate-limit headers of
+    its answer."""
+
+    def __init__(self, limit: str, headers: list[tuple[str, str]]) -> None:
+        super().__init__(
+            "rate_limited", f"too many requests: {limit}", 429, metric="rate_limited_address"
+        )
+        self.headers = headers
+
+
 class _Limiter(Limiter):
     """Flask-Limiter, failing closed: when the counters cannot be reached the request is
     refused through the pipeline (an audit line, a metric) with 503, never served unlimited
@@ -248,8 +306,11 @@ def _headers_fail_soft(app: Flask, limiter: _Limiter) -> None:
     hooks[mine[0]] = headers
 
 
-def init_rate_limits(app: Flask, cfg: RateLimitSettings) -> Limiter:
-    """Per-address limits on every endpoint of ENDPOINT_EVENTS."""
+def init_rate_limits(
+    app: Flask, cfg: RateLimitSettings, counted_elsewhere: Collection[str] = ()
+) -> Limiter:
+    """Per-address limits on every endpoint of ENDPOINT_EVENTS but those ``counted_elsewhere``
+    (by an ``AddressLimit`` in front of Flask)."""
     limiter = _Limiter(
         get_remote_address,
         app=app,
@@ -263,6 +324,8 @@ def init_rate_limits(app: Flask, cfg: RateLimitSettings) -> Limiter:
     _headers_fail_soft(app, limiter)
     per_address = process_limit(cfg.per_address, cfg.storage_uri)
     for endpoint in ENDPOINT_EVENTS:
+        if endpoint in counted_elsewhere:
+            continue
         view = app.view_functions.get(endpoint)
         if view is not None:
             # Callable[P, R] -> Callable[P, R] solved over Flask's sync-or-async view union

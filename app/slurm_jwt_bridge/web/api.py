@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..errors import BridgeError, invalid_request
-from ..pipeline import Exchange, Request
+from ..pipeline import Exchange, Pipeline, Request
 from ..policy import parse_seconds
 from . import current_bridge as _bridge
 from .device import GRANT_DEVICE_CODE, device_authorization, device_login_enabled, device_token
@@ -38,15 +39,20 @@ def oauth_error(exc: BridgeError) -> Response:
 bp.register_error_handler(BridgeError, oauth_error)
 
 
-def token_answer(result: Exchange) -> Response:
+def token_body(result: Exchange) -> dict[str, Any]:
+    """The RFC 8693 answer to a token request that got a token."""
     t = result.token
-    resp = jsonify(
-        access_token=t.token,
-        issued_token_type=TT_JWT,
-        token_type="Bearer",
-        expires_in=t.lifetime,
-        slurm_user=t.user,
-    )
+    return {
+        "access_token": t.token,
+        "issued_token_type": TT_JWT,
+        "token_type": "Bearer",
+        "expires_in": t.lifetime,
+        "slurm_user": t.user,
+    }
+
+
+def token_answer(result: Exchange) -> Response:
+    resp = jsonify(token_body(result))
     resp.headers.update(NO_STORE)
     return resp
 
@@ -74,19 +80,24 @@ def _json_options() -> tuple[int | None, str | None]:
     return lifetime, alg
 
 
-def _form() -> dict[str, str]:
-    """The form-encoded body, first value per name (as ``request.form.to_dict()``), decoded
+def parse_form(body: bytes) -> dict[str, str]:
+    """A form-encoded body, first value per name (as ``request.form.to_dict()``), decoded
     exactly as werkzeug's form parser does (UTF-8, a body that is not UTF-8 reads as an empty
-    form) but without its parser machinery: the largest single cost of a token request. The
-    body is read through ``request.get_data``, so MAX_CONTENT_LENGTH still answers 413."""
+    form) but without its parser machinery: the largest single cost of a token request."""
     try:
-        text = request.get_data(cache=False).decode()
+        text = body.decode()
     except UnicodeDecodeError:
         return {}
     form: dict[str, str] = {}
     for name, value in parse_qsl(text, keep_blank_values=True, errors="werkzeug.url_quote"):
         form.setdefault(name, value)
     return form
+
+
+def _form() -> dict[str, str]:
+    """The request's form (``parse_form``), read through ``request.get_data`` so that
+    MAX_CONTENT_LENGTH still answers 413."""
+    return parse_form(request.get_data(cache=False))
 
 
 def _origin(door: str) -> Request:
@@ -109,10 +120,16 @@ def oauth_token() -> Response:
         with pipeline.parsing("device", _origin("device")):
             lifetime = parse_seconds(form.get("requested_lifetime"), "requested_lifetime")
         return device_token(form, lifetime)
+    return token_answer(exchange_form(pipeline, form, origin))
+
+
+def exchange_form(pipeline: Pipeline, form: dict[str, str], origin: Request) -> Exchange:
+    """The token exchange a parsed ``POST /oauth/token`` form asks for (this view and the
+    fast path in front of Flask, web/token_door.py, both call it)."""
     with pipeline.parsing("exchange", origin):
-        subject_token, stt, actor_token = _exchange_form(form, grant)
+        subject_token, stt, actor_token = _exchange_form(form, form.get("grant_type", ""))
         lifetime = parse_seconds(form.get("requested_lifetime"), "requested_lifetime")
-    result = pipeline.exchange(
+    return pipeline.exchange(
         subject_token or None,
         expected_use=SUBJECT_TOKEN_TYPES[stt] if stt else None,
         lifetime=lifetime,
@@ -121,7 +138,6 @@ def oauth_token() -> Response:
         actor_token=actor_token,
         requested_subject=form.get("requested_subject") or None,
     )
-    return token_answer(result)
 
 
 def _exchange_form(form: dict[str, str], grant: str) -> tuple[str, str, str | None]:

@@ -1,0 +1,211 @@
+"""``POST /oauth/token`` answered in front of Flask: the token door without Flask's request
+context, routing, form parser and response objects (most of a token request's CPU beside the
+signature, bench/NOTES.md).
+
+It sits between the WSGI server (and ProxyFix, when ``[server] proxy_fix`` is set) and Flask,
+and owns the per-address limit of ``POST /oauth/token`` (``ratelimit.AddressLimit``): every
+such request is counted here once, before anything else. Then:
+
+- a form-encoded body with a ``Content-Length`` within the app's limit is read and parsed here;
+  a token exchange goes through ``api.exchange_form`` (the pipeline, as the Flask view does) and
+  is answered here, with the same status, headers and JSON as the view (a unit test compares
+  them answer for answer);
+- anything else (another content type, no or a too large ``Content-Length``, a chunked body,
+  the device-code grant) goes on to the Flask view, with the body already read put back, and
+  the rate-limit headers added to its answer; the view does not count the request again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from werkzeug.http import parse_options_header
+
+from ..errors import BridgeError
+from ..pipeline import Request
+from ..ratelimit import OverAddressLimit
+from .api import NO_STORE, exchange_form, parse_form, token_body
+from .device import GRANT_DEVICE_CODE, device_login_enabled
+from .jwks import SECURITY_HEADERS
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .. import Bridge
+    from ..ratelimit import AddressLimit
+
+log = logging.getLogger(__name__)
+
+PATH = "/oauth/token"
+ENDPOINT = "api.oauth_token"
+FORM = "application/x-www-form-urlencoded"
+
+WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+Headers = list[tuple[str, str]]
+
+STATUS_LINES = {
+    200: "200 OK",
+    400: "400 BAD REQUEST",
+    401: "401 UNAUTHORIZED",
+    403: "403 FORBIDDEN",
+    404: "404 NOT FOUND",
+    408: "408 REQUEST TIMEOUT",
+    429: "429 TOO MANY REQUESTS",
+    500: "500 INTERNAL SERVER ERROR",
+    502: "502 BAD GATEWAY",
+    503: "503 SERVICE UNAVAILABLE",
+}
+
+
+def _status_line(status: int) -> str:
+    from werkzeug.http import HTTP_STATUS_CODES
+
+    return STATUS_LINES.get(status) or f"{status} {HTTP_STATUS_CODES.get(status, '').upper()}"
+
+
+def _json(payload: dict[str, Any]) -> bytes:
+    # What Flask's jsonify writes outside debug mode (compact, ASCII, keys in order, a newline)
+    return (json.dumps(payload, separators=(",", ":")) + "\n").encode()
+
+
+def with_rate_headers(headers: Headers, rate: Headers) -> Headers:
+    """``headers`` with the X-RateLimit headers added and ``Retry-After`` set as Flask-Limiter
+    sets it on every answer of a limited view: the seconds until the window frees a request, or
+    the answer's own ``Retry-After`` if that is later."""
+    if not rate:
+        return headers
+    reset_at = int(rate[2][1])
+    kept: Headers = []
+    for name, value in headers:
+        if name.lower() == "retry-after":
+            try:
+                reset_at = max(int(time.time() + int(value)), reset_at)
+            except ValueError:
+                pass
+            continue
+        kept.append((name, value))
+    return [*kept, *rate, ("Retry-After", str(int(reset_at - time.time())))]
+
+
+class TokenFastPath:
+    """WSGI in front of Flask for ``POST /oauth/token`` (module docstring)."""
+
+    def __init__(
+        self, app: WsgiApp, flask_app: Flask, bridge: Bridge, limit: AddressLimit | None
+    ) -> None:
+        self.app = app
+        self.flask_app = flask_app
+        self.pipeline = bridge.pipeline
+        self.limit = limit
+        self.max_body: int = flask_app.config["MAX_CONTENT_LENGTH"]
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
+            return self.app(environ, start_response)
+        address = environ.get("REMOTE_ADDR") or ""
+        origin = Request(door="token-exchange", remote_addr=address or None)
+        rate: Headers = []
+        try:
+            if self.limit is not None:
+                rate = self.limit.count(address)
+        except OverAddressLimit as exc:
+            return self._refusal(start_response, exc, exc.headers)
+        except BridgeError as exc:
+            return self._refusal(start_response, exc, rate)
+        try:
+            body = self._body(environ)
+        except (OSError, ValueError):
+            # The body stopped arriving (the worker's read timeout) or the client went away:
+            # what Flask answers to werkzeug's ClientDisconnected (create_app).
+            stopped = {
+                "error": "invalid_request",
+                "error_description": "the request body did not arrive in time",
+            }
+            return self._answer(start_response, 408, stopped, [("Connection", "close")], rate)
+        if body is None:
+            return self._flask(environ, start_response, rate)
+        try:
+            form = parse_form(body)
+            if form.get("grant_type") == GRANT_DEVICE_CODE and device_login_enabled(self.flask_app):
+                environ["wsgi.input"] = io.BytesIO(body)
+                return self._flask(environ, start_response, rate)
+            result = exchange_form(self.pipeline, form, origin)
+        except BridgeError as exc:
+            return self._refusal(start_response, exc, rate)
+        except Exception:
+            log.exception("POST %s: unexpected error", PATH)
+            body_500 = {"error": "server_error", "error_description": "internal error; see the log"}
+            return self._answer(start_response, 500, body_500, [], rate)
+        return self._answer(start_response, 200, token_body(result), list(NO_STORE.items()), rate)
+
+    def _body(self, environ: dict[str, Any]) -> bytes | None:
+        """The whole form-encoded body, or None when Flask is to answer (and read it)."""
+        mimetype = parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()
+        length = environ.get("CONTENT_LENGTH", "")
+        if (
+            mimetype != FORM
+            or not length.isdigit()
+            or not length.isascii()
+            or int(length) > self.max_body
+            or environ.get("HTTP_TRANSFER_ENCODING")
+        ):
+            return None
+        size = int(length)
+        stream = environ["wsgi.input"]
+        chunks = []
+        while size > 0:
+            chunk = stream.read(size)
+            if not chunk:
+                raise OSError("the body ended early")
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def _flask(
+        self, environ: dict[str, Any], start_response: Callable[..., Any], rate: Headers
+    ) -> Iterable[bytes]:
+        if not rate:
+            return self.app(environ, start_response)
+
+        def start(status: str, headers: Headers, exc_info: Any = None) -> Any:
+            return start_response(status, with_rate_headers(headers, rate), exc_info)
+
+        return self.app(environ, start)
+
+    def _refusal(
+        self, start_response: Callable[..., Any], exc: BridgeError, rate: Headers
+    ) -> list[bytes]:
+        headers = list(NO_STORE.items())
+        if exc.status == 401:
+            headers.append(("WWW-Authenticate", exc.challenge()))
+        if exc.retry_after:
+            headers.append(("Retry-After", str(exc.retry_after)))
+        return self._answer(start_response, exc.status, exc.oauth_body(), headers, rate)
+
+    def _answer(
+        self,
+        start_response: Callable[..., Any],
+        status: int,
+        payload: dict[str, Any],
+        headers: Headers,
+        rate: Headers,
+    ) -> list[bytes]:
+        body = _json(payload)
+        start_response(
+            _status_line(status),
+            with_rate_headers(
+                [
+                    ("Content-Type", "application/json"),
+                    ("Content-Length", str(len(body))),
+                    *headers,
+                    *SECURITY_HEADERS,
+                ],
+                rate,
+            ),
+        )
+        return [body]
