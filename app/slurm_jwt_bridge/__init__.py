@@ -92,9 +92,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.rate_limit.enabled:
         from .ratelimit import AddressLimit, init_rate_limits
 
-        # POST /oauth/token is counted by its fast path, every other door by Flask-Limiter
-        init_rate_limits(app, settings.rate_limit, counted_elsewhere={token_door.ENDPOINT})
-        address_limit = AddressLimit(settings.rate_limit, token_door.ENDPOINT, bridge.pipeline)
+        limiter = init_rate_limits(app, settings.rate_limit)
+        # POST /oauth/token is counted in front of Flask, in Flask-Limiter's counter
+        address_limit = AddressLimit(
+            settings.rate_limit, token_door.ENDPOINT, bridge.pipeline, limiter
+        )
     app.wsgi_app = token_door.TokenFastPath(app.wsgi_app, app, bridge, address_limit)  # type: ignore[method-assign]
     if settings.server.proxy_fix:
         from werkzeug.middleware.proxy_fix import ProxyFix

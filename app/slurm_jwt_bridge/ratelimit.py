@@ -13,7 +13,6 @@ import math
 import os
 import threading
 import time
-from collections.abc import Collection
 from typing import cast
 from urllib.parse import unquote, urlsplit
 
@@ -180,16 +179,21 @@ class SubjectLimiter:
 
 class AddressLimit:
     """The per-address limit of one endpoint, counted outside Flask (the token door's fast path
-    in front of Flask, web/token_door.py): the items, moving window and storage keys
-    Flask-Limiter uses for a view (``LIMITER/<address>/<endpoint>/<limit>``), so counters in a
-    shared storage mean the same to both. ``count`` answers the ``X-RateLimit-*`` headers
+    in front of Flask, web/token_door.py): the items, moving window, storage and keys
+    Flask-Limiter uses for the view (``LIMITER/<address>/<endpoint>/<limit>``), so both count in
+    one counter; a request counted here is marked (``COUNTED``) and not counted again by the
+    view. ``count`` answers the ``X-RateLimit-*`` headers
     Flask-Limiter would add, or raises the refusal (429 over the limit, 503 when the storage
     cannot be reached), audited and counted through the pipeline like every refusal."""
 
-    def __init__(self, cfg: RateLimitSettings, endpoint: str, pipeline: Pipeline) -> None:
+    def __init__(
+        self, cfg: RateLimitSettings, endpoint: str, pipeline: Pipeline, flask_limiter: Limiter
+    ) -> None:
         self.items = sorted(parse_many(process_limit(cfg.per_address, cfg.storage_uri)))
-        self.limiter = MovingWindowRateLimiter(storage_from_string(storage_for(cfg.storage_uri)))
-        self.watch = StorageWatch(cfg.storage_uri)
+        # Flask-Limiter's own moving window and storage: a request that reaches the view
+        # another way (``//oauth/token``, ``post``) counts in the same counter
+        self.limiter = flask_limiter.limiter
+        self.watch = cast(_Limiter, flask_limiter).watch
         self.endpoint = endpoint
         self.event, self.door = ENDPOINT_EVENTS[endpoint]
         self.pipeline = pipeline
@@ -265,6 +269,15 @@ class _Limiter(Limiter):
             self.watch.answered()
 
 
+# Set in the environ of a request an AddressLimit counted before giving it to Flask (a WSGI
+# server puts a client's headers under HTTP_*: no client can set it).
+COUNTED = "slurm_jwt_bridge.address_counted"
+
+
+def _counted_in_front() -> bool:
+    return request.environ.get(COUNTED) is True
+
+
 def _refuse_over_limit(description: str) -> BridgeError:
     """A request over its address's limit, refused through the pipeline like every refusal at
     a door (an audit line, a count), as the BridgeError the door answers with."""
@@ -306,11 +319,9 @@ def _headers_fail_soft(app: Flask, limiter: _Limiter) -> None:
     hooks[mine[0]] = headers
 
 
-def init_rate_limits(
-    app: Flask, cfg: RateLimitSettings, counted_elsewhere: Collection[str] = ()
-) -> Limiter:
-    """Per-address limits on every endpoint of ENDPOINT_EVENTS but those ``counted_elsewhere``
-    (by an ``AddressLimit`` in front of Flask)."""
+def init_rate_limits(app: Flask, cfg: RateLimitSettings) -> Limiter:
+    """Per-address limits on every endpoint of ENDPOINT_EVENTS (a request an ``AddressLimit``
+    counted already is not counted again)."""
     limiter = _Limiter(
         get_remote_address,
         app=app,
@@ -323,9 +334,8 @@ def init_rate_limits(
     limiter.watch = StorageWatch(cfg.storage_uri)
     _headers_fail_soft(app, limiter)
     per_address = process_limit(cfg.per_address, cfg.storage_uri)
+    limiter.request_filter(_counted_in_front)
     for endpoint in ENDPOINT_EVENTS:
-        if endpoint in counted_elsewhere:
-            continue
         view = app.view_functions.get(endpoint)
         if view is not None:
             # Callable[P, R] -> Callable[P, R] solved over Flask's sync-or-async view union

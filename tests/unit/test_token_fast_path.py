@@ -284,13 +284,35 @@ def test_attack_a_forwarded_address_is_counted_behind_proxy_fix_only(
         assert _audit(tmp_path)[-1]["remote_addr"] == ("192.0.2.2" if proxy_fix else "127.0.0.1")
 
 
-def test_the_flask_view_is_not_counted_twice(keys_dir: Path, tmp_path: Path, idp: Any) -> None:
-    """Flask-Limiter does not also count ``POST /oauth/token`` (the fast path does)."""
-    app = _app(keys_dir, tmp_path, idp, per_address="1/minute")
-    view = app.view_functions["api.oauth_token"]
-    from slurm_jwt_bridge.web.api import oauth_token
+def test_attack_other_spellings_of_the_path_or_method_are_limited_too(
+    keys_dir: Path, tmp_path: Path, idp: Any
+) -> None:
+    """Flask routes ``//oauth/token`` (gunicorn turns ``/%2Foauth/token`` into it) and a
+    lower-case ``post`` (granian passes it on) to the same view: they go past the fast path to
+    Flask, whose limit on the view counts them in the same counter."""
+    app = _app(keys_dir, tmp_path, idp, per_address="2/minute", per_subject="1000/minute")
+    good = _form(grant_type=EXCHANGE, subject_token=idp_token(idp), subject_token_type=ACCESS)
+    spellings = [
+        {"PATH_INFO": "//oauth/token"},
+        {"PATH_INFO": "///oauth/token"},
+        {"REQUEST_METHOD": "post"},
+        {"REQUEST_METHOD": "Post"},
+    ]
+    first = _answer(app.wsgi_app, good)
+    second = _answer(app.wsgi_app, good, None, PATH_INFO="//oauth/token")
+    assert [first[0], second[0]] == [200, 200], (first, second)
+    assert second[1]["X-RateLimit-Remaining"] == "0"  # one counter for both
+    for env in spellings:
+        status, _, out = _answer(app.wsgi_app, good, None, **env)
+        assert status == 429, (env, status, out)
+        assert b"access_token" not in out
+    assert _answer(app.wsgi_app, good)[0] == 429
 
-    assert view is oauth_token
-    from slurm_jwt_bridge.web.api import api_token
 
-    assert app.view_functions["api.api_token"] is not api_token  # still limited by Flask-Limiter
+def test_a_content_length_of_many_digits_is_answered_as_the_view_does(app: Any, idp: Any) -> None:
+    good = _form(grant_type=EXCHANGE, subject_token=idp_token(idp), subject_token_type=ACCESS)
+    for length in ("0" * 4301 + str(len(good)), "9" * 4400, "1" * 13):
+        env = {"CONTENT_LENGTH": length}
+        ours = _answer(app.wsgi_app, good, None, **env)
+        flask = _answer(_flask(app), good, None, **env)
+        assert ours[0] != 408 and ours[0] == flask[0], (length[:8], ours, flask)

@@ -2,9 +2,11 @@
 context, routing, form parser and response objects (most of a token request's CPU beside the
 signature, bench/NOTES.md).
 
-It sits between the WSGI server (and ProxyFix, when ``[server] proxy_fix`` is set) and Flask,
-and owns the per-address limit of ``POST /oauth/token`` (``ratelimit.AddressLimit``): every
-such request is counted here once, before anything else. Then:
+It sits between the WSGI server (and ProxyFix, when ``[server] proxy_fix`` is set) and Flask.
+A request for exactly ``POST /oauth/token`` is counted here against the per-address limit
+(``ratelimit.AddressLimit``, Flask-Limiter's own counter), once, before anything else; any
+other spelling that Flask routes to the same view (``//oauth/token``, a lower-case method) goes
+to Flask untouched and is counted there by the view's own limit. Then:
 
 - a form-encoded body with a ``Content-Length`` within the app's limit is read and parsed here;
   a token exchange goes through ``api.exchange_form`` (the pipeline, as the Flask view does) and
@@ -28,7 +30,7 @@ from werkzeug.http import parse_options_header
 
 from ..errors import BridgeError
 from ..pipeline import Request
-from ..ratelimit import OverAddressLimit
+from ..ratelimit import COUNTED, OverAddressLimit
 from .api import NO_STORE, exchange_form, parse_form, token_body
 from .device import GRANT_DEVICE_CODE, device_login_enabled
 from .jwks import SECURITY_HEADERS
@@ -143,19 +145,25 @@ class TokenFastPath:
             return self._answer(start_response, 500, body_500, [], rate)
         return self._answer(start_response, 200, token_body(result), list(NO_STORE.items()), rate)
 
-    def _body(self, environ: dict[str, Any]) -> bytes | None:
-        """The whole form-encoded body, or None when Flask is to answer (and read it)."""
+    def _length(self, environ: dict[str, Any]) -> int | None:
+        """The length of a form-encoded body this path reads, or None when Flask is to answer
+        (another content type, no or an odd ``Content-Length``, too large, chunked)."""
         mimetype = parse_options_header(environ.get("CONTENT_TYPE", ""))[0].lower()
         length = environ.get("CONTENT_LENGTH", "")
         if (
             mimetype != FORM
-            or not length.isdigit()
-            or not length.isascii()
+            or not (0 < len(length) <= 12 and length.isascii() and length.isdigit())
             or int(length) > self.max_body
             or environ.get("HTTP_TRANSFER_ENCODING")
         ):
             return None
-        size = int(length)
+        return int(length)
+
+    def _body(self, environ: dict[str, Any]) -> bytes | None:
+        """The whole form-encoded body, or None when Flask is to answer (and read it)."""
+        size = self._length(environ)
+        if size is None:
+            return None
         stream = environ["wsgi.input"]
         chunks = []
         while size > 0:
@@ -169,6 +177,8 @@ class TokenFastPath:
     def _flask(
         self, environ: dict[str, Any], start_response: Callable[..., Any], rate: Headers
     ) -> Iterable[bytes]:
+        if self.limit is not None:
+            environ[COUNTED] = True  # the view's own limit does not count it again
         if not rate:
             return self.app(environ, start_response)
 
