@@ -91,6 +91,10 @@ def test_each_server_is_judged_on_its_own_series() -> None:
     assert _row(granian, beyond)["measured"] == pytest.approx(400)
     assert "granian + Flask" in _row(granian, beyond)["why"]
     assert "gunicorn gthread + Flask" in _row(gunicorn, beyond)["why"]
+    # the same figure in signatures, beside the target's share of its own cores' signature
+    sig = res["exchange"]["breakdown"]["mint_RS256"]  # the in-process signature
+    assert f"{600 / sig:.2f}x this run's RSA signature" in _row(gunicorn, beyond)["why"]
+    assert "target is 0.94x the 265 µs signature" in _row(gunicorn, beyond)["why"]
     assert _row(granian, "JWKS")["measured"] == 9000
     assert _row(granian, "bridge proxy / direct")["measured"] == pytest.approx(700 / 1600)
     assert _row(granian, "bridge proxy added p50")["measured"] == pytest.approx(0.4)
