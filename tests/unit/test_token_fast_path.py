@@ -316,3 +316,22 @@ def test_a_content_length_of_many_digits_is_answered_as_the_view_does(app: Any, 
         ours = _answer(app.wsgi_app, good, None, **env)
         flask = _answer(_flask(app), good, None, **env)
         assert ours[0] != 408 and ours[0] == flask[0], (length[:8], ours, flask)
+
+
+def test_a_bug_outside_the_pipeline_is_a_json_500_as_flask_answers(
+    app: Any, idp: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from slurm_jwt_bridge.web import token_door
+
+    def broken(body: bytes) -> dict[str, str]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(token_door, "parse_form", broken)
+    good = _form(grant_type=EXCHANGE, subject_token=idp_token(idp), subject_token_type=ACCESS)
+    status, headers, out = _answer(app.wsgi_app, good)
+    assert status == 500 and headers["Content-Type"] == "application/json"
+    assert json.loads(out) == {
+        "error": "server_error",
+        "error_description": "internal error; see the log",
+    }
+    assert "a bug" in caplog.text and "a bug" not in out.decode()

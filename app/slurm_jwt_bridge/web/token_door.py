@@ -119,6 +119,8 @@ class TokenFastPath:
             return self._refusal(start_response, exc, exc.headers)
         except BridgeError as exc:
             return self._refusal(start_response, exc, rate)
+        except Exception:
+            return self._server_error(start_response, rate)
         try:
             body = self._body(environ)
         except (OSError, ValueError):
@@ -140,9 +142,7 @@ class TokenFastPath:
         except BridgeError as exc:
             return self._refusal(start_response, exc, rate)
         except Exception:
-            log.exception("POST %s: unexpected error", PATH)
-            body_500 = {"error": "server_error", "error_description": "internal error; see the log"}
-            return self._answer(start_response, 500, body_500, [], rate)
+            return self._server_error(start_response, rate)
         return self._answer(start_response, 200, token_body(result), list(NO_STORE.items()), rate)
 
     def _length(self, environ: dict[str, Any]) -> int | None:
@@ -186,6 +186,13 @@ class TokenFastPath:
             return start_response(status, with_rate_headers(headers, rate), exc_info)
 
         return self.app(environ, start)
+
+    def _server_error(self, start_response: Callable[..., Any], rate: Headers) -> list[bytes]:
+        """A bug outside the pipeline (whose own errors are audited refusals): logged, and
+        answered as Flask's 500 handler answers (create_app)."""
+        log.exception("POST %s: unexpected error", PATH)
+        body = {"error": "server_error", "error_description": "internal error; see the log"}
+        return self._answer(start_response, 500, body, [], rate)
 
     def _refusal(
         self, start_response: Callable[..., Any], exc: BridgeError, rate: Headers
