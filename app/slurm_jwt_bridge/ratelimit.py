@@ -182,9 +182,9 @@ class AddressLimit:
     in front of Flask, web/token_door.py): the items, moving window, storage and keys
     Flask-Limiter uses for the view (``LIMITER/<address>/<endpoint>/<limit>``), so both count in
     one counter; a request counted here is marked (``COUNTED``) and not counted again by the
-    view. ``count`` answers the ``X-RateLimit-*`` headers
-    Flask-Limiter would add, or raises the refusal (429 over the limit, 503 when the storage
-    cannot be reached), audited and counted through the pipeline like every refusal."""
+    view. ``count`` answers the ``X-RateLimit-*`` headers Flask-Limiter would add, or raises
+    the refusal (429 over the limit, 503 when the storage cannot be reached), audited and
+    counted through the pipeline like every refusal."""
 
     def __init__(
         self, cfg: RateLimitSettings, endpoint: str, pipeline: Pipeline, flask_limiter: Limiter
