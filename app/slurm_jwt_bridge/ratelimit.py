@@ -283,9 +283,7 @@ def _refuse_over_limit(description: str) -> BridgeError:
     a door (an audit line, a count), as the BridgeError the door answers with."""
     from .web import current_bridge
 
-    exc = BridgeError(
-        "rate_limited", f"too many requests: {description}", 429, metric="rate_limited_address"
-    )
+    exc = OverAddressLimit(description, [])  # Flask-Limiter adds the headers
     event, door = ENDPOINT_EVENTS.get(request.endpoint or "", ("request", "http"))
     try:
         current_bridge().pipeline.refuse_input(

@@ -25,14 +25,21 @@ REQUESTED_TOKEN_TYPES = (TT_JWT, TT_ACCESS)
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
+def refusal_headers(exc: BridgeError) -> list[tuple[str, str]]:
+    """The headers of a token endpoint's refusal (this door's view and the fast path in front
+    of Flask, web/token_door.py)."""
+    headers = list(NO_STORE.items())
+    if exc.status == 401:
+        headers.append(("WWW-Authenticate", exc.challenge()))
+    if exc.retry_after:
+        headers.append(("Retry-After", str(exc.retry_after)))
+    return headers
+
+
 def oauth_error(exc: BridgeError) -> Response:
     resp = jsonify(exc.oauth_body())
     resp.status_code = exc.status
-    resp.headers.update(NO_STORE)
-    if exc.status == 401:
-        resp.headers["WWW-Authenticate"] = exc.challenge()
-    if exc.retry_after:
-        resp.headers["Retry-After"] = str(exc.retry_after)
+    resp.headers.extend(refusal_headers(exc))
     return resp
 
 

@@ -26,12 +26,12 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from werkzeug.http import parse_options_header
+from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 
 from ..errors import BridgeError
 from ..pipeline import Request
 from ..ratelimit import COUNTED, OverAddressLimit
-from .api import NO_STORE, exchange_form, parse_form, token_body
+from .api import NO_STORE, exchange_form, parse_form, refusal_headers, token_body
 from .device import GRANT_DEVICE_CODE, device_login_enabled
 from .jwks import SECURITY_HEADERS
 
@@ -50,24 +50,8 @@ FORM = "application/x-www-form-urlencoded"
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Headers = list[tuple[str, str]]
 
-STATUS_LINES = {
-    200: "200 OK",
-    400: "400 BAD REQUEST",
-    401: "401 UNAUTHORIZED",
-    403: "403 FORBIDDEN",
-    404: "404 NOT FOUND",
-    408: "408 REQUEST TIMEOUT",
-    429: "429 TOO MANY REQUESTS",
-    500: "500 INTERNAL SERVER ERROR",
-    502: "502 BAD GATEWAY",
-    503: "503 SERVICE UNAVAILABLE",
-}
-
-
-def _status_line(status: int) -> str:
-    from werkzeug.http import HTTP_STATUS_CODES
-
-    return STATUS_LINES.get(status) or f"{status} {HTTP_STATUS_CODES.get(status, '').upper()}"
+# The status lines werkzeug writes ("429 TOO MANY REQUESTS"), built once
+STATUS_LINES = {code: f"{code} {name.upper()}" for code, name in HTTP_STATUS_CODES.items()}
 
 
 def _json(payload: dict[str, Any]) -> bytes:
@@ -81,7 +65,7 @@ def with_rate_headers(headers: Headers, rate: Headers) -> Headers:
     the answer's own ``Retry-After`` if that is later."""
     if not rate:
         return headers
-    reset_at = int(rate[2][1])
+    reset_at = int(dict(rate)["X-RateLimit-Reset"])
     kept: Headers = []
     for name, value in headers:
         if name.lower() == "retry-after":
@@ -153,11 +137,11 @@ class TokenFastPath:
         if (
             mimetype != FORM
             or not (0 < len(length) <= 12 and length.isascii() and length.isdigit())
-            or int(length) > self.max_body
             or environ.get("HTTP_TRANSFER_ENCODING")
         ):
             return None
-        return int(length)
+        size = int(length)
+        return size if size <= self.max_body else None
 
     def _body(self, environ: dict[str, Any]) -> bytes | None:
         """The whole form-encoded body, or None when Flask is to answer (and read it)."""
@@ -197,11 +181,7 @@ class TokenFastPath:
     def _refusal(
         self, start_response: Callable[..., Any], exc: BridgeError, rate: Headers
     ) -> list[bytes]:
-        headers = list(NO_STORE.items())
-        if exc.status == 401:
-            headers.append(("WWW-Authenticate", exc.challenge()))
-        if exc.retry_after:
-            headers.append(("Retry-After", str(exc.retry_after)))
+        headers = refusal_headers(exc)
         return self._answer(start_response, exc.status, exc.oauth_body(), headers, rate)
 
     def _answer(
@@ -214,7 +194,7 @@ class TokenFastPath:
     ) -> list[bytes]:
         body = _json(payload)
         start_response(
-            _status_line(status),
+            STATUS_LINES.get(status, f"{status} UNKNOWN"),
             with_rate_headers(
                 [
                     ("Content-Type", "application/json"),
