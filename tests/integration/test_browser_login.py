@@ -544,7 +544,46 @@ def test_cross_site_writes_through_the_proxy_need_origin_and_header(
     assert r.status_code != 403 and "cross-site" not in r.text, r.text[:500]
 
 
-# ------------------------------------------------------------------ 10. short-lived ID tokens
+# ------------------------------------------------------------------ 10. replicas over Redis
+
+
+def test_two_gunicorn_instances_share_sessions_through_redis(tmp_path: Path, site: Site) -> None:
+    """Log in at one instance, use and end the session at the other (a real redis-server)."""
+    with redis_replicas(tmp_path) as (redis_url, (port_a, port_b), stack):
+        url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+        client = web_client("bridge-web-replicas", "replicas-secret", url_a)
+        prov = start_oidc_provider(tmp_path / "op", clients=[client])
+        stack.callback(prov.stop)
+        one = _issuer_toml("op", prov, client["client_id"], "replicas-secret", "IdP")
+        shared = f"session_lifetime = 3600\nsession_storage_uri = {toml_str(redis_url)}"
+        configs = {
+            port: bridge_toml(port, site.slurm.keys_dir, one, browser=shared)
+            for port in (port_a, port_b)
+        }
+        start_replicas(stack, tmp_path, configs)
+
+        s = requests.Session()
+        r = s.get(url_a + "/login", allow_redirects=False, timeout=10)
+        callback = prov._drive_interactions(s, r, "alice", stop_prefix=url_a + "/auth/callback")
+        r = s.get(callback, allow_redirects=False, timeout=10)
+        assert r.status_code == 302, r.text[:500]
+        page_b = s.get(url_b + "/", timeout=10).text
+        assert 'id="user">alice<' in page_b, page_b[:1000]
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page_b)
+        assert csrf
+        r = s.post(url_b + "/token", data={"lifetime": "300", "csrf": csrf.group(1)}, timeout=10)
+        token_b = re.search(r'id="token"[^>]*>([^<]+)<', r.text)
+        assert token_b, r.text[:1000]
+        token_a = re.search(r'id="token"[^>]*>([^<]+)<', s.get(url_a + "/", timeout=10).text)
+        assert token_a and token_a.group(1) == token_b.group(1)
+        saved = s.cookies.get(COOKIE)
+        r = s.post(url_b + "/logout", data={"csrf": csrf.group(1)}, allow_redirects=False)
+        assert r.status_code in (302, 303)
+        r = requests.get(url_a + "/", cookies={COOKIE: saved}, timeout=10)
+        assert 'id="token"' not in r.text
+
+
+# ------------------------------------------------------------------ 11. short-lived ID tokens
 
 # Seconds: the provider's ID and access token lifetime in these tests. Just above the 60 s a
 # Slurm token must at least live (policy.MIN_LIFETIME): a login with less is refused.
@@ -611,6 +650,15 @@ def short_logins(short_site: ShortSite, browser: Browser) -> Iterator[dict[str, 
         yield logins
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _short_logins_first(request: pytest.FixtureRequest) -> None:
+    """Make the short-lived logins before the module's first test, so the wait for their ID tokens
+    to expire runs beside the other tests. Their failure is not every test's: the two tests that
+    use them meet it again (pytest keeps a module fixture's error)."""
+    with contextlib.suppress(Exception):
+        request.getfixturevalue("short_logins")
+
+
 def _wait_past(exp: int) -> None:
     while time.time() <= exp + 1:
         time.sleep(0.2)
@@ -648,42 +696,3 @@ def test_short_id_token_without_refresh_token_asks_for_a_new_login(
     assert login.first["exp"] - login.first["iat"] <= SHORT_TTL, login.first
     _wait_past(login.first["exp"])
     _remint_refused(login.page, short_site.bridge.url, "log in again")
-
-
-# ------------------------------------------------------------------ 11. replicas over Redis
-
-
-def test_two_gunicorn_instances_share_sessions_through_redis(tmp_path: Path, site: Site) -> None:
-    """Log in at one instance, use and end the session at the other (a real redis-server)."""
-    with redis_replicas(tmp_path) as (redis_url, (port_a, port_b), stack):
-        url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
-        client = web_client("bridge-web-replicas", "replicas-secret", url_a)
-        prov = start_oidc_provider(tmp_path / "op", clients=[client])
-        stack.callback(prov.stop)
-        one = _issuer_toml("op", prov, client["client_id"], "replicas-secret", "IdP")
-        shared = f"session_lifetime = 3600\nsession_storage_uri = {toml_str(redis_url)}"
-        configs = {
-            port: bridge_toml(port, site.slurm.keys_dir, one, browser=shared)
-            for port in (port_a, port_b)
-        }
-        start_replicas(stack, tmp_path, configs)
-
-        s = requests.Session()
-        r = s.get(url_a + "/login", allow_redirects=False, timeout=10)
-        callback = prov._drive_interactions(s, r, "alice", stop_prefix=url_a + "/auth/callback")
-        r = s.get(callback, allow_redirects=False, timeout=10)
-        assert r.status_code == 302, r.text[:500]
-        page_b = s.get(url_b + "/", timeout=10).text
-        assert 'id="user">alice<' in page_b, page_b[:1000]
-        csrf = re.search(r'name="csrf" value="([^"]+)"', page_b)
-        assert csrf
-        r = s.post(url_b + "/token", data={"lifetime": "300", "csrf": csrf.group(1)}, timeout=10)
-        token_b = re.search(r'id="token"[^>]*>([^<]+)<', r.text)
-        assert token_b, r.text[:1000]
-        token_a = re.search(r'id="token"[^>]*>([^<]+)<', s.get(url_a + "/", timeout=10).text)
-        assert token_a and token_a.group(1) == token_b.group(1)
-        saved = s.cookies.get(COOKIE)
-        r = s.post(url_b + "/logout", data={"csrf": csrf.group(1)}, allow_redirects=False)
-        assert r.status_code in (302, 303)
-        r = requests.get(url_a + "/", cookies={COOKIE: saved}, timeout=10)
-        assert 'id="token"' not in r.text
