@@ -55,6 +55,19 @@ class BridgeServer:
                 time.sleep(0.1)
         raise RuntimeError(f"bridge not ready after {timeout} s:\n{self.log_tail()}")
 
+    def wait_granian_workers(self, workers: int, timeout: float = 60) -> None:
+        """Until every granian worker has logged that it started: a stop that reaches a worker
+        still starting is not seen by it, and granian kills it only after its 30 s timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log_path.read_text(errors="replace")
+            since_start = text[text.rfind("Starting granian") :]
+            if since_start.count("Started worker-") >= workers:
+                return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"granian workers not all started:\n{self.log_tail()}")
+            time.sleep(0.05)
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -112,10 +125,12 @@ def start_bridge(
     cfg.write_text(config_toml.replace("{port}", str(port)))
     extra = ("--prod", "--server", server, "--workers", str(workers), "--host", "127.0.0.1")
     extra = extra if workers else ()
-    server = BridgeServer(cfg, port, workdir / f"bridge-{port}.log", env or {}, extra)
+    bridge = BridgeServer(cfg, port, workdir / f"bridge-{port}.log", env or {}, extra)
     try:
-        server.wait_ready()
+        bridge.wait_ready()
+        if workers and server == "granian":
+            bridge.wait_granian_workers(workers)
     except Exception:
-        server.stop()
+        bridge.stop()
         raise
-    return server
+    return bridge
