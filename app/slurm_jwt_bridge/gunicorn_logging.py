@@ -33,6 +33,15 @@ def _iso_utc(now: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
 
 
+def status_code(status: str | None) -> int:
+    """The number of a WSGI status line ("200 OK"); 0 when there is none or it is not one."""
+    words = (status or "").split(None, 1)
+    try:
+        return int(words[0]) if words else 0
+    except ValueError:
+        return 0
+
+
 class JsonAccessLogger(Logger):
     """``logger_class`` for gunicorn: errors as gunicorn writes them, access lines as JSON."""
 
@@ -45,17 +54,12 @@ class JsonAccessLogger(Logger):
     ) -> None:
         if not self.access_log_enabled:
             return
-        words = (resp.status or "").split(None, 1)  # "200 OK"; None before start_response
-        try:
-            code = int(words[0]) if words else 0
-        except ValueError:
-            code = 0
         line = {
             "time": _iso_utc(time.time()),
             "remote": environ.get("REMOTE_ADDR", "-"),
             "method": environ.get("REQUEST_METHOD", "-"),
             "path": environ.get("PATH_INFO", "-"),
-            "status": code,
+            "status": status_code(resp.status),  # None before start_response
             "bytes": int(getattr(resp, "sent", 0) or 0),
             "duration_us": request_time.seconds * 1_000_000 + request_time.microseconds,
             "agent": str(environ.get("HTTP_USER_AGENT", "-"))[:AGENT_MAX],

@@ -1,46 +1,138 @@
-"""granian's access-log record written as gunicorn_logging.py's JSON line, and the bind split
-(app/slurm_jwt_bridge/granian_serve.py); the server itself runs in
+"""The access log written around the app under granian (AccessLog: gunicorn_logging.py's JSON
+line) and the bind split (app/slurm_jwt_bridge/granian_serve.py); the server itself runs in
 tests/integration/test_production.py."""
 
 from __future__ import annotations
 
+import calendar
+import io
 import json
-import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from slurm_jwt_bridge.granian_serve import ACCESS_FORMAT, JsonAccessFormatter, bind_address
+from slurm_jwt_bridge.granian_serve import AccessLog, bind_address
+from slurm_jwt_bridge.gunicorn_logging import AGENT_MAX
+
+FIELDS = ["time", "remote", "method", "path", "status", "duration_us", "agent"]
 
 
-def record(atoms: dict) -> logging.LogRecord:
-    rec = logging.LogRecord("granian.access", logging.INFO, __file__, 1, ACCESS_FORMAT, (), None)
-    rec.args = atoms  # what granian's access logger passes: one dict of atoms
-    return rec
+def answering(status: str, body: bytes = b"ok") -> Callable[..., Iterable[bytes]]:
+    def app(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response(status, [("Content-Type", "text/plain")])
+        return [body]
+
+    return app
 
 
-def test_a_quote_in_the_agent_keeps_the_line_json() -> None:
-    atoms = {
-        "addr": "192.0.2.7",
-        "method": "POST",
-        "path": "/oauth/token",
-        "query_string": "access_token=secret",
-        "status": 200,
-        "dt_ms": 1.5,
-        "_h0": 'evil" "x' + "a" * 500,
+def environ(**extra: str) -> dict[str, Any]:
+    return {
+        "REMOTE_ADDR": "192.0.2.7",
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/oauth/token",
+        "QUERY_STRING": "access_token=secret",
+        "HTTP_USER_AGENT": "curl/8",
+        **extra,
     }
-    line = json.loads(JsonAccessFormatter().format(record(atoms)))
-    assert line["remote"] == "192.0.2.7" and line["method"] == "POST"
-    assert line["path"] == "/oauth/token" and line["status"] == 200
-    assert line["duration_us"] == 1500
-    assert line["agent"].startswith('evil" "x') and len(line["agent"]) == 256
-    assert "secret" not in json.dumps(line)  # the query string is never written
-    assert set(line) == {"time", "remote", "method", "path", "status", "duration_us", "agent"}
 
 
-def test_a_record_without_atoms_is_still_a_line() -> None:
-    line = json.loads(JsonAccessFormatter().format(record({})))
-    assert line["status"] == 0 and line["path"] == "-"
+def call(app: Callable[..., Iterable[bytes]], env: dict[str, Any]) -> tuple[list, dict]:
+    """Run ``env`` through AccessLog(app); the body and the one line it wrote, parsed."""
+    out = io.StringIO()
+    seen: list = []
+    body = list(AccessLog(app, out)(env, lambda status, headers, exc=None: seen.append(status)))
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    return body, json.loads(lines[0])
+
+
+def test_the_line_is_what_json_dumps_writes_for_the_same_fields() -> None:
+    """Byte for byte the gunicorn line's serialization (json.dumps, ensure_ascii) of the same
+    fields without ``bytes``, also for quotes, control characters and non-ASCII (WSGI strings are
+    latin-1), and the agent cut to AGENT_MAX."""
+    odd = {
+        "PATH_INFO": '/a"b\\c\n\x00\u00e9\u00ff',
+        "HTTP_USER_AGENT": 'evil" "x\t' + "a" * 500,
+        "REMOTE_ADDR": "2001:db8::1",
+        "REQUEST_METHOD": "GET",
+    }
+    out = io.StringIO()
+    before = time.time()
+    AccessLog(answering("201 Created"), out)(environ(**odd), lambda *a: None)
+    text = out.getvalue()
+    assert text.endswith("\n") and text.count("\n") == 1
+    line = json.loads(text)
+    assert list(line) == FIELDS
+    want = {
+        "time": line["time"],
+        "remote": odd["REMOTE_ADDR"],
+        "method": "GET",
+        "path": odd["PATH_INFO"],
+        "status": 201,
+        "duration_us": line["duration_us"],
+        "agent": odd["HTTP_USER_AGENT"][:AGENT_MAX],
+    }
+    assert text == json.dumps(want, ensure_ascii=True) + "\n"
+    assert len(line["agent"]) == AGENT_MAX
+    assert "secret" not in text  # the query string is never written
+    stamp = calendar.timegm(time.strptime(line["time"][:19], "%Y-%m-%dT%H:%M:%S"))
+    assert abs(stamp - before) < 5 and line["time"].endswith("Z")
+    assert 0 <= line["duration_us"] < 5_000_000
+
+
+def test_missing_fields_are_dashes() -> None:
+    body, line = call(answering("200 OK"), {})
+    assert body == [b"ok"]
+    assert [line["remote"], line["method"], line["path"], line["agent"]] == ["-"] * 4
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [("200 OK", 200), ("429 Too Many Requests", 429), ("nonsense", 0)]
+)
+def test_the_status_is_the_one_the_app_answered(status: str, code: int) -> None:
+    assert call(answering(status), environ())[1]["status"] == code
+
+
+def test_an_app_that_raises_is_logged_as_500_and_the_error_goes_on() -> None:
+    def broken(environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        raise RuntimeError("bug")
+
+    out = io.StringIO()
+    with pytest.raises(RuntimeError, match="bug"):
+        AccessLog(broken, out)(environ(), lambda *a: None)
+    assert json.loads(out.getvalue())["status"] == 500
+
+
+def test_a_failing_log_stream_does_not_fail_the_request(capsys: pytest.CaptureFixture) -> None:
+    class Full(io.StringIO):
+        def write(self, text: str) -> int:
+            raise OSError("No space left on device")
+
+    body = AccessLog(answering("200 OK"), Full())(environ(), lambda *a: None)
+    assert list(body) == [b"ok"]
+    assert "access log line failed" in capsys.readouterr().err
+
+
+def test_lines_from_many_threads_never_interleave() -> None:
+    out = io.StringIO()
+    app = AccessLog(answering("200 OK"), out)
+
+    def requests(n: int) -> None:
+        for i in range(300):
+            app(environ(PATH_INFO=f"/t{n}/{i}", HTTP_USER_AGENT="x" * 200), lambda *a: None)
+
+    threads = [threading.Thread(target=requests, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lines = [json.loads(text) for text in out.getvalue().splitlines()]
+    assert len(lines) == 8 * 300
+    assert len({line["path"] for line in lines}) == 8 * 300
 
 
 @pytest.mark.parametrize(
