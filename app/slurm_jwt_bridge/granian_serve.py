@@ -17,6 +17,7 @@ stop. The access log is one JSON object per request, written by ``AccessLog`` ar
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -26,7 +27,7 @@ from json.encoder import encode_basestring_ascii as json_string
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from .gunicorn_logging import AGENT_MAX, status_code
+from .gunicorn_logging import bounded_line, status_code
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -36,7 +37,8 @@ class AccessLog:
     """The WSGI app, with one JSON line per request on ``stream`` (stdout): gunicorn_logging.py's
     fields without ``bytes``: time (UTC, when the answer was ready), remote (the peer address),
     method, path (never the query string), status (500 when the app raised), duration_us (until
-    the app returned its answer), agent (the only header written, cut to AGENT_MAX).
+    the app returned its answer), agent (the only header written); fields cut as gunicorn's are
+    (gunicorn_logging.bounded_line), so a line is one write below PIPE_BUF.
 
     granian can write an access log itself (``log_access``), but it builds a strftime timestamp
     and a dictionary of atoms and goes through a logging record for each request: 55 µs a line on
@@ -74,29 +76,62 @@ class AccessLog:
         if second[0] != whole:
             second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
             self._second = second
-        try:
-            line = (
-                f'{{"time": "{second[1]}.{int((now - whole) * 1000):03d}Z", '
-                f'"remote": {json_string(str(environ.get("REMOTE_ADDR", "-")))}, '
-                f'"method": {json_string(str(environ.get("REQUEST_METHOD", "-")))}, '
-                f'"path": {json_string(str(environ.get("PATH_INFO", "-")))}, '
-                f'"status": {code}, '
-                f'"duration_us": {int((time.perf_counter() - started) * 1_000_000)}, '
-                f'"agent": {json_string(str(environ.get("HTTP_USER_AGENT", "-"))[:AGENT_MAX])}}}\n'
+        us = int((time.perf_counter() - started) * 1_000_000)
+        stamp = f"{second[1]}.{int((now - whole) * 1000):03d}Z"
+
+        def build(remote: str, method: str, path: str, agent: str) -> str:
+            return (
+                f'{{"time": "{stamp}", "remote": {json_string(remote)}, '
+                f'"method": {json_string(method)}, "path": {json_string(path)}, '
+                f'"status": {code}, "duration_us": {us}, "agent": {json_string(agent)}}}\n'
             )
+
+        try:
+            line = bounded_line(build, environ)
             with self._lock:
                 self._stream.write(line)
                 self._stream.flush()
-        except Exception:  # a log line never fails a request
-            with self._lock:
+        except Exception:  # a log line never fails a request, nor does saying so
+            with contextlib.suppress(Exception), self._lock:
                 sys.stderr.write("slurm-jwt-bridge: access log line failed\n")
 
 
+class WithoutProcessHeaders:
+    """granian builds each request's environ on a copy of the process environment (granian's
+    wsgi.py: ``dict(os.environ) | scope``): a variable such as HTTP_PROXY or CONTENT_LENGTH in the
+    service's environment would read as a request header the client never sent. This removes
+    each such key whose value is still the process's (the request did not send its own)."""
+
+    def __init__(self, app: WSGIApplication, inherited: dict[str, str]) -> None:
+        self.app = app
+        self._inherited = tuple(inherited.items())
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        for key, value in self._inherited:
+            if environ.get(key) == value:
+                del environ[key]
+        return self.app(environ, start_response)
+
+
+def request_keys(env: dict[str, str]) -> dict[str, str]:
+    """The variables of ``env`` that a WSGI environ would read as parts of the request."""
+    return {
+        k: v
+        for k, v in env.items()
+        if k.startswith("HTTP_") or k in ("CONTENT_TYPE", "CONTENT_LENGTH")
+    }
+
+
 def create_app() -> Callable[..., Any]:
-    """granian's target: the service (``slurm_jwt_bridge.create_app``) inside AccessLog."""
+    """granian's target: the service (``slurm_jwt_bridge.create_app``) inside AccessLog, and
+    inside WithoutProcessHeaders when the environment has variables a request could carry."""
     from . import create_app as service
 
-    return AccessLog(service())
+    app: WSGIApplication = service()
+    inherited = request_keys(dict(os.environ))
+    if inherited:
+        app = WithoutProcessHeaders(app, inherited)
+    return AccessLog(app)
 
 
 LOGGING = {

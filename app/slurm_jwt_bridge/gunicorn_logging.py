@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,27 @@ if TYPE_CHECKING:
     from gunicorn.http.wsgi import Response
 
 AGENT_MAX = 256
+# Each field is cut (in characters, before escaping) so that a line stays one write below
+# PIPE_BUF (4,096 bytes), which the kernel never interleaves with another worker's line on a
+# pipe: remote and method to SHORT_MAX, path to PATH_MAX, agent to AGENT_MAX; a line still over
+# LINE_MAX (escapes take up to six bytes a character) is built again with every field at SHORT_MAX.
+PATH_MAX = 1024
+SHORT_MAX = 128
+LINE_MAX = 4000
+
+
+def bounded_line(build: Callable[[str, str, str, str], str], environ: Mapping[str, Any]) -> str:
+    """``build(remote, method, path, agent)`` from a WSGI environ, with the fields cut as above
+    (a missing one is ``-``)."""
+    r, m, p, a = (
+        str(environ.get(key, "-"))
+        for key in ("REMOTE_ADDR", "REQUEST_METHOD", "PATH_INFO", "HTTP_USER_AGENT")
+    )
+    r, m = r[:SHORT_MAX], m[:SHORT_MAX]
+    line = build(r, m, p[:PATH_MAX], a[:AGENT_MAX])
+    if len(line) > LINE_MAX:
+        line = build(r, m, p[:SHORT_MAX], a[:SHORT_MAX])
+    return line
 
 
 def _iso_utc(now: float) -> str:
@@ -54,17 +75,26 @@ class JsonAccessLogger(Logger):
     ) -> None:
         if not self.access_log_enabled:
             return
-        line = {
-            "time": _iso_utc(time.time()),
-            "remote": environ.get("REMOTE_ADDR", "-"),
-            "method": environ.get("REQUEST_METHOD", "-"),
-            "path": environ.get("PATH_INFO", "-"),
-            "status": status_code(resp.status),  # None before start_response
-            "bytes": int(getattr(resp, "sent", 0) or 0),
-            "duration_us": request_time.seconds * 1_000_000 + request_time.microseconds,
-            "agent": str(environ.get("HTTP_USER_AGENT", "-"))[:AGENT_MAX],
-        }
+        now = _iso_utc(time.time())
+        code = status_code(resp.status)  # None before start_response
+        sent = int(getattr(resp, "sent", 0) or 0)
+        us = request_time.seconds * 1_000_000 + request_time.microseconds
+
+        def build(remote: str, method: str, path: str, agent: str) -> str:
+            line = {
+                "time": now,
+                "remote": remote,
+                "method": method,
+                "path": path,
+                "status": code,
+                "bytes": sent,
+                "duration_us": us,
+                "agent": agent,
+            }
+            return json.dumps(line, ensure_ascii=True)
+
         try:
-            self.access_log.info(json.dumps(line, ensure_ascii=True))
+            text = bounded_line(build, environ)
+            self.access_log.info(text)
         except Exception:  # never let a log line fail a request
             self.exception("access log line failed")

@@ -15,8 +15,13 @@ from typing import Any
 
 import pytest
 
-from slurm_jwt_bridge.granian_serve import AccessLog, bind_address
-from slurm_jwt_bridge.gunicorn_logging import AGENT_MAX
+from slurm_jwt_bridge.granian_serve import (
+    AccessLog,
+    WithoutProcessHeaders,
+    bind_address,
+    request_keys,
+)
+from slurm_jwt_bridge.gunicorn_logging import AGENT_MAX, LINE_MAX, PATH_MAX
 
 FIELDS = ["time", "remote", "method", "path", "status", "duration_us", "agent"]
 
@@ -151,3 +156,59 @@ def test_bind_as_gunicorn_reads_it(bind: str, want: dict) -> None:
 def test_an_inherited_descriptor_is_refused_in_one_line() -> None:
     with pytest.raises(SystemExit, match="fd://N is gunicorn only"):
         bind_address("fd://3")
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        {"PATH_INFO": "/" + "\x00" * 21_600},  # a 64 KB request target of %00: six bytes each
+        {"PATH_INFO": "/" + "é" * 5000, "HTTP_USER_AGENT": "\x01" * 5000},
+        {"REMOTE_ADDR": '"' * 5000, "REQUEST_METHOD": "\x7f" * 5000},
+    ],
+)
+def test_a_line_stays_one_write_below_pipe_buf(odd: dict[str, str]) -> None:
+    """One request cannot write a line that a pipe would interleave with another worker's, nor
+    one that journald or a container runtime would split."""
+    out = io.StringIO()
+    AccessLog(answering("404 NOT FOUND"), out)(environ(**odd), lambda *a: None)
+    text = out.getvalue()
+    assert len(text.encode()) <= LINE_MAX + 1 and text.count("\n") == 1
+    line = json.loads(text)
+    for key, field in (("PATH_INFO", "path"), ("HTTP_USER_AGENT", "agent")):
+        assert environ(**odd)[key].startswith(line[field])
+    assert line["status"] == 404
+
+
+def test_an_ordinary_long_path_is_kept_to_path_max() -> None:
+    path = "/slurm/v0.0.44/job/" + "1" * 2000
+    line = call(answering("200 OK"), environ(PATH_INFO=path))[1]
+    assert line["path"] == path[:PATH_MAX]
+
+
+def test_nowhere_to_write_does_not_fail_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Gone(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stderr", Gone())
+    body = AccessLog(answering("200 OK"), Gone())(environ(), lambda *a: None)
+    assert list(body) == [b"ok"]
+
+
+def test_the_process_environment_is_not_read_as_request_headers() -> None:
+    """granian's environ starts from a copy of os.environ: HTTP_PROXY there is not a header."""
+    process = {"HTTP_PROXY": "http://proxy:3128", "CONTENT_LENGTH": "5", "PATH": "/usr/bin"}
+    inherited = request_keys(process)
+    assert inherited == {"HTTP_PROXY": "http://proxy:3128", "CONTENT_LENGTH": "5"}
+    seen: list[dict] = []
+
+    def app(env: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
+        seen.append(dict(env))
+        start_response("200 OK", [])
+        return [b""]
+
+    wrapped = WithoutProcessHeaders(app, inherited)
+    wrapped({**process, **environ()}, lambda *a: None)  # a request without those headers
+    assert "HTTP_PROXY" not in seen[0] and "CONTENT_LENGTH" not in seen[0]
+    wrapped({**process, **environ(CONTENT_LENGTH="12", HTTP_PROXY="x")}, lambda *a: None)
+    assert seen[1]["CONTENT_LENGTH"] == "12" and seen[1]["HTTP_PROXY"] == "x"  # the request's own

@@ -8,7 +8,13 @@ from pathlib import Path
 
 from gunicorn.config import Config
 
-from slurm_jwt_bridge.gunicorn_logging import AGENT_MAX, JsonAccessLogger
+from slurm_jwt_bridge.gunicorn_logging import (
+    AGENT_MAX,
+    LINE_MAX,
+    PATH_MAX,
+    SHORT_MAX,
+    JsonAccessLogger,
+)
 
 
 class _Resp:
@@ -62,3 +68,18 @@ def test_long_agents_are_cut_and_odd_statuses_kept_as_zero(tmp_path: Path) -> No
     assert len(line["agent"]) == AGENT_MAX
     assert line["status"] == 0 and line["duration_us"] == 2_000_000
     assert line["remote"] == "-"
+
+
+def test_a_line_stays_one_write_below_pipe_buf(tmp_path: Path) -> None:
+    """The same bounds as under granian (bounded_line): an escaped path of control characters
+    cannot make a line that a pipe would interleave with another worker's."""
+    log = tmp_path / "access.log"
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/" + "\x00" * 4000, "HTTP_USER_AGENT": "b"}
+    _logger(log).access(_Resp("404 NOT FOUND", 9), None, environ, timedelta(microseconds=5))
+    text = log.read_text()
+    assert len(text.encode()) <= LINE_MAX + 1
+    line = json.loads(text)
+    assert line["path"] == "/" + "\x00" * (SHORT_MAX - 1) and line["status"] == 404
+    long_path = "/p/" + "x" * 3000
+    _logger(log).access(_Resp("200 OK", 9), None, {"PATH_INFO": long_path}, timedelta())
+    assert json.loads(log.read_text().splitlines()[-1])["path"] == long_path[:PATH_MAX]
