@@ -48,10 +48,17 @@ def bounded_line(build: Callable[[str, str, str, str], str], environ: Mapping[st
     return line
 
 
+# The last whole second _iso_utc formatted, and its text: strftime once per second, not per line.
+_second: tuple[int, str] = (-1, "")
+
+
 def _iso_utc(now: float) -> str:
+    global _second
     whole = int(now)
-    millis = int((now - whole) * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
+    second = _second
+    if second[0] != whole:
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{second[1]}.{int((now - whole) * 1000):03d}Z"
 
 
 def status_code(status: str | None) -> int:
