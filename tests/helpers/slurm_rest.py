@@ -229,6 +229,16 @@ def rest_url(cluster: SlurmCluster, path: str) -> str:
     return f"{cluster.restd_url}/slurm/{cluster.api_version}/{path.lstrip('/')}"
 
 
+def _get_jobs_once(
+    cluster: SlurmCluster, token: str, user: str | None, *, bearer: bool = False
+) -> requests.Response:
+    return requests.get(
+        rest_url(cluster, "jobs"),
+        headers=auth_headers(cluster, token, user, bearer=bearer),
+        timeout=30,
+    )
+
+
 def get_jobs(
     cluster: SlurmCluster, token: str, user: str | None, *, bearer: bool = False
 ) -> requests.Response:
@@ -238,15 +248,14 @@ def get_jobs(
     one such GET in a full run under load (once in some 1,300 tests, never alone). The GET is sent
     once more after a reset; a second one fails with the daemons' log tails.
     """
-    url, headers = rest_url(cluster, "jobs"), auth_headers(cluster, token, user, bearer=bearer)
     try:
-        return requests.get(url, headers=headers, timeout=30)
+        return _get_jobs_once(cluster, token, user, bearer=bearer)
     except requests.ConnectionError as first:
-        print(f"GET {url}: {first!r}; sent once more", file=sys.stderr)
+        print(f"GET jobs on Slurm {cluster.version}: {first!r}; sent once more", file=sys.stderr)
     try:
-        return requests.get(url, headers=headers, timeout=30)
+        return _get_jobs_once(cluster, token, user, bearer=bearer)
     except requests.ConnectionError as exc:
-        raise AssertionError(f"GET {url} failed twice: {exc!r}\n{cluster.logs()}") from exc
+        raise AssertionError(f"GET jobs failed twice: {exc!r}\n{cluster.logs()}") from exc
 
 
 def submit_body(api_version: str, script: str, out_path: str, name: str) -> dict[str, Any]:
@@ -342,9 +351,7 @@ def wait_rest_accepts(
     deadline = time.monotonic() + timeout
     while True:
         try:
-            r = requests.get(
-                rest_url(cluster, "jobs"), headers=auth_headers(cluster, token, user), timeout=30
-            )
+            r = _get_jobs_once(cluster, token, user)  # polls: a reset is one more try
             if r.status_code == 200:
                 return r
             last = f"{r.status_code} {r.text[:300]}"
