@@ -103,8 +103,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
         # X-Forwarded-For and -Proto of that many hops; never -Host, -Port or -Prefix: the
         # service's own URLs come from [server] public_url (web/urls.py).
+        from .web.forwarded import ForwardedClientRequired
+
         n = settings.server.proxy_fix
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=0, x_port=0, x_prefix=0)  # type: ignore[method-assign]
+        proxied = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=0, x_port=0, x_prefix=0)
+        app.wsgi_app = ForwardedClientRequired(proxied, n)  # type: ignore[method-assign]
 
     # (lower-case name, name, value): one pass over the answer's headers instead of a
     # case-insensitive scan per header (setdefault), on every answer
