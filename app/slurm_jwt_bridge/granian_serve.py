@@ -89,11 +89,31 @@ class AccessLog:
                 sys.stderr.write("slurm-jwt-bridge: access log line failed\n")
 
 
-class WithoutProcessHeaders:
+# What granian itself writes into every request's environ (its scope and fixed keys): never the
+# process's value, so never removed by WithoutProcessEnvironment.
+GRANIAN_KEYS = frozenset(
+    {
+        "GATEWAY_INTERFACE",
+        "PATH_INFO",
+        "QUERY_STRING",
+        "REMOTE_ADDR",
+        "REQUEST_METHOD",
+        "SCRIPT_NAME",
+        "SERVER_NAME",
+        "SERVER_PORT",
+        "SERVER_PROTOCOL",
+        "SERVER_SOFTWARE",
+    }
+)
+
+
+class WithoutProcessEnvironment:
     """granian builds each request's environ on a copy of the process environment (granian's
-    wsgi.py: ``dict(os.environ) | scope``): a variable such as HTTP_PROXY or CONTENT_LENGTH in the
-    service's environment would read as a request header the client never sent. This removes
-    each such key whose value is still the process's (the request did not send its own)."""
+    wsgi.py: ``dict(os.environ) | scope``): a variable such as HTTP_PROXY, CONTENT_LENGTH or
+    RAW_URI in the service's environment would read as part of a request the client never sent.
+    This removes each inherited key whose value is still the process's: all of them, except a
+    request header that the request sent with a value of its own (one sent with the very same
+    value as the process's variable is removed too, as if not sent)."""
 
     def __init__(self, app: WSGIApplication, inherited: dict[str, str]) -> None:
         self.app = app
@@ -106,24 +126,21 @@ class WithoutProcessHeaders:
         return self.app(environ, start_response)
 
 
-def request_keys(env: Mapping[str, str]) -> dict[str, str]:
-    """The variables of ``env`` that a WSGI environ would read as parts of the request."""
-    return {
-        k: v
-        for k, v in env.items()
-        if k.startswith("HTTP_") or k in ("CONTENT_TYPE", "CONTENT_LENGTH")
-    }
+def inherited_keys(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables of ``env`` that granian copies into a request's environ and does not
+    overwrite itself."""
+    return {k: v for k, v in env.items() if k not in GRANIAN_KEYS and not k.startswith("wsgi.")}
 
 
 def create_app() -> Callable[..., Any]:
-    """granian's target: the service (``slurm_jwt_bridge.create_app``) inside AccessLog, and
-    inside WithoutProcessHeaders when the environment has variables a request could carry."""
+    """granian's target: the service (``slurm_jwt_bridge.create_app``) inside
+    WithoutProcessEnvironment (when the environment is not empty), inside AccessLog."""
     from . import create_app as service
 
     app: WSGIApplication = service()
-    inherited = request_keys(os.environ)
+    inherited = inherited_keys(os.environ)
     if inherited:
-        app = WithoutProcessHeaders(app, inherited)
+        app = WithoutProcessEnvironment(app, inherited)
     return AccessLog(app)
 
 

@@ -17,9 +17,9 @@ import pytest
 
 from slurm_jwt_bridge.granian_serve import (
     AccessLog,
-    WithoutProcessHeaders,
+    WithoutProcessEnvironment,
     bind_address,
-    request_keys,
+    inherited_keys,
 )
 from slurm_jwt_bridge.gunicorn_logging import AGENT_MAX, LINE_MAX, PATH_MAX
 
@@ -195,11 +195,20 @@ def test_nowhere_to_write_does_not_fail_the_request(monkeypatch: pytest.MonkeyPa
     assert list(body) == [b"ok"]
 
 
-def test_the_process_environment_is_not_read_as_request_headers() -> None:
-    """granian's environ starts from a copy of os.environ: HTTP_PROXY there is not a header."""
-    process = {"HTTP_PROXY": "http://proxy:3128", "CONTENT_LENGTH": "5", "PATH": "/usr/bin"}
-    inherited = request_keys(process)
-    assert inherited == {"HTTP_PROXY": "http://proxy:3128", "CONTENT_LENGTH": "5"}
+def test_the_process_environment_is_not_read_as_part_of_a_request() -> None:
+    """granian's environ starts from a copy of os.environ: HTTP_PROXY there is not a header,
+    RAW_URI not the request's target; what granian writes itself is never touched."""
+    process = {
+        "HTTP_PROXY": "http://proxy:3128",
+        "CONTENT_LENGTH": "5",
+        "RAW_URI": "/slurm/v0.0.40/job/4242",
+        "REMOTE_USER": "root",
+        "PATH": "/usr/bin",
+        "PATH_INFO": "/oauth/token",
+        "SERVER_PORT": "8000",
+    }
+    inherited = inherited_keys(process)
+    assert set(inherited) == {"HTTP_PROXY", "CONTENT_LENGTH", "RAW_URI", "REMOTE_USER", "PATH"}
     seen: list[dict] = []
 
     def app(env: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -207,8 +216,11 @@ def test_the_process_environment_is_not_read_as_request_headers() -> None:
         start_response("200 OK", [])
         return [b""]
 
-    wrapped = WithoutProcessHeaders(app, inherited)
-    wrapped({**process, **environ()}, lambda *a: None)  # a request without those headers
-    assert "HTTP_PROXY" not in seen[0] and "CONTENT_LENGTH" not in seen[0]
+    wrapped = WithoutProcessEnvironment(app, inherited)
+    request = environ(SERVER_PORT="8000")  # PATH_INFO /oauth/token, as in the process
+    wrapped({**process, **request}, lambda *a: None)  # a request without those headers
+    for key in ("HTTP_PROXY", "CONTENT_LENGTH", "RAW_URI", "REMOTE_USER", "PATH"):
+        assert key not in seen[0], key
+    assert seen[0]["PATH_INFO"] == "/oauth/token" and seen[0]["SERVER_PORT"] == "8000"
     wrapped({**process, **environ(CONTENT_LENGTH="12", HTTP_PROXY="x")}, lambda *a: None)
     assert seen[1]["CONTENT_LENGTH"] == "12" and seen[1]["HTTP_PROXY"] == "x"  # the request's own
