@@ -109,21 +109,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         proxied = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=0, x_port=0, x_prefix=0)
         app.wsgi_app = ForwardedClientRequired(proxied, n)  # type: ignore[method-assign]
 
-    # (lower-case name, name, value): one pass over the answer's headers instead of a
-    # case-insensitive scan per header (setdefault), on every answer
-    security = [(n.lower(), n, v) for n, v in jwks.SECURITY_HEADERS]
-    csp = jwks.CONTENT_SECURITY_POLICY
-
-    @app.after_request
-    def security_headers(resp: Response) -> Response:
-        headers = resp.headers
-        present = {name.lower() for name in headers.keys()}
-        for lower, name, value in security:
-            if lower not in present:
-                headers.add(name, value)
-        if csp[0].lower() not in present and resp.mimetype == "text/html":
-            headers.add(*csp)
-        return resp
+    app.after_request(jwks.add_security_headers)
 
     @app.errorhandler(413)
     def too_large(_exc: Exception) -> Response:

@@ -22,13 +22,14 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_to_bytes, urlsplit
+from urllib.parse import quote, unquote_to_bytes, urlsplit
 
 import urllib3
 from flask import Blueprint, Flask, Response, current_app, request, session
+from flask.wrappers import Request as HttpRequest
 
 from ..cache import ExpiringCache
 from ..errors import BridgeError
@@ -120,16 +121,14 @@ def _shown(path: str, limit: int = 120) -> str:
     return repr(path.encode("latin-1", "replace").decode("ascii", "replace")[:limit])
 
 
-def _raw_target() -> str:
+def _raw_target(req: HttpRequest) -> str:
     """The request target as the client sent it (gunicorn and werkzeug keep it in RAW_URI)."""
-    env = request.environ
+    env = req.environ
     raw = env.get("RAW_URI") or env.get("REQUEST_URI")
-    if raw is None:  # another WSGI server: rebuild it from the decoded path
-        from urllib.parse import quote
-
-        raw = quote(request.path, safe="/!$&'()*+,;=:@~")
-        if request.query_string:
-            raw += "?" + request.query_string.decode("latin-1")
+    if raw is None:  # another WSGI server (granian): rebuild it from the decoded path
+        raw = quote(req.path, safe="/!$&'()*+,;=:@~")
+        if req.query_string:
+            raw += "?" + req.query_string.decode("latin-1")
     script = env.get("SCRIPT_NAME", "")
     if script and raw.startswith(script):
         raw = raw[len(script) :]
@@ -191,12 +190,15 @@ def _token_key(grant: Grant) -> tuple[Any, ...]:
 class SlurmRestProxy:
     """The door's state, one per process: the client to slurmrestd and the two caches."""
 
-    def __init__(self, settings: Settings, pipeline: Pipeline) -> None:
+    def __init__(
+        self, settings: Settings, pipeline: Pipeline, observer: ProxyObserver | None = None
+    ) -> None:
         self.settings = settings
         self.cfg: ProxySettings = settings.proxy
         self.pipeline = pipeline
         cfg = self.cfg
         self.client = SlurmRestClient.from_settings(cfg) if cfg.enabled else None
+        self.observer = observer
         self.lifetime = cfg.token_lifetime or None
         # upstream token hash -> (Grant, the upstream token's exp), until that exp
         self._grants: ExpiringCache[str, tuple[Grant, float]] = ExpiringCache(cfg.cache_size)
@@ -251,24 +253,26 @@ class SlurmRestProxy:
 
     # ------------------------------------------------------------ forwarding
 
-    def send(self, target: str, user: str, token: str) -> urllib3.BaseHTTPResponse:
-        """The current request to slurmrestd at ``target`` (raw, as the client sent it), with
-        ``user``'s Slurm token; the answer's body is left unread (streamed)."""
+    def send(
+        self, req: HttpRequest, target: str, user: str, token: str
+    ) -> urllib3.BaseHTTPResponse:
+        """``req`` to slurmrestd at ``target`` (raw, as the client sent it), with ``user``'s
+        Slurm token; the answer's body is left unread (streamed)."""
         if self.client is None:
             raise BridgeError("server_error", "no [proxy] upstream is configured", 500)
-        length = request.content_length
+        length = req.content_length
         body: Any = None
         chunked = False
         if length:
-            body = request.stream
-        elif request.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            body, chunked = _limited(request.stream, self.cfg.max_body), True
+            body = req.stream
+        elif req.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body, chunked = _limited(req.stream, self.cfg.max_body), True
         headers = self.client.headers_for(
-            request.headers.items(), user=user, token=token, remote_addr=request.remote_addr
+            req.headers.items(), user=user, token=token, remote_addr=req.remote_addr
         )
         if length is not None:
             headers["Content-Length"] = str(length)
-        return self.client.send(request.method, target, headers, body, chunked=chunked)
+        return self.client.send(req.method, target, headers, body, chunked=chunked)
 
 
 def _limited(stream: Any, limit: int) -> Iterator[bytes]:
@@ -349,17 +353,28 @@ def _origin() -> Request:
     return Request(door="proxy", remote_addr=request.remote_addr)
 
 
+def bearer_credentials(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` value, else None."""
+    scheme, _, credentials = authorization.partition(" ")
+    credentials = credentials.strip()
+    return credentials if scheme.lower() == "bearer" and credentials else None
+
+
+def _bearer_caller(proxy: SlurmRestProxy, token: str, origin: Request) -> _Caller:
+    """The caller an identity-provider token maps to (verified once per token, cached)."""
+    grant, upstream_exp = proxy.verified_bearer(token, origin)
+    return _Caller(grant.user, grant, upstream_exp=upstream_exp)
+
+
 def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
     """The caller from the Authorization header or the browser session; None for neither.
     Every refusal here is audited."""
     auth = request.headers.get("Authorization", "")
-    scheme, _, credentials = auth.partition(" ")
-    credentials = credentials.strip()
-    if scheme.lower() == "bearer" and credentials:
+    credentials = bearer_credentials(auth)
+    if credentials is not None:
         sun = _looks_like_slurm_token(credentials)
         if sun is None:
-            grant, upstream_exp = proxy.verified_bearer(credentials, origin)
-            return _Caller(grant.user, grant, upstream_exp=upstream_exp)
+            return _bearer_caller(proxy, credentials, origin)
         with proxy.pipeline.parsing("exchange", origin):
             if not proxy.cfg.passthrough_slurm_tokens:
                 raise BridgeError(
@@ -402,12 +417,15 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
     return None
 
 
-def _credentials(proxy: SlurmRestProxy, origin: Request) -> tuple[_Caller, _Cached | None]:
-    """The caller and, unless a raw Slurm token passes through, the Slurm token minted (or
-    reused) for it. A refusal answers 401 where the pipeline says 400: to the proxy's client
-    the token it sent is what is wrong. No credentials at all: the 401 that asks for them."""
+def _credentials(
+    proxy: SlurmRestProxy, origin: Request, caller_of: Callable[[], _Caller | None]
+) -> tuple[_Caller, _Cached | None]:
+    """The caller (``caller_of``) and, unless a raw Slurm token passes through, the Slurm
+    token minted (or reused) for it. A refusal answers 401 where the pipeline says 400: to the
+    proxy's client the token it sent is what is wrong. No credentials at all: the 401 that asks
+    for them."""
     try:
-        caller = _authenticate(proxy, origin)
+        caller = caller_of()
         if caller is None:
             proxy.pipeline.refuse_input(
                 "exchange",
@@ -476,17 +494,33 @@ def handle(prefix: str, rest: str) -> Response:
     proxy = _proxy()
     origin = _origin()
     with proxy.pipeline.parsing("exchange", origin):
-        path, query = forwardable_target(_raw_target())
+        target = forwardable_target(_raw_target(request))
         request.max_content_length = proxy.cfg.max_body
         if request.content_length and request.content_length > proxy.cfg.max_body:
             raise BridgeError(
                 "invalid_request", f"request body larger than {proxy.cfg.max_body} bytes", 413
             )
-    caller, cached = _credentials(proxy, origin)
+    caller, cached = _credentials(proxy, origin, lambda: _authenticate(proxy, origin))
+    return forward(proxy, request, target, caller, cached, origin)
+
+
+def forward(
+    proxy: SlurmRestProxy,
+    req: HttpRequest,
+    target: tuple[str, str],
+    caller: _Caller,
+    cached: _Cached | None,
+    origin: Request,
+) -> Response:
+    """send -> relay, for an authenticated ``caller``: ``req`` to slurmrestd at ``target``
+    (path, query) with the Slurm token, and its answer as the client's. A token slurmctld
+    refused because it was signed before a key rotation is replaced once."""
     token = cached.token if cached else None
-    target = f"{path}?{query}" if query else path
+    path, query = target
+    target_raw = f"{path}?{query}" if query else path
     started = time.perf_counter()
-    upstream = proxy.send(target, caller.user, token.token if token else caller.passthrough or "")
+    credential = token.token if token else caller.passthrough or ""
+    upstream = proxy.send(req, target_raw, caller.user, credential)
     status = upstream.status
     chunks = upstream.stream(65536, decode_content=False)  # one iterator over the body
     peek = b""
@@ -501,29 +535,30 @@ def handle(prefix: str, rest: str) -> Response:
         if _auth_failure(status, peek.decode("utf-8", "replace")):
             upstream.close()
             proxy.forget(caller.grant)
-            retry = _fresh_token_once(proxy, caller.grant, token, origin)
+            retry = _fresh_token_once(proxy, req, caller.grant, token, origin)
             if retry is None:
-                _observe(status, started)
+                _observe(proxy, status, started)
                 return _refusal(caller.user, token, status)
-            upstream = proxy.send(target, caller.user, retry.token)
+            upstream = proxy.send(req, target_raw, caller.user, retry.token)
             status = upstream.status
             chunks = upstream.stream(65536, decode_content=False)
             peek = b""
-    return _relayed(upstream, status, peek, chunks, started)
+    return _relayed(proxy, req, upstream, status, peek, chunks, started)
 
 
-def _observer() -> ProxyObserver | None:
-    observer: ProxyObserver | None = current_app.extensions.get("slurm_jwt_bridge_metrics")
+def _observer_of(app: Flask) -> ProxyObserver | None:
+    observer: ProxyObserver | None = app.extensions.get("slurm_jwt_bridge_metrics")
     return observer
 
 
-def _observe(status: int, started: float) -> None:
-    observer = _observer()
-    if observer is not None:
-        observer.proxied(status, time.perf_counter() - started)
+def _observe(proxy: SlurmRestProxy, status: int, started: float) -> None:
+    if proxy.observer is not None:
+        proxy.observer.proxied(status, time.perf_counter() - started)
 
 
 def _relayed(
+    proxy: SlurmRestProxy,
+    req: HttpRequest,
     upstream: urllib3.BaseHTTPResponse,
     status: int,
     peek: bytes,
@@ -533,7 +568,7 @@ def _relayed(
     """slurmrestd's answer (after any ``peek``-ed start) as the client's."""
     headers = [(k, v) for k, v in upstream.headers.items() if k.lower() not in DROP_RESPONSE]
     length = _declared_length(upstream)
-    if length is not None and length <= WHOLE_BODY and request.method != "HEAD":
+    if length is not None and length <= WHOLE_BODY and req.method != "HEAD":
         # A small answer (most of slurmrestd's) is read whole: one write to the client, a
         # Content-Length instead of chunked framing, the connection back in the pool at once.
         try:
@@ -542,9 +577,9 @@ def _relayed(
             upstream.close()
             raise unreachable(exc, "slurmrestd's answer was cut") from None
         upstream.release_conn()
-        _observe(status, started)
+        _observe(proxy, status, started)
         return Response(data, status=status, headers=headers)
-    _observe(status, started)
+    _observe(proxy, status, started)
     if length is not None:
         headers.append(("Content-Length", str(length)))  # relayed byte for byte
     body = _relay(peek, chunks, upstream)
@@ -552,12 +587,12 @@ def _relayed(
 
 
 def _fresh_token_once(
-    proxy: SlurmRestProxy, grant: Grant, refused: SlurmToken, origin: Request
+    proxy: SlurmRestProxy, req: HttpRequest, grant: Grant, refused: SlurmToken, origin: Request
 ) -> SlurmToken | None:
     """After slurmctld refused a cached token: a new one, when it would be signed by another
     key (the cached one was minted before a rotation) and the request can be sent again (no
     body was streamed). None: answer the refusal as it is."""
-    if request.content_length or request.headers.get("Transfer-Encoding"):
+    if req.content_length or req.headers.get("Transfer-Encoding"):
         return None
     ring = proxy.pipeline.keys.current()
     if refused.kid is None or ring.active is None or ring.active.kid == refused.kid:
@@ -639,7 +674,7 @@ auth_bp.register_error_handler(BridgeError, _auth_refused)
 
 @auth_bp.after_request
 def _count_auth_answer(resp: Response) -> Response:
-    observer = _observer()
+    observer = _proxy().observer
     if observer is not None:
         observer.auth_answered(resp.status_code)
     return resp
@@ -677,7 +712,7 @@ def proxy_auth() -> Response:
     if original is not None:
         with proxy.pipeline.parsing("exchange", origin):
             forwardable_target(original)
-    caller, cached = _credentials(proxy, origin)
+    caller, cached = _credentials(proxy, origin, lambda: _authenticate(proxy, origin))
     # max_age stays 0 (nginx asks every time) for raw Slurm tokens and browser sessions
     max_age = 0
     limit, now = proxy.cfg.auth_request_max_age, time.time()
@@ -694,8 +729,12 @@ def proxy_auth() -> Response:
 
 
 def init_proxy(app: Flask, settings: Settings, pipeline: Pipeline) -> None:
-    app.extensions["slurm_jwt_bridge_proxy"] = SlurmRestProxy(settings, pipeline)
+    proxy = SlurmRestProxy(settings, pipeline, _observer_of(app))
+    app.extensions["slurm_jwt_bridge_proxy"] = proxy
     if settings.proxy.enabled:
         app.register_blueprint(bp)
+        from .proxy_door import ProxyFastPath
+
+        app.wsgi_app = ProxyFastPath(app.wsgi_app, proxy)  # type: ignore[method-assign]
     if settings.proxy.auth_request:
         app.register_blueprint(auth_bp)
