@@ -11,7 +11,7 @@ compares its answers with the Flask view's, request by request.
 Everything else goes to Flask untouched: another method, a body, a cookie (a browser session
 is Flask's), a raw Slurm token (passthrough), another kind of credentials or none, a path that
 Flask would route elsewhere or answer itself (``//``, no path after the prefix, bytes outside
-ASCII).
+ASCII, control characters).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def fast_path_token(environ: dict[str, Any]) -> str | None:
         environ.get("REQUEST_METHOD") != "GET"
         or not path.startswith(ROUTED)
         or "//" in path
-        or not path.isascii()
+        or not (path.isascii() and path.isprintable())  # Flask routes no control character
         or path in ROUTED  # "/slurm/": Flask's own rule for the bare prefix
         or environ.get("CONTENT_LENGTH")
         or "HTTP_TRANSFER_ENCODING" in environ
