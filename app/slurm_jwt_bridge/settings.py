@@ -927,7 +927,12 @@ class ProxySettings:
     connect_timeout: float = setting(5.0, "seconds", ge=0.1)
     read_timeout: float = setting(60.0, "seconds to wait for slurmrestd's answer; then 504", ge=0.1)
     pool_size: int = setting(32, "keep-alive connections to slurmrestd per worker", ge=1)
-    max_body: int = setting(1 << 20, "largest request body in bytes; larger gets 413", ge=1024)
+    max_body: int = setting(
+        1 << 20,
+        "largest request body in bytes; larger gets 413 (a chunked body is read whole first, "
+        "then sent with its length)",
+        ge=1024,
+    )
     passthrough_slurm_tokens: bool = setting(
         False, "accept a raw Slurm JWT as the Bearer token and forward it"
     )

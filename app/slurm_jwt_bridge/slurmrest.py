@@ -151,8 +151,6 @@ class SlurmRestClient:
         target: str,
         headers: dict[str, str],
         body: Any = None,
-        *,
-        chunked: bool = False,
     ) -> urllib3.BaseHTTPResponse:
         """``method target`` (raw, as the client sent it) to slurmrestd; the answer's body is
         left unread. A transport failure is a BridgeError: 502 ``upstream_unavailable``, or
@@ -163,7 +161,6 @@ class SlurmRestClient:
                 target,
                 body=body,
                 headers=headers,
-                chunked=chunked,
                 preload_content=False,
                 decode_content=False,
                 redirect=False,

@@ -171,6 +171,41 @@ def test_body_forwarded_and_size_limit(
     assert r.status_code == 413 and r.json["error"] == "invalid_request"
 
 
+def _chunked(client: Any, body: bytes, auth: dict[str, str]) -> tuple[int, Any]:
+    """(status, JSON) of a POST with a chunked body, in the environ gunicorn and granian pass
+    (no CONTENT_LENGTH; the test client would rebuild it)."""
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    env = EnvironBuilder(
+        path="/slurm/v0.0.44/job/submit", method="POST", headers=auth, data=body
+    ).get_environ()
+    env.pop("CONTENT_LENGTH", None)
+    env["HTTP_TRANSFER_ENCODING"] = "chunked"
+    env["wsgi.input_terminated"] = True
+    env["RAW_URI"] = "/slurm/v0.0.44/job/submit"
+    out, status, _headers = run_wsgi_app(client.application.wsgi_app, env, buffered=True)
+    return int(status.split()[0]), json.loads(b"".join(out))
+
+
+def test_attack_a_chunked_body_over_the_limit_is_refused_audited_and_not_sent(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
+) -> None:
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    auth = {"Authorization": f"Bearer {alice(idp)}"}
+    status, answer = _chunked(client, b"x" * 50000, auth)
+    assert status == 413 and answer["error"] == "invalid_request"
+    assert "4096 bytes" in answer["error_description"]
+    assert upstream.seen == []  # not even the request's start reached slurmrestd
+    lines = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [x["outcome"] for x in lines] == ["refused"]  # audited; nothing minted
+    assert 'door="proxy"' in client.get("/metrics").get_data(as_text=True)
+    # within the limit: forwarded whole, with its length
+    body = b'{"job": {"script": "#!/bin/sh"}}'
+    status, answer = _chunked(client, body, auth)
+    assert status == 200 and upstream.seen[-1].body == body
+    assert upstream.seen[-1].header("Content-Length") == str(len(body))
+
+
 def test_slurm_auth_failure_becomes_401(
     keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
 ) -> None:

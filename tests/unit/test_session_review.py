@@ -6,6 +6,9 @@
    cookie worked again.
 3. Whoever could write to the session store could make a session for any user.
 4. Cross-site and CSRF refusals wrote no audit line.
+5. A cross-site GET with the session cookie (a link, a redirect, an image on a sibling origin)
+   was forwarded: slurmrestd has GETs that change state (``GET /slurm/v0.0.40/reconfigure/``
+   makes slurmctld re-read its configuration), and the Lax cookie rides on them.
 """
 
 from __future__ import annotations
@@ -107,3 +110,53 @@ def test_csrf_and_cross_site_refusals_are_audited(app: Any, tmp_path: Path) -> N
     assert (
         last["outcome"] == "refused" and last["user"] == "alice" and "cross-site" in last["reason"]
     )
+
+
+# What browsers send with a cross-site GET that carries the Lax session cookie
+CROSS_SITE_GETS = {
+    "a link or redirect from another site": {
+        "Sec-Fetch-Site": "cross-site",
+        "Sec-Fetch-Mode": "navigate",
+        "Referer": "https://evil.example/",
+    },
+    "an image on a sibling origin": {
+        "Sec-Fetch-Site": "same-site",
+        "Sec-Fetch-Mode": "no-cors",
+        "Referer": SIBLING + "/",
+    },
+    "a browser without fetch metadata, from another origin": {"Referer": SIBLING + "/page"},
+}
+RECONFIGURE = "/slurm/v0.0.40/reconfigure/"
+
+
+@pytest.mark.parametrize("sent", list(CROSS_SITE_GETS))
+def test_attack_a_cross_site_get_with_the_session_is_refused(
+    app: Any, tmp_path: Path, upstream: StubServer, sent: str
+) -> None:
+    client = logged_in(app)
+    headers = CROSS_SITE_GETS[sent]
+    r = client.get(RECONFIGURE, headers=headers)
+    assert r.status_code == 403, r.get_data(as_text=True)
+    assert r.json["error"] == "access_denied" and "cross-site" in r.json["error_description"]
+    assert upstream.seen == []
+    last = audit_lines(tmp_path)[-1]
+    assert last["outcome"] == "refused" and last["user"] == "alice"
+    nginx = {**headers, "X-Original-Method": "GET", "X-Original-URI": RECONFIGURE}
+    r = client.get("/proxy/auth", headers=nginx)
+    assert r.status_code == 403 and "X-Slurm-User-Token" not in r.headers
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Sec-Fetch-Site": "same-origin", "Referer": PUBLIC + "/"},
+        {"Sec-Fetch-Site": "none"},  # typed into the address bar, a bookmark
+        {},  # no fetch metadata and no Referer (curl, the bridge's own no-referrer pages)
+    ],
+)
+def test_a_same_origin_or_typed_get_with_the_session_is_forwarded(
+    app: Any, upstream: StubServer, headers: dict[str, str]
+) -> None:
+    client = logged_in(app)
+    assert client.get("/slurm/v0.0.44/jobs", headers=headers).status_code == 200
+    assert upstream.seen[-1].header("X-SLURM-USER-NAME") == "alice"

@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 import urllib3
 from flask import Blueprint, Flask, Response, current_app, request, session
 from flask.wrappers import Request as HttpRequest
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..cache import ExpiringCache
 from ..errors import BridgeError
@@ -254,37 +255,21 @@ class SlurmRestProxy:
     # ------------------------------------------------------------ forwarding
 
     def send(
-        self, req: HttpRequest, target: str, user: str, token: str
+        self, req: HttpRequest, target: str, user: str, token: str, chunked: bytes | None = None
     ) -> urllib3.BaseHTTPResponse:
         """``req`` to slurmrestd at ``target`` (raw, as the client sent it), with ``user``'s
-        Slurm token; the answer's body is left unread (streamed)."""
+        Slurm token; the answer's body is left unread (streamed). A chunked request body,
+        read beforehand (``chunked``), goes with its length."""
         if self.client is None:
             raise BridgeError("server_error", "no [proxy] upstream is configured", 500)
-        length = req.content_length
-        body: Any = None
-        chunked = False
-        if length:
-            body = req.stream
-        elif req.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            body, chunked = _limited(req.stream, self.cfg.max_body), True
+        length = len(chunked) if chunked is not None else req.content_length
+        body: Any = chunked if chunked is not None else req.stream if length else None
         headers = self.client.headers_for(
             req.headers.items(), user=user, token=token, remote_addr=req.remote_addr
         )
         if length is not None:
             headers["Content-Length"] = str(length)
-        return self.client.send(req.method, target, headers, body, chunked=chunked)
-
-
-def _limited(stream: Any, limit: int) -> Iterator[bytes]:
-    seen = 0
-    while True:
-        chunk = stream.read(65536)
-        if not chunk:
-            return
-        seen += len(chunk)
-        if seen > limit:
-            raise BridgeError("invalid_request", f"request body larger than {limit} bytes", 413)
-        yield chunk
+        return self.client.send(req.method, target, headers, body)
 
 
 def _proxy() -> SlurmRestProxy:
@@ -462,15 +447,35 @@ def _client_method() -> str:
     return request.method
 
 
+# Fetch metadata (Sec-Fetch-Site) of a request the browser made from the bridge's own pages
+# ("same-origin") or on the user's own action (address bar, bookmark: "none")
+OWN_SITE = frozenset({"same-origin", "none"})
+
+
 def _check_same_origin() -> None:
-    """CSRF defence for cookie-authenticated calls: a state-changing method needs an Origin
-    (or, without one, a Referer) equal to public_url and a custom header (X-Requested-With),
-    which a cross-site form or simple fetch cannot send."""
+    """CSRF defence for cookie-authenticated calls.
+
+    Any method: a request the browser marks as coming from another site (``Sec-Fetch-Site``
+    other than same-origin or none), or with a Referer from another origin, is refused;
+    slurmrestd has GETs that change state (``GET /slurm/v0.0.40/reconfigure/``), and the Lax
+    session cookie rides on a cross-site link or a sibling origin's image. A state-changing
+    method also needs an Origin (or, without one, a Referer) equal to public_url and a custom
+    header (X-Requested-With), which a cross-site form or simple fetch cannot send."""
     method = _client_method()
-    if method in SAFE_METHODS:
-        return
     public = current_bridge().settings.server.public_url
     expected = _origin_of(public or request.host_url)
+    if method in SAFE_METHODS:
+        site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+        referer = _origin_of(request.headers.get("Referer", "")).lower()
+        if (site and site not in OWN_SITE) or (referer and referer != expected):
+            raise BridgeError(
+                "access_denied",
+                f"cross-site request refused: a {method} with the browser session must come "
+                f"from {expected} (Sec-Fetch-Site {site[:20] or 'absent'})",
+                403,
+                metric="cross_site",
+            )
+        return
     sent = (request.headers.get("Origin") or _origin_of(request.headers.get("Referer", ""))).lower()
     if sent != expected or not request.headers.get("X-Requested-With"):
         raise BridgeError(
@@ -497,11 +502,32 @@ def handle(prefix: str, rest: str) -> Response:
         target = forwardable_target(_raw_target(request))
         request.max_content_length = proxy.cfg.max_body
         if request.content_length and request.content_length > proxy.cfg.max_body:
-            raise BridgeError(
-                "invalid_request", f"request body larger than {proxy.cfg.max_body} bytes", 413
-            )
+            raise _too_large(proxy.cfg.max_body)
+        chunked = _chunked_body(request, proxy.cfg.max_body)
     caller, cached = _credentials(proxy, origin, lambda: _authenticate(proxy, origin))
-    return forward(proxy, request, target, caller, cached, origin)
+    return forward(proxy, request, target, caller, cached, origin, chunked)
+
+
+def _too_large(limit: int) -> BridgeError:
+    return BridgeError("invalid_request", f"request body larger than {limit} bytes", 413)
+
+
+def _chunked_body(req: HttpRequest, limit: int) -> bytes | None:
+    """A chunked request body, read whole (at most ``limit`` bytes) before any token is
+    minted or anything is sent; None for a request without one."""
+    if req.content_length or req.headers.get("Transfer-Encoding", "").lower() != "chunked":
+        return None
+    chunks: list[bytes] = []
+    seen = 0
+    try:
+        while chunk := req.stream.read(65536):
+            seen += len(chunk)
+            if seen > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except RequestEntityTooLarge:  # werkzeug's own count of the same limit
+        raise _too_large(limit) from None
+    return b"".join(chunks)
 
 
 def forward(
@@ -511,16 +537,18 @@ def forward(
     caller: _Caller,
     cached: _Cached | None,
     origin: Request,
+    chunked: bytes | None = None,
 ) -> Response:
     """send -> relay, for an authenticated ``caller``: ``req`` to slurmrestd at ``target``
-    (path, query) with the Slurm token, and its answer as the client's. A token slurmctld
-    refused because it was signed before a key rotation is replaced once."""
+    (path, query) with the Slurm token, and its answer as the client's (``chunked``: the
+    request's chunked body, already read). A token slurmctld refused because it was signed
+    before a key rotation is replaced once."""
     token = cached.token if cached else None
     path, query = target
     target_raw = f"{path}?{query}" if query else path
     started = time.perf_counter()
     credential = token.token if token else caller.passthrough or ""
-    upstream = proxy.send(req, target_raw, caller.user, credential)
+    upstream = proxy.send(req, target_raw, caller.user, credential, chunked)
     status = upstream.status
     chunks = upstream.stream(65536, decode_content=False)  # one iterator over the body
     peek = b""
@@ -539,7 +567,7 @@ def forward(
             if retry is None:
                 _observe(proxy, status, started)
                 return _refusal(caller.user, token, status)
-            upstream = proxy.send(req, target_raw, caller.user, retry.token)
+            upstream = proxy.send(req, target_raw, caller.user, retry.token, chunked)
             status = upstream.status
             chunks = upstream.stream(65536, decode_content=False)
             peek = b""
