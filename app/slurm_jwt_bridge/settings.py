@@ -929,8 +929,8 @@ class ProxySettings:
     pool_size: int = setting(32, "keep-alive connections to slurmrestd per worker", ge=1)
     max_body: int = setting(
         1 << 20,
-        "largest request body in bytes; larger gets 413 (a chunked body is read whole first, "
-        "then sent with its length)",
+        "largest request body in bytes; larger gets 413 (a body is read whole before anything "
+        "is minted or sent, then sent with its length)",
         ge=1024,
     )
     passthrough_slurm_tokens: bool = setting(

@@ -544,6 +544,67 @@ def test_cross_site_writes_through_the_proxy_need_origin_and_header(
     assert r.status_code != 403 and "cross-site" not in r.text, r.text[:500]
 
 
+@contextlib.contextmanager
+def _redirect_to(url: str) -> Iterator[str]:
+    """Another site (``localhost``, not the bridge's 127.0.0.1) answering 302 to ``url``."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", url)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_a: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{server.server_address[1]}/mailed-link"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cross_site_gets_through_the_proxy_are_refused(site: Site, context: BrowserContext) -> None:
+    """slurmrestd has GETs that change state: a GET the browser sends with the session cookie
+    from anywhere but the bridge's own pages is refused before a token is minted for it."""
+    page = context.new_page()
+    _login(page, site, "alice")
+    url = f"{site.url}/slurm/{site.slurm.cluster.api_version}/jobs"
+    seen_before = len(site.bridge.audit_lines())
+
+    # A sibling origin (another port of 127.0.0.1: same site, so the Lax cookie rides along)
+    sibling = context.new_page()
+    sibling.goto(site.prov.base_url + "/.well-known/openid-configuration")
+    sibling.evaluate(
+        "async (url) => { await fetch(url, {credentials: 'include', mode: 'no-cors'}); }", url
+    )
+    # A link opened from outside the browser, redirected here by another site: Chromium sends
+    # Sec-Fetch-Site: none and no Referer, and the Lax cookie goes with the top-level GET
+    with _redirect_to(url) as mailed:
+        answer = context.new_page().goto(mailed)
+        assert answer is not None and answer.status == 403, answer and answer.text()[:300]
+    refused = [
+        a
+        for a in site.bridge.audit_lines()[seen_before:]
+        if a.get("outcome") == "refused" and "cross-site" in a.get("reason", "")
+    ]
+    assert len(refused) == 2 and {a["user"] for a in refused} == {"alice"}, refused
+    assert not [
+        a
+        for a in site.bridge.audit_lines()[seen_before:]
+        if a.get("door") == "proxy" and a.get("outcome") == "minted"
+    ]
+    # A script on the bridge's own page: forwarded, slurmrestd answers
+    status = page.evaluate("async (url) => (await fetch(url)).status", url)
+    assert status == 200, status
+
+
 # ------------------------------------------------------------------ 10. replicas over Redis
 
 

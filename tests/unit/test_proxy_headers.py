@@ -206,6 +206,67 @@ def test_attack_a_chunked_body_over_the_limit_is_refused_audited_and_not_sent(
     assert upstream.seen[-1].header("Content-Length") == str(len(body))
 
 
+def _audit_outcomes(tmp_path: Path) -> list[str]:
+    path = tmp_path / "audit.log"
+    return (
+        [json.loads(x)["outcome"] for x in path.read_text().splitlines()] if path.exists() else []
+    )
+
+
+@pytest.mark.parametrize("framing", ["declared", "chunked"])
+def test_attack_a_body_that_stops_early_is_408_audited_and_nothing_minted_or_sent(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer, framing: str
+) -> None:
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    env = EnvironBuilder(
+        path="/slurm/v0.0.44/job/submit",
+        method="POST",
+        headers={"Authorization": f"Bearer {alice(idp)}"},
+        data=b"x" * 10,
+    ).get_environ()
+    env["RAW_URI"] = "/slurm/v0.0.44/job/submit"
+    if framing == "declared":
+        env["CONTENT_LENGTH"] = "1000"  # 10 bytes arrive
+    else:
+
+        class Stalled:  # the worker's read timeout, as gunicorn_worker.py raises it
+            def read(self, *_a: Any) -> bytes:
+                raise TimeoutError("timed out")
+
+        env.pop("CONTENT_LENGTH", None)
+        env["HTTP_TRANSFER_ENCODING"] = "chunked"
+        env["wsgi.input_terminated"] = True
+        env["wsgi.input"] = Stalled()
+    out, status, headers = run_wsgi_app(client.application.wsgi_app, env, buffered=True)
+    assert status.startswith("408"), status
+    assert (
+        json.loads(b"".join(out))["error_description"] == "the request body did not arrive in time"
+    )
+    assert headers.get("Connection") == "close"
+    assert upstream.seen == []
+    assert _audit_outcomes(tmp_path) == ["refused"]
+
+
+def test_a_transfer_coding_other_than_chunked_is_refused(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
+) -> None:
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    env = EnvironBuilder(
+        path="/slurm/v0.0.44/job/submit",
+        method="POST",
+        headers={"Authorization": f"Bearer {alice(idp)}", "Transfer-Encoding": "gzip, chunked"},
+        data=b"x" * 10,
+    ).get_environ()
+    env.pop("CONTENT_LENGTH", None)
+    out, status, _headers = run_wsgi_app(client.application.wsgi_app, env, buffered=True)
+    assert status.startswith("400") and b"Transfer-Encoding" in b"".join(out)
+    assert upstream.seen == [] and _audit_outcomes(tmp_path) == ["refused"]
+
+
 def test_slurm_auth_failure_becomes_401(
     keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
 ) -> None:

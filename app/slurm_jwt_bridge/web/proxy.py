@@ -30,7 +30,7 @@ from urllib.parse import quote, unquote_to_bytes, urlsplit
 import urllib3
 from flask import Blueprint, Flask, Response, current_app, request, session
 from flask.wrappers import Request as HttpRequest
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from ..cache import ExpiringCache
 from ..errors import BridgeError
@@ -65,6 +65,8 @@ def _json_error(
         resp.headers["Retry-After"] = str(retry_after)
     if status == 401:
         resp.headers["WWW-Authenticate"] = BridgeError(error, description).challenge()
+    if status == 408:  # what is left of the body is not read: the connection cannot be reused
+        resp.headers["Connection"] = "close"
     return resp
 
 
@@ -255,15 +257,14 @@ class SlurmRestProxy:
     # ------------------------------------------------------------ forwarding
 
     def send(
-        self, req: HttpRequest, target: str, user: str, token: str, chunked: bytes | None = None
+        self, req: HttpRequest, target: str, user: str, token: str, body: bytes | None = None
     ) -> urllib3.BaseHTTPResponse:
         """``req`` to slurmrestd at ``target`` (raw, as the client sent it), with ``user``'s
-        Slurm token; the answer's body is left unread (streamed). A chunked request body,
-        read beforehand (``chunked``), goes with its length."""
+        Slurm token and its ``body`` (read beforehand, sent with its length); the answer's body
+        is left unread (streamed)."""
         if self.client is None:
             raise BridgeError("server_error", "no [proxy] upstream is configured", 500)
-        length = len(chunked) if chunked is not None else req.content_length
-        body: Any = chunked if chunked is not None else req.stream if length else None
+        length = len(body) if body is not None else req.content_length
         headers = self.client.headers_for(
             req.headers.items(), user=user, token=token, remote_addr=req.remote_addr
         )
@@ -447,27 +448,23 @@ def _client_method() -> str:
     return request.method
 
 
-# Fetch metadata (Sec-Fetch-Site) of a request the browser made from the bridge's own pages
-# ("same-origin") or on the user's own action (address bar, bookmark: "none")
-OWN_SITE = frozenset({"same-origin", "none"})
-
-
 def _check_same_origin() -> None:
     """CSRF defence for cookie-authenticated calls.
 
-    Any method: a request the browser marks as coming from another site (``Sec-Fetch-Site``
-    other than same-origin or none), or with a Referer from another origin, is refused;
-    slurmrestd has GETs that change state (``GET /slurm/v0.0.40/reconfigure/``), and the Lax
-    session cookie rides on a cross-site link or a sibling origin's image. A state-changing
-    method also needs an Origin (or, without one, a Referer) equal to public_url and a custom
-    header (X-Requested-With), which a cross-site form or simple fetch cannot send."""
+    Any method: a request with fetch metadata (``Sec-Fetch-Site``) other than ``same-origin``,
+    or with a Referer from another origin, is refused. slurmrestd has GETs that change state
+    (``GET /slurm/v0.0.40/reconfigure/``), and the Lax session cookie rides on a cross-site link
+    or a sibling origin's image; ``none`` is refused too, since a link opened from outside the
+    browser keeps it through a cross-site redirect. A state-changing method also needs an
+    Origin (or, without one, a Referer) equal to public_url and a custom header
+    (X-Requested-With), which a cross-site form or simple fetch cannot send."""
     method = _client_method()
     public = current_bridge().settings.server.public_url
     expected = _origin_of(public or request.host_url)
     if method in SAFE_METHODS:
         site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
-        referer = _origin_of(request.headers.get("Referer", "")).lower()
-        if (site and site not in OWN_SITE) or (referer and referer != expected):
+        referer = request.headers.get("Referer", "")
+        if (site and site != "same-origin") or (referer and _origin_of(referer) != expected):
             raise BridgeError(
                 "access_denied",
                 f"cross-site request refused: a {method} with the browser session must come "
@@ -488,7 +485,11 @@ def _check_same_origin() -> None:
 
 
 def _origin_of(url: str) -> str:
-    parts = urlsplit(url)
+    """scheme://host[:port] of ``url``, lower-case; "" when it has none or does not parse."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[", as a client may send in a Referer
+        return ""
     if not parts.scheme or not parts.netloc:
         return ""
     return f"{parts.scheme}://{parts.netloc}".lower()
@@ -501,32 +502,51 @@ def handle(prefix: str, rest: str) -> Response:
     with proxy.pipeline.parsing("exchange", origin):
         target = forwardable_target(_raw_target(request))
         request.max_content_length = proxy.cfg.max_body
-        if request.content_length and request.content_length > proxy.cfg.max_body:
-            raise _too_large(proxy.cfg.max_body)
-        chunked = _chunked_body(request, proxy.cfg.max_body)
+        body = _request_body(request, proxy.cfg.max_body)
     caller, cached = _credentials(proxy, origin, lambda: _authenticate(proxy, origin))
-    return forward(proxy, request, target, caller, cached, origin, chunked)
+    return forward(proxy, request, target, caller, cached, origin, body)
 
 
 def _too_large(limit: int) -> BridgeError:
     return BridgeError("invalid_request", f"request body larger than {limit} bytes", 413)
 
 
-def _chunked_body(req: HttpRequest, limit: int) -> bytes | None:
-    """A chunked request body, read whole (at most ``limit`` bytes) before any token is
-    minted or anything is sent; None for a request without one."""
-    if req.content_length or req.headers.get("Transfer-Encoding", "").lower() != "chunked":
+def _stopped() -> BridgeError:
+    return BridgeError(
+        "invalid_request", "the request body did not arrive in time", 408, metric="body_stopped"
+    )
+
+
+def _request_body(req: HttpRequest, limit: int) -> bytes | None:
+    """The request's body, read whole (at most ``limit`` bytes) before any token is minted or
+    anything is sent; None for a request without one. Over the limit: 413; a body that stops
+    before its end: 408; a Transfer-Encoding other than ``chunked``: 400."""
+    length = req.content_length
+    coding = req.headers.get("Transfer-Encoding", "").strip().lower()
+    if coding and coding != "chunked":
+        raise BridgeError("invalid_request", "only a chunked Transfer-Encoding is forwarded", 400)
+    if not length and not coding:
         return None
+    if length and length > limit:
+        raise _too_large(limit)
+    want = length or limit + 1  # a chunked body: until it ends, one byte past the limit at most
     chunks: list[bytes] = []
     seen = 0
     try:
-        while chunk := req.stream.read(65536):
-            seen += len(chunk)
-            if seen > limit:
-                raise _too_large(limit)
+        while seen < want:
+            chunk = req.stream.read(min(65536, want - seen))
+            if not chunk:
+                break
             chunks.append(chunk)
+            seen += len(chunk)
     except RequestEntityTooLarge:  # werkzeug's own count of the same limit
         raise _too_large(limit) from None
+    except (ClientDisconnected, OSError):  # the worker's read timeout, a client gone
+        raise _stopped() from None
+    if length and seen < length:
+        raise _stopped()
+    if seen > limit:
+        raise _too_large(limit)
     return b"".join(chunks)
 
 
@@ -537,18 +557,18 @@ def forward(
     caller: _Caller,
     cached: _Cached | None,
     origin: Request,
-    chunked: bytes | None = None,
+    body: bytes | None = None,
 ) -> Response:
     """send -> relay, for an authenticated ``caller``: ``req`` to slurmrestd at ``target``
-    (path, query) with the Slurm token, and its answer as the client's (``chunked``: the
-    request's chunked body, already read). A token slurmctld refused because it was signed
-    before a key rotation is replaced once."""
+    (path, query) with the Slurm token, and its answer as the client's (``body``: the
+    request's body, already read). A token slurmctld refused because it was signed before a
+    key rotation is replaced once."""
     token = cached.token if cached else None
     path, query = target
     target_raw = f"{path}?{query}" if query else path
     started = time.perf_counter()
     credential = token.token if token else caller.passthrough or ""
-    upstream = proxy.send(req, target_raw, caller.user, credential, chunked)
+    upstream = proxy.send(req, target_raw, caller.user, credential, body)
     status = upstream.status
     chunks = upstream.stream(65536, decode_content=False)  # one iterator over the body
     peek = b""
@@ -567,7 +587,7 @@ def forward(
             if retry is None:
                 _observe(proxy, status, started)
                 return _refusal(caller.user, token, status)
-            upstream = proxy.send(req, target_raw, caller.user, retry.token, chunked)
+            upstream = proxy.send(req, target_raw, caller.user, retry.token, body)
             status = upstream.status
             chunks = upstream.stream(65536, decode_content=False)
             peek = b""
@@ -618,8 +638,8 @@ def _fresh_token_once(
     proxy: SlurmRestProxy, req: HttpRequest, grant: Grant, refused: SlurmToken, origin: Request
 ) -> SlurmToken | None:
     """After slurmctld refused a cached token: a new one, when it would be signed by another
-    key (the cached one was minted before a rotation) and the request can be sent again (no
-    body was streamed). None: answer the refusal as it is."""
+    key (the cached one was minted before a rotation) and the request has no body (a write
+    is never sent twice). None: answer the refusal as it is."""
     if req.content_length or req.headers.get("Transfer-Encoding"):
         return None
     ring = proxy.pipeline.keys.current()
