@@ -60,3 +60,14 @@ def access_denied(reason: str, metric: str = "access_denied") -> BridgeError:
 
 def unauthorized_client(reason: str, metric: str = "unauthorized_client") -> BridgeError:
     return BridgeError("unauthorized_client", reason, 400, metric=metric)
+
+
+def malformed_body(exc: Exception) -> BridgeError:
+    """A request body the WSGI server could not read as framed (gunicorn raises its own parse
+    errors from the body stream for a bad chunk): a 400, never a 500."""
+    return BridgeError(
+        "invalid_request",
+        f"the request body is malformed ({type(exc).__name__})",
+        400,
+        metric="malformed_body",
+    )

@@ -403,6 +403,27 @@ def test_subject_rate_limit(tmp_path: Path, idp: Any) -> None:
     assert r.status_code == 200
 
 
+def test_a_malformed_chunked_body_is_a_400_not_a_500(
+    prod_bridge: BridgeServer, server_name: str
+) -> None:
+    """A bad chunk size reaches the app as the server's own parse error from the body stream
+    (gunicorn), or is refused by the server itself (granian): never a 500."""
+    with socket.create_connection(("127.0.0.1", prod_bridge.port), timeout=30) as s:
+        s.sendall(
+            b"POST /oauth/token HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\nzz\r\ngrant_type=x\r\n0\r\n\r\n"
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    status = answer.split(b"\r\n", 1)[0]
+    assert status.startswith(b"HTTP/1.1 400"), (server_name, answer[:300])
+
+
 # ---------------------------------------------------------------- slow clients, per-host limits
 
 

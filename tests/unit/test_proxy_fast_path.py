@@ -145,6 +145,9 @@ def _cases(idp: Any, keys_dir: Path) -> dict[str, tuple[str, str, dict[str, str]
         "HEAD": ("HEAD", JOBS, bearer, None),
         "DELETE": ("DELETE", "/slurm/v0.0.44/job/7", bearer, None),
         "the bare prefix": ("GET", "/slurm/", bearer, None),
+        "a Host werkzeug cannot encode": ("GET", JOBS, {**bearer, "Host": ".."}, None),
+        "a Host with an empty label": ("GET", JOBS, {**bearer, "Host": "a..example.org"}, None),
+        "a Host with a 64-character label": ("GET", JOBS, {**bearer, "Host": "a" * 64}, None),
     }
 
 

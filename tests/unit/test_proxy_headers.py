@@ -249,6 +249,31 @@ def test_attack_a_body_that_stops_early_is_408_audited_and_nothing_minted_or_sen
     assert _audit_outcomes(tmp_path) == ["refused"]
 
 
+def test_attack_a_chunk_the_server_cannot_parse_is_an_audited_400_not_a_500(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
+) -> None:
+    from gunicorn.http.errors import InvalidChunkSize
+    from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+    class BadChunk:  # gunicorn's body reader on "zz\\r\\n" as a chunk size
+        def read(self, *_a: Any) -> bytes:
+            raise InvalidChunkSize(b"zz")
+
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    env = EnvironBuilder(
+        path="/slurm/v0.0.44/job/submit",
+        method="POST",
+        headers={"Authorization": f"Bearer {alice(idp)}", "Transfer-Encoding": "chunked"},
+    ).get_environ()
+    env.pop("CONTENT_LENGTH", None)
+    env["wsgi.input_terminated"] = True
+    env["wsgi.input"] = BadChunk()
+    out, status, _headers = run_wsgi_app(client.application.wsgi_app, env, buffered=True)
+    assert status.startswith("400"), status
+    assert "malformed" in json.loads(b"".join(out))["error_description"]
+    assert upstream.seen == [] and _audit_outcomes(tmp_path) == ["refused"]
+
+
 def test_a_transfer_coding_other_than_chunked_is_refused(
     keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
 ) -> None:

@@ -6,8 +6,9 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
 
-from ..errors import BridgeError, invalid_request
+from ..errors import BridgeError, invalid_request, malformed_body
 from ..pipeline import Exchange, Pipeline, Request
 from ..policy import parse_seconds
 from . import current_bridge as _bridge
@@ -103,8 +104,15 @@ def parse_form(body: bytes) -> dict[str, str]:
 
 def _form() -> dict[str, str]:
     """The request's form (``parse_form``), read through ``request.get_data`` so that
-    MAX_CONTENT_LENGTH still answers 413."""
-    return parse_form(request.get_data(cache=False))
+    MAX_CONTENT_LENGTH still answers 413 (and a body that stopped 408); a body the server
+    could not read as framed is a 400."""
+    try:
+        body = request.get_data(cache=False)
+    except HTTPException:
+        raise
+    except Exception as exc:
+        raise malformed_body(exc) from None
+    return parse_form(body)
 
 
 def _origin(door: str) -> Request:
@@ -121,7 +129,7 @@ def oauth_token() -> Response:
                 "send the request form-encoded (application/x-www-form-urlencoded)",
                 "bad_content_type",
             )
-    form = _form()
+        form = _form()
     grant = form.get("grant_type", "")
     if grant == GRANT_DEVICE_CODE and device_login_enabled(current_app):
         with pipeline.parsing("device", _origin("device")):

@@ -33,7 +33,7 @@ from flask.wrappers import Request as HttpRequest
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from ..cache import ExpiringCache
-from ..errors import BridgeError
+from ..errors import BridgeError, malformed_body
 from ..minting import SlurmToken
 from ..pipeline import Grant, Pipeline, Request
 from ..policy import username_problem
@@ -543,6 +543,8 @@ def _request_body(req: HttpRequest, limit: int) -> bytes | None:
         raise _too_large(limit) from None
     except (ClientDisconnected, OSError):  # the worker's read timeout, a client gone
         raise _stopped() from None
+    except Exception as exc:  # the server's own parse error of a bad chunk
+        raise malformed_body(exc) from None
     if length and seen < length:
         raise _stopped()
     if seen > limit:
@@ -783,6 +785,6 @@ def init_proxy(app: Flask, settings: Settings, pipeline: Pipeline) -> None:
         app.register_blueprint(bp)
         from .proxy_door import ProxyFastPath
 
-        app.wsgi_app = ProxyFastPath(app.wsgi_app, proxy)  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFastPath(app.wsgi_app, proxy, app.url_map)  # type: ignore[method-assign]
     if settings.proxy.auth_request:
         app.register_blueprint(auth_bp)

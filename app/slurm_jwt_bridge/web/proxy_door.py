@@ -11,7 +11,8 @@ compares its answers with the Flask view's, request by request.
 Everything else goes to Flask untouched: another method, a body, a cookie (a browser session
 is Flask's), a raw Slurm token (passthrough), another kind of credentials or none, a path that
 Flask would route elsewhere or answer itself (``//``, no path after the prefix, bytes outside
-ASCII, control characters).
+ASCII, control characters), and whatever Flask's own URL map does not send to the proxy view
+(a Host werkzeug refuses).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from flask import Response
 from flask.wrappers import Request as HttpRequest
+from werkzeug.routing import Map
 
 from ..errors import BridgeError
 from ..pipeline import Request
@@ -72,13 +74,24 @@ def fast_path_token(environ: dict[str, Any]) -> str | None:
 class ProxyFastPath:
     """WSGI in front of Flask for the proxy's common case (module docstring)."""
 
-    def __init__(self, app: WsgiApp, proxy: SlurmRestProxy) -> None:
+    def __init__(self, app: WsgiApp, proxy: SlurmRestProxy, url_map: Map) -> None:
         self.app = app
         self.proxy = proxy
+        self.url_map = url_map
+
+    def _routed_to_proxy(self, environ: dict[str, Any]) -> bool:
+        """Would Flask route this request to the proxy view? Its own URL map decides, so a
+        request Flask would refuse (a Host werkzeug cannot encode) or send elsewhere is
+        Flask's."""
+        try:
+            endpoint, _ = self.url_map.bind_to_environ(environ).match()
+        except Exception:  # werkzeug's BadHost, NotFound, RequestRedirect, ...
+            return False
+        return isinstance(endpoint, str) and endpoint.startswith("proxy.")
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         token = fast_path_token(environ)
-        if token is None:
+        if token is None or not self._routed_to_proxy(environ):
             return self.app(environ, start_response)
         req = HttpRequest(environ)
         try:

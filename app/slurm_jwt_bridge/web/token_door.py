@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 
-from ..errors import BridgeError
+from ..errors import BridgeError, malformed_body
 from ..pipeline import Request
 from ..ratelimit import COUNTED, OverAddressLimit
 from .api import NO_STORE, exchange_form, parse_form, refusal_headers, token_body
@@ -115,6 +115,11 @@ class TokenFastPath:
                 "error_description": "the request body did not arrive in time",
             }
             return self._answer(start_response, 408, stopped, [("Connection", "close")], rate)
+        except Exception as exc:  # the server's own parse error of a bad chunk
+            try:
+                self.pipeline.refuse_input("exchange", origin, malformed_body(exc))
+            except BridgeError as refused:
+                return self._refusal(start_response, refused, rate)
         if body is None:
             return self._flask(environ, start_response, rate)
         try:
