@@ -726,7 +726,10 @@ def render(res: dict[str, Any]) -> str:
     w("## 2. The bridge under gunicorn (and granian)\n")
     for name, L in ex.get("layouts", {}).items():
         w(f"### {name}: {_get(meta, 'layouts', name, default='')}\n")
-        w("Workers x threads (RS256, pool, one round each):\n")
+        w(
+            "Workers x threads (RS256, pool, one round each; within 5 % of the fastest counts "
+            "as a tie, and the first in this order is used):\n"
+        )
         w(
             "| workers x threads | req/s | p50 ms | p99 ms | server CPU µs/req |\n"
             "|---|---|---|---|---|"

@@ -168,3 +168,16 @@ def test_distinct_rounds_start_past_the_lines_sent_before(tmp_path: Path) -> Non
     numbers = [int(p[2:]) for p in seen]
     assert numbers == sorted(numbers) and numbers[0] <= 1  # in file order from the start
     assert min(int(p[2:]) for p in again) > max(numbers)  # nothing sent twice
+
+
+def test_the_sweep_picks_the_smallest_configuration_within_the_tie() -> None:
+    from bench.scenarios import pick_best
+
+    sweep = [
+        {"workers": 1, "threads": 1, "rps": 544.0},
+        {"workers": 1, "threads": 2, "rps": 552.0},  # faster by noise only
+        {"workers": 2, "threads": 1, "rps": 530.0},
+    ]
+    assert (pick_best(sweep)["workers"], pick_best(sweep)["threads"]) == (1, 1)
+    sweep[2]["rps"] = 700.0  # clearly faster
+    assert (pick_best(sweep)["workers"], pick_best(sweep)["threads"]) == (2, 1)
