@@ -585,7 +585,7 @@ def forward(
         if _auth_failure(status, peek.decode("utf-8", "replace")):
             upstream.close()
             proxy.forget(caller.grant)
-            retry = _fresh_token_once(proxy, req, caller.grant, token, origin)
+            retry = _fresh_token_once(proxy, caller.grant, token, origin, body)
             if retry is None:
                 _observe(proxy, status, started)
                 return _refusal(caller.user, token, status)
@@ -637,12 +637,16 @@ def _relayed(
 
 
 def _fresh_token_once(
-    proxy: SlurmRestProxy, req: HttpRequest, grant: Grant, refused: SlurmToken, origin: Request
+    proxy: SlurmRestProxy,
+    grant: Grant,
+    refused: SlurmToken,
+    origin: Request,
+    body: bytes | None,
 ) -> SlurmToken | None:
     """After slurmctld refused a cached token: a new one, when it would be signed by another
-    key (the cached one was minted before a rotation) and the request has no body (a write
+    key (the cached one was minted before a rotation) and the request has no ``body`` (a write
     is never sent twice). None: answer the refusal as it is."""
-    if req.content_length or req.headers.get("Transfer-Encoding"):
+    if body is not None:
         return None
     ring = proxy.pipeline.keys.current()
     if refused.kid is None or ring.active is None or ring.active.kid == refused.kid:
