@@ -24,7 +24,10 @@ def idp() -> Iterator[Any]:
 @pytest.fixture
 def upstream(request: pytest.FixtureRequest) -> Iterator[StubServer]:
     """A recording stand-in for slurmrestd answering every request with the test module's
-    ``UPSTREAM_BODY`` (default: an empty job list)."""
-    server = StubServer(getattr(request.module, "UPSTREAM_BODY", b'{"jobs": []}'))
+    ``UPSTREAM_BODY`` (default: an empty job list) and ``UPSTREAM_HEADERS`` (default: none)."""
+    server = StubServer(
+        getattr(request.module, "UPSTREAM_BODY", b'{"jobs": []}'),
+        extra_headers=getattr(request.module, "UPSTREAM_HEADERS", ()),
+    )
     yield server
     server.close()

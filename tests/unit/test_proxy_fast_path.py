@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jwt
-import pytest
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from slurm_jwt_bridge import create_app
@@ -37,11 +35,8 @@ TIME = ("ts", "time", "jti", "exp", "iat")
 JOBS = "/slurm/v0.0.44/jobs"
 
 
-@pytest.fixture
-def upstream() -> Iterator[StubServer]:
-    u = StubServer(b'{"jobs": []}', extra_headers=(("Set-Cookie", "upstream=1"),))
-    yield u
-    u.close()
+# slurmrestd's stand-in (the upstream fixture) sets a cookie, which must never reach the client
+UPSTREAM_HEADERS = (("Set-Cookie", "upstream=1"),)
 
 
 def _app(keys_dir: Path, audit_dir: Path, idp: Any, upstream_url: str, **table: Any) -> Any:

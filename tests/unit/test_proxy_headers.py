@@ -7,7 +7,6 @@ what it receives shows exactly which headers cross the proxy.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,8 @@ from tests.helpers.ports import free_port
 from tests.helpers.proxy_settings import proxy_settings_data
 from tests.helpers.stub_http import StubServer
 
-
-@pytest.fixture
-def upstream() -> Iterator[StubServer]:
-    u = StubServer(b'{"jobs": []}', extra_headers=(("Set-Cookie", "upstream=1"),))
-    yield u
-    u.close()
+# slurmrestd's stand-in (the upstream fixture) sets a cookie, which must never reach the client
+UPSTREAM_HEADERS = (("Set-Cookie", "upstream=1"),)
 
 
 def make_client(keys_dir: Path, tmp_path: Path, idp: Any, upstream_url: str, **proxy: Any) -> Any:
@@ -171,39 +166,36 @@ def test_body_forwarded_and_size_limit(
     assert r.status_code == 413 and r.json["error"] == "invalid_request"
 
 
-def _chunked(client: Any, body: bytes, auth: dict[str, str]) -> tuple[int, Any]:
-    """(status, JSON) of a POST with a chunked body, in the environ gunicorn and granian pass
-    (no CONTENT_LENGTH; the test client would rebuild it)."""
+SUBMIT = "/slurm/v0.0.44/job/submit"
+
+
+def _submit(
+    client: Any,
+    auth: dict[str, str],
+    body: bytes = b"",
+    *,
+    coding: str | None = None,
+    length: int | None = None,
+    stream: Any = None,
+) -> tuple[int, Any, Any]:
+    """(status, headers, JSON) of a POST of ``body`` to job/submit, in the environ gunicorn and
+    granian pass (the test client would rebuild CONTENT_LENGTH): with ``coding``, that
+    Transfer-Encoding and no CONTENT_LENGTH; ``length``, a declared CONTENT_LENGTH; ``stream``,
+    the body's stream in place of ``body``."""
     from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-    env = EnvironBuilder(
-        path="/slurm/v0.0.44/job/submit", method="POST", headers=auth, data=body
-    ).get_environ()
-    env.pop("CONTENT_LENGTH", None)
-    env["HTTP_TRANSFER_ENCODING"] = "chunked"
-    env["wsgi.input_terminated"] = True
-    env["RAW_URI"] = "/slurm/v0.0.44/job/submit"
-    out, status, _headers = run_wsgi_app(client.application.wsgi_app, env, buffered=True)
-    return int(status.split()[0]), json.loads(b"".join(out))
-
-
-def test_attack_a_chunked_body_over_the_limit_is_refused_audited_and_not_sent(
-    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
-) -> None:
-    client = make_client(keys_dir, tmp_path, idp, upstream.url)
-    auth = {"Authorization": f"Bearer {alice(idp)}"}
-    status, answer = _chunked(client, b"x" * 50000, auth)
-    assert status == 413 and answer["error"] == "invalid_request"
-    assert "4096 bytes" in answer["error_description"]
-    assert upstream.seen == []  # not even the request's start reached slurmrestd
-    lines = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
-    assert [x["outcome"] for x in lines] == ["refused"]  # audited; nothing minted
-    assert 'door="proxy"' in client.get("/metrics").get_data(as_text=True)
-    # within the limit: forwarded whole, with its length
-    body = b'{"job": {"script": "#!/bin/sh"}}'
-    status, answer = _chunked(client, body, auth)
-    assert status == 200 and upstream.seen[-1].body == body
-    assert upstream.seen[-1].header("Content-Length") == str(len(body))
+    env = EnvironBuilder(path=SUBMIT, method="POST", headers=auth, data=body).get_environ()
+    env["RAW_URI"] = SUBMIT
+    if coding is not None:
+        env.pop("CONTENT_LENGTH", None)
+        env["HTTP_TRANSFER_ENCODING"] = coding
+        env["wsgi.input_terminated"] = True
+    if length is not None:
+        env["CONTENT_LENGTH"] = str(length)
+    if stream is not None:
+        env["wsgi.input"] = stream
+    out, status, headers = run_wsgi_app(client.application.wsgi_app, env, buffered=True)
+    return int(status.split()[0]), headers, json.loads(b"".join(out))
 
 
 def _audit_outcomes(tmp_path: Path) -> list[str]:
@@ -213,37 +205,41 @@ def _audit_outcomes(tmp_path: Path) -> list[str]:
     )
 
 
+def test_attack_a_chunked_body_over_the_limit_is_refused_audited_and_not_sent(
+    keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
+) -> None:
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    auth = {"Authorization": f"Bearer {alice(idp)}"}
+    status, _headers, answer = _submit(client, auth, b"x" * 50000, coding="chunked")
+    assert status == 413 and answer["error"] == "invalid_request"
+    assert "4096 bytes" in answer["error_description"]
+    assert upstream.seen == []  # not even the request's start reached slurmrestd
+    assert _audit_outcomes(tmp_path) == ["refused"]  # audited; nothing minted
+    assert 'door="proxy"' in client.get("/metrics").get_data(as_text=True)
+    # within the limit: forwarded whole, with its length
+    body = b'{"job": {"script": "#!/bin/sh"}}'
+    status, _headers, answer = _submit(client, auth, body, coding="chunked")
+    assert status == 200 and upstream.seen[-1].body == body
+    assert upstream.seen[-1].header("Content-Length") == str(len(body))
+
+
 @pytest.mark.parametrize("framing", ["declared", "chunked"])
 def test_attack_a_body_that_stops_early_is_408_audited_and_nothing_minted_or_sent(
     keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer, framing: str
 ) -> None:
-    from werkzeug.test import EnvironBuilder, run_wsgi_app
+    class Stalled:  # the worker's read timeout, as gunicorn_worker.py raises it
+        def read(self, *_a: Any) -> bytes:
+            raise TimeoutError("timed out")
 
     client = make_client(keys_dir, tmp_path, idp, upstream.url)
-    env = EnvironBuilder(
-        path="/slurm/v0.0.44/job/submit",
-        method="POST",
-        headers={"Authorization": f"Bearer {alice(idp)}"},
-        data=b"x" * 10,
-    ).get_environ()
-    env["RAW_URI"] = "/slurm/v0.0.44/job/submit"
+    auth = {"Authorization": f"Bearer {alice(idp)}"}
     if framing == "declared":
-        env["CONTENT_LENGTH"] = "1000"  # 10 bytes arrive
+        answer = _submit(client, auth, b"x" * 10, length=1000)  # 10 bytes arrive
     else:
-
-        class Stalled:  # the worker's read timeout, as gunicorn_worker.py raises it
-            def read(self, *_a: Any) -> bytes:
-                raise TimeoutError("timed out")
-
-        env.pop("CONTENT_LENGTH", None)
-        env["HTTP_TRANSFER_ENCODING"] = "chunked"
-        env["wsgi.input_terminated"] = True
-        env["wsgi.input"] = Stalled()
-    out, status, headers = run_wsgi_app(client.application.wsgi_app, env, buffered=True)
-    assert status.startswith("408"), status
-    assert (
-        json.loads(b"".join(out))["error_description"] == "the request body did not arrive in time"
-    )
+        answer = _submit(client, auth, b"x" * 10, coding="chunked", stream=Stalled())
+    status, headers, body = answer
+    assert status == 408, status
+    assert body["error_description"] == "the request body did not arrive in time"
     assert headers.get("Connection") == "close"
     assert upstream.seen == []
     assert _audit_outcomes(tmp_path) == ["refused"]
@@ -253,42 +249,26 @@ def test_attack_a_chunk_the_server_cannot_parse_is_an_audited_400_not_a_500(
     keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
 ) -> None:
     from gunicorn.http.errors import InvalidChunkSize
-    from werkzeug.test import EnvironBuilder, run_wsgi_app
 
     class BadChunk:  # gunicorn's body reader on "zz\\r\\n" as a chunk size
         def read(self, *_a: Any) -> bytes:
             raise InvalidChunkSize(b"zz")
 
     client = make_client(keys_dir, tmp_path, idp, upstream.url)
-    env = EnvironBuilder(
-        path="/slurm/v0.0.44/job/submit",
-        method="POST",
-        headers={"Authorization": f"Bearer {alice(idp)}", "Transfer-Encoding": "chunked"},
-    ).get_environ()
-    env.pop("CONTENT_LENGTH", None)
-    env["wsgi.input_terminated"] = True
-    env["wsgi.input"] = BadChunk()
-    out, status, _headers = run_wsgi_app(client.application.wsgi_app, env, buffered=True)
-    assert status.startswith("400"), status
-    assert "malformed" in json.loads(b"".join(out))["error_description"]
+    auth = {"Authorization": f"Bearer {alice(idp)}"}
+    status, _headers, body = _submit(client, auth, coding="chunked", stream=BadChunk())
+    assert status == 400, status
+    assert "malformed" in body["error_description"]
     assert upstream.seen == [] and _audit_outcomes(tmp_path) == ["refused"]
 
 
 def test_a_transfer_coding_other_than_chunked_is_refused(
     keys_dir: Path, tmp_path: Path, idp: Any, upstream: StubServer
 ) -> None:
-    from werkzeug.test import EnvironBuilder, run_wsgi_app
-
     client = make_client(keys_dir, tmp_path, idp, upstream.url)
-    env = EnvironBuilder(
-        path="/slurm/v0.0.44/job/submit",
-        method="POST",
-        headers={"Authorization": f"Bearer {alice(idp)}", "Transfer-Encoding": "gzip, chunked"},
-        data=b"x" * 10,
-    ).get_environ()
-    env.pop("CONTENT_LENGTH", None)
-    out, status, _headers = run_wsgi_app(client.application.wsgi_app, env, buffered=True)
-    assert status.startswith("400") and b"Transfer-Encoding" in b"".join(out)
+    auth = {"Authorization": f"Bearer {alice(idp)}"}
+    status, _headers, body = _submit(client, auth, b"x" * 10, coding="gzip, chunked")
+    assert status == 400 and "Transfer-Encoding" in body["error_description"]
     assert upstream.seen == [] and _audit_outcomes(tmp_path) == ["refused"]
 
 
