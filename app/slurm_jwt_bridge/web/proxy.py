@@ -70,12 +70,12 @@ def _json_error(
     return resp
 
 
-def _refused(exc: BridgeError, status: int | None = None) -> Response:
+def error_answer(exc: BridgeError, status: int | None = None) -> Response:
     """The JSON answer for a refusal (with its ``Retry-After``), as ``status`` when given."""
     return _json_error(status or exc.status, exc.error, exc.reason, exc.retry_after)
 
 
-bp.register_error_handler(BridgeError, _refused)
+bp.register_error_handler(BridgeError, error_answer)
 
 
 # Percent-encodings that would change where a path goes once slurmrestd (or anything on the way)
@@ -115,16 +115,16 @@ def forwardable_target(target: str) -> tuple[str, str]:
     problem = "it contains '#'" if "#" in target else _path_problem(path)
     if problem:
         raise BridgeError(
-            "invalid_request", f"refused path {_shown(path)}: {problem}", 400, metric="bad_path"
+            "invalid_request", f"refused path {shown(path)}: {problem}", 400, metric="bad_path"
         )
     return path, query
 
 
-def _shown(path: str, limit: int = 120) -> str:
+def shown(path: str, limit: int = 120) -> str:
     return repr(path.encode("latin-1", "replace").decode("ascii", "replace")[:limit])
 
 
-def _raw_target(req: HttpRequest) -> str:
+def raw_target(req: HttpRequest) -> str:
     """The request target as the client sent it (gunicorn and werkzeug keep it in RAW_URI)."""
     env = req.environ
     raw = env.get("RAW_URI") or env.get("REQUEST_URI")
@@ -155,7 +155,7 @@ def _b64json(part: str) -> Any:
     return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
 
 
-def _looks_like_slurm_token(token: str) -> str | None:
+def looks_like_slurm_token(token: str) -> str | None:
     """The ``sun`` of a raw Slurm token (no issuer, a ``sun`` claim), else None."""
     parts = token.split(".")
     if len(parts) != 3:
@@ -346,7 +346,7 @@ def bearer_credentials(authorization: str) -> str | None:
     return credentials if scheme.lower() == "bearer" and credentials else None
 
 
-def _bearer_caller(proxy: SlurmRestProxy, token: str, origin: Request) -> _Caller:
+def bearer_caller(proxy: SlurmRestProxy, token: str, origin: Request) -> _Caller:
     """The caller an identity-provider token maps to (verified once per token, cached)."""
     grant, upstream_exp = proxy.verified_bearer(token, origin)
     return _Caller(grant.user, grant, upstream_exp=upstream_exp)
@@ -358,9 +358,9 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
     auth = request.headers.get("Authorization", "")
     credentials = bearer_credentials(auth)
     if credentials is not None:
-        sun = _looks_like_slurm_token(credentials)
+        sun = looks_like_slurm_token(credentials)
         if sun is None:
-            return _bearer_caller(proxy, credentials, origin)
+            return bearer_caller(proxy, credentials, origin)
         with proxy.pipeline.parsing("exchange", origin):
             if not proxy.cfg.passthrough_slurm_tokens:
                 raise BridgeError(
@@ -403,7 +403,7 @@ def _authenticate(proxy: SlurmRestProxy, origin: Request) -> _Caller | None:
     return None
 
 
-def _credentials(
+def caller_and_token(
     proxy: SlurmRestProxy, origin: Request, caller_of: Callable[[], _Caller | None]
 ) -> tuple[_Caller, _Cached | None]:
     """The caller (``caller_of``) and, unless a raw Slurm token passes through, the Slurm
@@ -500,10 +500,10 @@ def handle(prefix: str, rest: str) -> Response:
     proxy = _proxy()
     origin = _origin()
     with proxy.pipeline.parsing("exchange", origin):
-        target = forwardable_target(_raw_target(request))
+        target = forwardable_target(raw_target(request))
         request.max_content_length = proxy.cfg.max_body
         body = _request_body(request, proxy.cfg.max_body)
-    caller, cached = _credentials(proxy, origin, lambda: _authenticate(proxy, origin))
+    caller, cached = caller_and_token(proxy, origin, lambda: _authenticate(proxy, origin))
     return forward(proxy, request, target, caller, cached, origin, body)
 
 
@@ -720,7 +720,7 @@ AUTH_TOKEN_HEADER = "X-Slurm-User-Token"
 
 def _auth_refused(exc: BridgeError) -> Response:
     # nginx passes 401 and 403 on; anything else becomes its own 500
-    return _refused(exc, 403 if exc.metric == "bad_path" else None)
+    return error_answer(exc, 403 if exc.metric == "bad_path" else None)
 
 
 auth_bp.register_error_handler(BridgeError, _auth_refused)
@@ -766,7 +766,7 @@ def proxy_auth() -> Response:
     if original is not None:
         with proxy.pipeline.parsing("exchange", origin):
             forwardable_target(original)
-    caller, cached = _credentials(proxy, origin, lambda: _authenticate(proxy, origin))
+    caller, cached = caller_and_token(proxy, origin, lambda: _authenticate(proxy, origin))
     # max_age stays 0 (nginx asks every time) for raw Slurm tokens and browser sessions
     max_age = 0
     limit, now = proxy.cfg.auth_request_max_age, time.time()

@@ -31,17 +31,17 @@ from .jwks import add_security_headers
 from .proxy import (
     PREFIXES,
     SlurmRestProxy,
-    _bearer_caller,
-    _credentials,
-    _looks_like_slurm_token,
-    _raw_target,
-    _refused,
-    _shown,
+    bearer_caller,
     bearer_credentials,
+    caller_and_token,
+    error_answer,
     forward,
     forwardable_target,
+    looks_like_slurm_token,
+    raw_target,
+    shown,
 )
-from .token_door import _json
+from .token_door import json_body
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def fast_path_token(environ: dict[str, Any]) -> str | None:
     ):
         return None
     token = bearer_credentials(environ.get("HTTP_AUTHORIZATION", ""))
-    if token is None or _looks_like_slurm_token(token) is not None:
+    if token is None or looks_like_slurm_token(token) is not None:
         return None
     return token
 
@@ -97,13 +97,13 @@ class ProxyFastPath:
         try:
             resp = self._forwarded(req, token)
         except BridgeError as exc:
-            resp = _refused(exc)
+            resp = error_answer(exc)
         except Exception:
             # A bug outside the pipeline (whose own errors are audited refusals): logged, and
             # answered as Flask's 500 handler answers (create_app).
-            log.exception("GET %s: unexpected error", _shown(environ.get("PATH_INFO", "")))
+            log.exception("GET %s: unexpected error", shown(environ.get("PATH_INFO", "")))
             body = {"error": "server_error", "error_description": "internal error; see the log"}
-            resp = Response(_json(body), status=500, mimetype="application/json")
+            resp = Response(json_body(body), status=500, mimetype="application/json")
         return add_security_headers(resp)(environ, start_response)
 
     def _forwarded(self, req: HttpRequest, token: str) -> Response:
@@ -111,6 +111,8 @@ class ProxyFastPath:
         proxy = self.proxy
         origin = Request(door="proxy", remote_addr=req.remote_addr)
         with proxy.pipeline.parsing("exchange", origin):
-            target = forwardable_target(_raw_target(req))
-        caller, cached = _credentials(proxy, origin, lambda: _bearer_caller(proxy, token, origin))
+            target = forwardable_target(raw_target(req))
+        caller, cached = caller_and_token(
+            proxy, origin, lambda: bearer_caller(proxy, token, origin)
+        )
         return forward(proxy, req, target, caller, cached, origin)

@@ -54,7 +54,7 @@ Headers = list[tuple[str, str]]
 STATUS_LINES = {code: f"{code} {name.upper()}" for code, name in HTTP_STATUS_CODES.items()}
 
 
-def _json(payload: dict[str, Any]) -> bytes:
+def json_body(payload: dict[str, Any]) -> bytes:
     # What Flask's jsonify writes outside debug mode (compact, ASCII, keys in order, a newline)
     return (json.dumps(payload, separators=(",", ":")) + "\n").encode()
 
@@ -197,7 +197,7 @@ class TokenFastPath:
         headers: Headers,
         rate: Headers,
     ) -> list[bytes]:
-        body = _json(payload)
+        body = json_body(payload)
         start_response(
             STATUS_LINES.get(status, f"{status} UNKNOWN"),
             with_rate_headers(
