@@ -282,6 +282,9 @@ def test_unknown_kid_gives_slurm_token_refused(
     assert kid in body["error_description"]
     assert "jwks sync" in body["error_description"]
     assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    refused = [a for a in server.audit_lines() if a.get("event") == "slurmrestd"]
+    assert [(a["outcome"], a["user"], a["kid"]) for a in refused] == [("refused", "alice", kid)]
+    assert "jwks sync" in refused[0]["reason"]
 
     # The remedy the answer names: sync the JWKS, make slurmctld read it.
     jwks_file = bc.workdir / "jwks-synced.json"

@@ -283,6 +283,15 @@ def test_slurm_auth_failure_becomes_401(
     assert r.json["error"] == "slurm_token_refused"
     assert "JWKS file is not synced" in r.json["error_description"]
     assert r.json["kid"] == KeyRing.load(keys_dir).active.kid
+    # the operator sees it in the audit log too: slurmrestd refused the token the bridge minted
+    lines = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    minted, refused = lines
+    assert (minted["event"], minted["outcome"]) == ("remint", "minted")
+    assert (refused["event"], refused["outcome"]) == ("slurmrestd", "refused")
+    assert refused["user"] == "alice" and refused["status"] == 511
+    assert (refused["kid"], refused["jti"]) == (minted["kid"], minted["jti"])
+    assert refused["door"] == "proxy" and refused["path"] == "/slurm/v0.0.44/jobs"
+    assert "token" not in refused and "JWKS" in refused["reason"]
     # other upstream errors pass through untouched
     upstream.status, upstream.body = 404, b'{"errors":[{"error":"not found"}]}'
     r = client.get("/slurm/v0.0.44/job/99", headers={"Authorization": f"Bearer {alice(idp)}"})

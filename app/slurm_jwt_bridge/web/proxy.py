@@ -300,7 +300,8 @@ def _auth_failure(status: int, body: str) -> bool:
     return any(marker in text for marker in AUTH_FAILURE_MARKERS)
 
 
-def _refusal(user: str, token: SlurmToken, status: int) -> Response:
+def _likely_causes(user: str, token: SlurmToken) -> list[str]:
+    """Why slurmctld would refuse ``token``, most likely first."""
     causes = []
     if token.kid:
         causes.append(
@@ -312,6 +313,26 @@ def _refusal(user: str, token: SlurmToken, status: int) -> Response:
         causes.append("the controller's jwt_key differs from the bridge's jwt_hs256.key")
     causes.append(
         f"user {user!r} is unknown on the controller (getpwnam fails there) or the token expired"
+    )
+    return causes
+
+
+def _refusal(
+    proxy: SlurmRestProxy, origin: Request, path: str, user: str, token: SlurmToken, status: int
+) -> Response:
+    """The 401 for a Slurm token slurmrestd refused, and its audit line (no token in it)."""
+    causes = _likely_causes(user, token)
+    proxy.pipeline.audit.record(
+        "slurmrestd",
+        "refused",
+        door=origin.door,
+        remote_addr=origin.remote_addr,
+        user=user,
+        kid=token.kid,
+        jti=token.jti,
+        status=status,
+        path=path[:200],
+        reason=causes[0],
     )
     return _json_error(
         401,
@@ -588,7 +609,7 @@ def forward(
             retry = _fresh_token_once(proxy, caller.grant, token, origin, body)
             if retry is None:
                 _observe(proxy, status, started)
-                return _refusal(caller.user, token, status)
+                return _refusal(proxy, origin, path, caller.user, token, status)
             upstream = proxy.send(req, target_raw, caller.user, retry.token, body)
             status = upstream.status
             chunks = upstream.stream(65536, decode_content=False)
