@@ -517,6 +517,28 @@ def _targets_table(w: Any, rows: list[dict[str, Any]]) -> None:
     w("")
 
 
+def _proxy_sweep_table(w: Any, px: dict[str, Any]) -> None:
+    """Section 5's workers x threads sweep of the proxy, per server (one round each)."""
+    rows = [("gunicorn", px)] + ([("granian", px["granian"])] if px.get("granian") else [])
+    if not any(sub.get("sweep") for _, sub in rows):
+        return
+    w(
+        "Workers x threads for the proxy (`GET` through it, one round each; within 5 % of the "
+        "fastest counts as a tie, and the first in this order is used):\n"
+    )
+    w("| server | workers x threads | req/s | p50 ms | server CPU µs/req |\n|---|---|---|---|---|")
+    for server, sub in rows:
+        for s in sub.get("sweep", []):
+            used = f"{s['workers']} worker(s) x {s['threads']} thread(s)" in str(sub.get("config"))
+            w(
+                f"| {server} | {s['workers']} x {s['threads']}{' (used)' if used else ''} | "
+                f"{fmt(s['rps'])} | {_ms(s['p50_ms'])} | {fmt(s['server_cpu_us_per_req'])} |"
+            )
+    if px.get("granian"):
+        w(f"\ngranian: {px['granian'].get('config')}.")
+    w("")
+
+
 def render(res: dict[str, Any]) -> str:
     meta = res.get("meta", {})
     out: list[str] = []
@@ -916,6 +938,7 @@ def render(res: dict[str, Any]) -> str:
             f"auth_style {px.get('auth_style')}; slurmrestd, slurmctld and the bridge share the "
             f"server core(s) ({s.get('layout')}).\n"
         )
+        _proxy_sweep_table(w, px)
         w(LOAD_HEAD)
         w(_load_row("direct to slurmrestd", px.get("direct")))
         w(_load_row("through the proxy", px.get("proxied")))

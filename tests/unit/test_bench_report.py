@@ -181,3 +181,31 @@ def test_the_sweep_picks_the_smallest_configuration_within_the_tie() -> None:
     assert (pick_best(sweep)["workers"], pick_best(sweep)["threads"]) == (1, 1)
     sweep[2]["rps"] = 700.0  # clearly faster
     assert (pick_best(sweep)["workers"], pick_best(sweep)["threads"]) == (2, 1)
+
+
+def test_the_proxy_sweep_is_shown_with_the_configuration_used() -> None:
+    res = _results(with_granian=True)
+    px = res["slurm"]["26.05"]["proxy"]
+
+    def trial(w: int, t: int, rps: float) -> dict[str, Any]:
+        return {
+            "workers": w,
+            "threads": t,
+            "rps": rps,
+            "p50_ms": 9.0,
+            "p99_ms": 20.0,
+            "server_cpu_us_per_req": 2000.0,
+        }
+
+    px["config"] = "gunicorn, 1 worker(s) x 1 thread(s), audit file"
+    px["sweep"] = [trial(1, 1, 300), trial(1, 2, 290)]
+    px["granian"]["config"] = "granian, 1 worker(s) x 2 thread(s), audit file"
+    px["granian"]["sweep"] = [trial(1, 1, 330), trial(1, 2, 380)]
+    page = render(res)
+    assert "| gunicorn | 1 x 1 (used) | 300 |" in page
+    assert "| gunicorn | 1 x 2 | 290 |" in page
+    assert "| granian | 1 x 1 | 330 |" in page
+    assert "| granian | 1 x 2 (used) | 380 |" in page
+    assert "granian: granian, 1 worker(s) x 2 thread(s), audit file." in page
+    del px["sweep"], px["granian"]["sweep"]
+    assert "Workers x threads for the proxy" not in render(res)
