@@ -82,3 +82,31 @@ def test_token_of_an_old_key_is_reminted_once(
     r = client.get("/slurm/v0.0.44/jobs", headers=bearer)
     assert r.status_code == 401 and r.json["kid"] == second
     assert handler.seen[-1] == second and handler.seen.count(second) == 2
+
+
+def test_a_refusal_of_the_new_token_too_is_the_proxys_401_and_audited(
+    keys_dir: Path, tmp_path: Path, idp: Any, slurmrestd: tuple[str, Any]
+) -> None:
+    """Rotated, and the controller knows neither key (its JWKS was not synced): the cached
+    token is refused, the new key's token is refused too, and the answer is the proxy's own
+    401 naming the new kid (not slurmrestd's raw 511), with one audit line for it."""
+    url, handler = slurmrestd
+    data = proxy_settings_data(keys_dir, tmp_path, idp, {"upstream": url})
+    data["keys"]["reload_interval"] = 0
+    client = create_app(parse_settings(data, tmp_path)).test_client()
+    bearer = {
+        "Authorization": "Bearer "
+        + idp.mint(idp.oidc_claims(sub="s-alice", aud="bridge", preferred_username="alice"))
+    }
+    first = KeyRing.load(keys_dir).active.kid
+    handler.known = {first}
+    assert client.get("/slurm/v0.0.44/jobs", headers=bearer).status_code == 200
+    rotate_keys(keys_dir, 3600, 300)
+    second = KeyRing.load(keys_dir).active.kid
+    handler.known = set()
+    r = client.get("/slurm/v0.0.44/jobs", headers=bearer)
+    assert r.status_code == 401 and r.json["error"] == "slurm_token_refused"
+    assert r.json["kid"] == second and handler.seen[-2:] == [first, second]
+    lines = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    refused = [a for a in lines if a["event"] == "slurmrestd"]
+    assert [(a["outcome"], a["kid"], a["status"]) for a in refused] == [("refused", second, 511)]

@@ -585,36 +585,45 @@ def forward(
     """send -> relay, for an authenticated ``caller``: ``req`` to slurmrestd at ``target``
     (path, query) with the Slurm token, and its answer as the client's (``body``: the
     request's body, already read). A token slurmctld refused because it was signed before a
-    key rotation is replaced once."""
+    key rotation is replaced once; a refused token is the proxy's 401 (``_refusal``), the
+    replacement's too."""
     token = cached.token if cached else None
     path, query = target
     target_raw = f"{path}?{query}" if query else path
     started = time.perf_counter()
     credential = token.token if token else caller.passthrough or ""
-    upstream = proxy.send(req, target_raw, caller.user, credential, body)
-    status = upstream.status
-    chunks = upstream.stream(65536, decode_content=False)  # one iterator over the body
-    peek = b""
-    if status in (401, 500, 511) and token is not None and caller.grant is not None:
-        try:
-            for chunk in chunks:
-                peek += chunk
-                if len(peek) >= ERROR_PEEK:
-                    break
-        except (TransportError, OSError):
-            pass
-        if _auth_failure(status, peek.decode("utf-8", "replace")):
-            upstream.close()
-            proxy.forget(caller.grant)
-            retry = _fresh_token_once(proxy, caller.grant, token, origin, body)
-            if retry is None:
-                _observe(proxy, status, started)
-                return _refusal(proxy, origin, path, caller.user, token, status)
-            upstream = proxy.send(req, target_raw, caller.user, retry.token, body)
-            status = upstream.status
-            chunks = upstream.stream(65536, decode_content=False)
-            peek = b""
+    resent = False
+    while True:
+        upstream = proxy.send(req, target_raw, caller.user, credential, body)
+        status = upstream.status
+        chunks = upstream.stream(65536, decode_content=False)  # one iterator over the body
+        peek = b""
+        if status not in (401, 500, 511) or token is None or caller.grant is None:
+            break
+        peek = _peek(chunks)
+        if not _auth_failure(status, peek.decode("utf-8", "replace")):
+            break
+        upstream.close()
+        proxy.forget(caller.grant)
+        retry = None if resent else _fresh_token_once(proxy, caller.grant, token, origin, body)
+        if retry is None:
+            _observe(proxy, status, started)
+            return _refusal(proxy, origin, path, caller.user, token, status)
+        token, credential, resent = retry, retry.token, True
     return _relayed(proxy, req, upstream, status, peek, chunks, started)
+
+
+def _peek(chunks: Iterator[bytes]) -> bytes:
+    """The start of an error answer (up to ERROR_PEEK bytes, or what came before it broke)."""
+    peek = b""
+    try:
+        for chunk in chunks:
+            peek += chunk
+            if len(peek) >= ERROR_PEEK:
+                break
+    except (TransportError, OSError):
+        pass
+    return peek
 
 
 def _observer_of(app: Flask) -> ProxyObserver | None:
