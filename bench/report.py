@@ -594,7 +594,8 @@ def render(res: dict[str, Any]) -> str:
         "`gunicorn_conf.py`, gthread, threads from `GUNICORN_THREADS`), its JSON access log "
         "to a file as in production; on the pinned layout the exchange, proxy, auth_request "
         "and JWKS series run again under `serve --prod --server granian` (granian_serve.py, "
-        "the same workers x threads, its JSON access log too). Configuration: "
+        "at the workers x threads of its own sweep, its JSON access log too); the proxy "
+        "series at those of a sweep of the proxy, per server. Configuration: "
         "`[rate_limit] enabled = false` (the "
         "defaults, 120/minute per address and 60/minute per subject, would refuse almost "
         "everything from one load generator) except in one series, which turns them on as in "
@@ -719,7 +720,8 @@ def render(res: dict[str, Any]) -> str:
     if granian is not None:
         w(
             "Each target twice: with gunicorn (the default, `serve --prod`) and with granian "
-            "(`serve --prod --server granian`, the same workers x threads), each server's "
+            "(`serve --prod --server granian`), each server at its own sweep's workers x "
+            "threads, each server's "
             "series in this same run beside the same peers.\n"
         )
         w("### gunicorn\n")
@@ -755,22 +757,22 @@ def render(res: dict[str, Any]) -> str:
             "as a tie, and the first in this order is used):\n"
         )
         w(
-            "| workers x threads | req/s | p50 ms | p99 ms | server CPU µs/req |\n"
-            "|---|---|---|---|---|"
+            "| server | workers x threads | req/s | p50 ms | p99 ms | server CPU µs/req |\n"
+            "|---|---|---|---|---|---|"
         )
-        for s in L.get("sweep", []):
-            mark = (
-                " (best)"
-                if (s["workers"], s["threads"]) == (L.get("workers"), L.get("threads"))
-                else ""
-            )
-            w(
-                f"| {s['workers']} x {s['threads']}{mark} | {fmt(s['rps'])} | {_ms(s['p50_ms'])} | "
-                f"{_ms(s['p99_ms'])} | {fmt(s['server_cpu_us_per_req'])} |"
-            )
+        for server, sub in (("gunicorn", L), ("granian", L.get("granian") or {})):
+            for s in sub.get("sweep", []):
+                chosen = (s["workers"], s["threads"]) == (sub.get("workers"), sub.get("threads"))
+                w(
+                    f"| {server} | {s['workers']} x {s['threads']}{' (best)' if chosen else ''} | "
+                    f"{fmt(s['rps'])} | {_ms(s['p50_ms'])} | {_ms(s['p99_ms'])} | "
+                    f"{fmt(s['server_cpu_us_per_req'])} |"
+                )
         w(
             f"\nBest: **{L.get('config')}** (gunicorn gthread; `GUNICORN_WORKERS`/`--workers` and "
-            "`GUNICORN_THREADS`).\n"
+            "`GUNICORN_THREADS`)"
+            + (f"; under granian **{L['granian'].get('config')}**" if L.get("granian") else "")
+            + ".\n"
         )
         w(LOAD_HEAD)
         w(_load_row("RS256, pool", L.get("RS256-pool")))

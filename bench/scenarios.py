@@ -239,28 +239,8 @@ def exchange(ctx: Ctx, upstream: Upstream, keys_dir: Path, local_users: bool) ->
     files = {alg: write_requests(_exchange_reqs(pool, alg), wd) for alg in ("RS256", "HS256")}
     out: dict[str, Any] = {"users": len(users), "local_users": local_users, "layouts": {}}
     for name, layout in ctx.layouts.items():
-        # workers x threads sweep: one short round each, RS256, token pool
-        sweep = []
-        for w, t in SWEEP.get(name, [(1, 1)]):
-            cfg = BridgeConfig(w, t, "file", local_accounts=local_users)
-            b = start_bridge(wd, keys_dir, upstream, cfg, layout, ctx.procs)
-            try:
-                r = _series(
-                    ctx,
-                    b.url,
-                    files["RS256"],
-                    layout,
-                    b.pids(),
-                    f"sweep {w}x{t}",
-                    rounds=1,
-                    duration=plan.short,
-                )[0]
-            finally:
-                b.stop()
-            sweep.append({"workers": w, "threads": t, **r.as_dict()})
-        best = pick_best(sweep)
-        cfg = BridgeConfig(best["workers"], best["threads"], "file", local_accounts=local_users)
-        ctx.log(f"  best on [{name}]: {cfg.describe()}")
+        base = BridgeConfig(1, 1, "file", local_accounts=local_users)
+        sweep, cfg = _exchange_sweep(ctx, base, wd, keys_dir, upstream, layout, files["RS256"])
         res: dict[str, Any] = {
             "sweep": sweep,
             "config": cfg.describe(),
@@ -291,11 +271,15 @@ def exchange(ctx: Ctx, upstream: Upstream, keys_dir: Path, local_users: bool) ->
         if name == "pinned" and distinct_file is not None:
             try:
                 if granian_installed():
-                    # the other server `serve --prod` offers, the same workers x threads
-                    gcfg = dataclasses.replace(cfg, server="granian")
+                    # the other server `serve --prod` offers, at its own sweep's pick
+                    gbase = dataclasses.replace(base, server="granian")
+                    gsweep, gcfg = _exchange_sweep(
+                        ctx, gbase, wd, keys_dir, upstream, layout, files["RS256"]
+                    )
                     res["granian"] = _server_series(
                         ctx, gcfg, wd, keys_dir, upstream, layout, files, distinct_file, pool
                     )
+                    res["granian"]["sweep"] = gsweep
                 else:
                     ctx.log("  granian is not installed (pip install '.[granian]'): not measured")
             finally:
@@ -316,6 +300,36 @@ def exchange(ctx: Ctx, upstream: Upstream, keys_dir: Path, local_users: bool) ->
     ctx.results["exchange"] = out
     layout = ctx.layouts.get("pinned") or next(iter(ctx.layouts.values()))
     out["breakdown"] = breakdown(ctx, upstream, keys_dir, local_users, pool, layout)
+
+
+def _exchange_sweep(
+    ctx: Ctx,
+    base: BridgeConfig,
+    wd: Path,
+    keys_dir: Path,
+    upstream: Upstream,
+    layout: Layout,
+    reqs: Path,
+) -> tuple[list[dict[str, Any]], BridgeConfig]:
+    """Workers x threads for ``base.server``: one short round each, RS256, token pool; the
+    rounds and the configuration ``pick_best`` takes from them. Each server gets its own sweep
+    (a second worker on one core costs granian more than gunicorn)."""
+    sweep = []
+    for w, t in SWEEP.get(layout.name, [(1, 1)]):
+        trial = dataclasses.replace(base, workers=w, threads=t)
+        b = start_bridge(wd, keys_dir, upstream, trial, layout, ctx.procs)
+        try:
+            label = f"sweep {base.server} {w}x{t}"
+            r = _series(
+                ctx, b.url, reqs, layout, b.pids(), label, rounds=1, duration=ctx.plan.short
+            )[0]
+        finally:
+            b.stop()
+        sweep.append({"workers": w, "threads": t, **r.as_dict()})
+    best = pick_best(sweep)
+    cfg = dataclasses.replace(base, workers=best["workers"], threads=best["threads"])
+    ctx.log(f"  best on [{layout.name}]: {cfg.describe()}")
+    return sweep, cfg
 
 
 def _pool_series(
@@ -496,9 +510,15 @@ def jwks(ctx: Ctx, keys_dir: Path) -> None:
     out: dict[str, Any] = _jwks_series(ctx, cfg, wd, keys_dir, layout)
     out["layout"] = layout.name
     if granian_installed():
-        out["granian"] = _jwks_series(
-            ctx, dataclasses.replace(cfg, server="granian"), wd, keys_dir, layout
+        # granian at its own exchange sweep's pick, when the exchange part ran
+        own = best.get("granian", {})
+        gcfg = dataclasses.replace(
+            cfg,
+            server="granian",
+            workers=own.get("workers", cfg.workers),
+            threads=own.get("threads", cfg.threads),
         )
+        out["granian"] = _jwks_series(ctx, gcfg, wd, keys_dir, layout)
     ctx.results["jwks"] = out
 
 

@@ -209,3 +209,27 @@ def test_the_proxy_sweep_is_shown_with_the_configuration_used() -> None:
     assert "granian: granian, 1 worker(s) x 2 thread(s), audit file." in page
     del px["sweep"], px["granian"]["sweep"]
     assert "Workers x threads for the proxy" not in render(res)
+
+
+def test_each_server_shows_its_own_exchange_sweep() -> None:
+    res = _results(with_granian=True)
+    pinned = res["exchange"]["layouts"]["pinned"]
+
+    def trial(w: int, t: int, rps: float) -> dict[str, Any]:
+        return {
+            "workers": w,
+            "threads": t,
+            "rps": rps,
+            "p50_ms": 9.0,
+            "p99_ms": 20.0,
+            "server_cpu_us_per_req": 1500.0,
+        }
+
+    pinned.update(workers=2, threads=1, config="gunicorn, 2 worker(s) x 1 thread(s)")
+    pinned["sweep"] = [trial(1, 1, 500), trial(2, 1, 540)]
+    pinned["granian"].update(workers=1, threads=1, config="granian, 1 worker(s) x 1 thread(s)")
+    pinned["granian"]["sweep"] = [trial(1, 1, 690), trial(2, 1, 560)]
+    page = render(res)
+    assert "| gunicorn | 1 x 1 | 500 |" in page and "| gunicorn | 2 x 1 (best) | 540 |" in page
+    assert "| granian | 1 x 1 (best) | 690 |" in page and "| granian | 2 x 1 | 560 |" in page
+    assert "under granian **granian, 1 worker(s) x 1 thread(s)**" in page
