@@ -71,6 +71,18 @@ def _results(with_granian: bool) -> dict[str, Any]:
     }
 
 
+def _trial(w: int, t: int, rps: float) -> dict[str, Any]:
+    """One configuration's round of a workers x threads sweep."""
+    return {
+        "workers": w,
+        "threads": t,
+        "rps": rps,
+        "p50_ms": 9.0,
+        "p99_ms": 20.0,
+        "server_cpu_us_per_req": 1500.0,
+    }
+
+
 def _row(rows: list[dict[str, Any]], start: str) -> dict[str, Any]:
     return next(r for r in rows if r["what"].startswith(start))
 
@@ -187,20 +199,10 @@ def test_the_proxy_sweep_is_shown_with_the_configuration_used() -> None:
     res = _results(with_granian=True)
     px = res["slurm"]["26.05"]["proxy"]
 
-    def trial(w: int, t: int, rps: float) -> dict[str, Any]:
-        return {
-            "workers": w,
-            "threads": t,
-            "rps": rps,
-            "p50_ms": 9.0,
-            "p99_ms": 20.0,
-            "server_cpu_us_per_req": 2000.0,
-        }
-
     px["config"] = "gunicorn, 1 worker(s) x 1 thread(s), audit file"
-    px["sweep"] = [trial(1, 1, 300), trial(1, 2, 290)]
+    px["sweep"] = [_trial(1, 1, 300), _trial(1, 2, 290)]
     px["granian"]["config"] = "granian, 1 worker(s) x 2 thread(s), audit file"
-    px["granian"]["sweep"] = [trial(1, 1, 330), trial(1, 2, 380)]
+    px["granian"]["sweep"] = [_trial(1, 1, 330), _trial(1, 2, 380)]
     page = render(res)
     assert "| gunicorn | 1 x 1 (used) | 300 |" in page
     assert "| gunicorn | 1 x 2 | 290 |" in page
@@ -215,20 +217,10 @@ def test_each_server_shows_its_own_exchange_sweep() -> None:
     res = _results(with_granian=True)
     pinned = res["exchange"]["layouts"]["pinned"]
 
-    def trial(w: int, t: int, rps: float) -> dict[str, Any]:
-        return {
-            "workers": w,
-            "threads": t,
-            "rps": rps,
-            "p50_ms": 9.0,
-            "p99_ms": 20.0,
-            "server_cpu_us_per_req": 1500.0,
-        }
-
     pinned.update(workers=2, threads=1, config="gunicorn, 2 worker(s) x 1 thread(s)")
-    pinned["sweep"] = [trial(1, 1, 500), trial(2, 1, 540)]
+    pinned["sweep"] = [_trial(1, 1, 500), _trial(2, 1, 540)]
     pinned["granian"].update(workers=1, threads=1, config="granian, 1 worker(s) x 1 thread(s)")
-    pinned["granian"]["sweep"] = [trial(1, 1, 690), trial(2, 1, 560)]
+    pinned["granian"]["sweep"] = [_trial(1, 1, 690), _trial(2, 1, 560)]
     page = render(res)
     assert "| gunicorn | 1 x 1 | 500 |" in page and "| gunicorn | 2 x 1 (best) | 540 |" in page
     assert "| granian | 1 x 1 (best) | 690 |" in page and "| granian | 2 x 1 | 560 |" in page

@@ -56,10 +56,11 @@ def slurmrestd() -> Iterator[tuple[str, type[Slurmrestd]]]:
     server.server_close()
 
 
-def test_token_of_an_old_key_is_reminted_once(
-    keys_dir: Path, tmp_path: Path, idp: Any, slurmrestd: tuple[str, Any]
-) -> None:
-    url, handler = slurmrestd
+def _served_once(
+    keys_dir: Path, tmp_path: Path, idp: Any, url: str, handler: Any
+) -> tuple[Any, dict[str, str], str]:
+    """A client of a bridge proxying to ``url`` whose first GET for alice went through with
+    the active key (the controller knows it): (client, her Bearer header, that key's kid)."""
     data = proxy_settings_data(keys_dir, tmp_path, idp, {"upstream": url})
     data["keys"]["reload_interval"] = 0
     client = create_app(parse_settings(data, tmp_path)).test_client()
@@ -70,6 +71,14 @@ def test_token_of_an_old_key_is_reminted_once(
     first = KeyRing.load(keys_dir).active.kid
     handler.known = {first}
     assert client.get("/slurm/v0.0.44/jobs", headers=bearer).status_code == 200
+    return client, bearer, first
+
+
+def test_token_of_an_old_key_is_reminted_once(
+    keys_dir: Path, tmp_path: Path, idp: Any, slurmrestd: tuple[str, Any]
+) -> None:
+    url, handler = slurmrestd
+    client, bearer, first = _served_once(keys_dir, tmp_path, idp, url, handler)
     # Rotated; the controller now knows only the new key (the old one was revoked there).
     rotate_keys(keys_dir, 3600, 300)
     second = KeyRing.load(keys_dir).active.kid
@@ -91,16 +100,7 @@ def test_a_refusal_of_the_new_token_too_is_the_proxys_401_and_audited(
     token is refused, the new key's token is refused too, and the answer is the proxy's own
     401 naming the new kid (not slurmrestd's raw 511), with one audit line for it."""
     url, handler = slurmrestd
-    data = proxy_settings_data(keys_dir, tmp_path, idp, {"upstream": url})
-    data["keys"]["reload_interval"] = 0
-    client = create_app(parse_settings(data, tmp_path)).test_client()
-    bearer = {
-        "Authorization": "Bearer "
-        + idp.mint(idp.oidc_claims(sub="s-alice", aud="bridge", preferred_username="alice"))
-    }
-    first = KeyRing.load(keys_dir).active.kid
-    handler.known = {first}
-    assert client.get("/slurm/v0.0.44/jobs", headers=bearer).status_code == 200
+    client, bearer, first = _served_once(keys_dir, tmp_path, idp, url, handler)
     rotate_keys(keys_dir, 3600, 300)
     second = KeyRing.load(keys_dir).active.kid
     handler.known = set()
