@@ -517,28 +517,6 @@ def _targets_table(w: Any, rows: list[dict[str, Any]]) -> None:
     w("")
 
 
-def _proxy_sweep_table(w: Any, px: dict[str, Any]) -> None:
-    """Section 5's workers x threads sweep of the proxy, per server (one round each)."""
-    rows = [("gunicorn", px)] + ([("granian", px["granian"])] if px.get("granian") else [])
-    if not any(sub.get("sweep") for _, sub in rows):
-        return
-    w(
-        "Workers x threads for the proxy (`GET` through it, one round each; within 5 % of the "
-        "fastest counts as a tie, and the first in this order is used):\n"
-    )
-    w("| server | workers x threads | req/s | p50 ms | server CPU µs/req |\n|---|---|---|---|---|")
-    for server, sub in rows:
-        for s in sub.get("sweep", []):
-            used = f"{s['workers']} worker(s) x {s['threads']} thread(s)" in str(sub.get("config"))
-            w(
-                f"| {server} | {s['workers']} x {s['threads']}{' (used)' if used else ''} | "
-                f"{fmt(s['rps'])} | {_ms(s['p50_ms'])} | {fmt(s['server_cpu_us_per_req'])} |"
-            )
-    if px.get("granian"):
-        w(f"\ngranian: {px['granian'].get('config')}.")
-    w("")
-
-
 def render(res: dict[str, Any]) -> str:
     meta = res.get("meta", {})
     out: list[str] = []
@@ -594,8 +572,7 @@ def render(res: dict[str, Any]) -> str:
         "`gunicorn_conf.py`, gthread, threads from `GUNICORN_THREADS`), its JSON access log "
         "to a file as in production; on the pinned layout the exchange, proxy, auth_request "
         "and JWKS series run again under `serve --prod --server granian` (granian_serve.py, "
-        "at the workers x threads of its own sweep, its JSON access log too); the proxy "
-        "series at those of a sweep of the proxy, per server. Configuration: "
+        "at the workers x threads of its own sweep, its JSON access log too). Configuration: "
         "`[rate_limit] enabled = false` (the "
         "defaults, 120/minute per address and 60/minute per subject, would refuse almost "
         "everything from one load generator) except in one series, which turns them on as in "
@@ -650,9 +627,8 @@ def render(res: dict[str, Any]) -> str:
         "token` runs sequentially, one process after another, as a site script would. The proxy "
         "series use bridge-minted RS256 tokens for alice: direct with `X-SLURM-USER-NAME` + "
         "`X-SLURM-USER-TOKEN`, through the proxy with the upstream token as `Authorization: "
-        "Bearer` (caches warm: 10 tokens of 2 users); the bridge at the workers x threads its "
-        "own proxy sweep picked, per server (section 5), and its auth_request series with the "
-        "same bridge.\n"
+        "Bearer` (caches warm: 10 tokens of 2 users), each server at its exchange sweep's "
+        "workers x threads.\n"
         "- **nginx** (Debian's, one worker process, pinned with the servers): as a plain "
         "reverse proxy with the direct requests (what any proxy costs on that core), and "
         "running examples/nginx/slurmrestd-auth-request.conf in front of slurmrestd with the "
@@ -938,11 +914,12 @@ def render(res: dict[str, Any]) -> str:
     for s in res.get("slurm", {}).values():
         px = s.get("proxy", {})
         w(
-            f"Slurm {s.get('version')}, `GET {px.get('path')}`, bridge {px.get('config')}, "
+            f"Slurm {s.get('version')}, `GET {px.get('path')}`, bridge {px.get('config')}"
+            + (f" (and {px['granian'].get('config')})" if px.get("granian") else "")
+            + ", "
             f"auth_style {px.get('auth_style')}; slurmrestd, slurmctld and the bridge share the "
             f"server core(s) ({s.get('layout')}).\n"
         )
-        _proxy_sweep_table(w, px)
         w(LOAD_HEAD)
         w(_load_row("direct to slurmrestd", px.get("direct")))
         w(_load_row("through the proxy", px.get("proxied")))

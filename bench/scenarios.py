@@ -763,13 +763,18 @@ def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> d
         ctx.log("  nginx is not installed (make bench installs it): no nginx series")
     if cluster.version != "22.05":
         out.update(_baseline_series(ctx, cluster, restd, upstream, proxied, tokens[0], layout, wd))
-    servers = [cfg, dataclasses.replace(cfg, server="granian")] if granian_installed() else [cfg]
+    # granian at its own exchange sweep's pick, when the exchange part ran
+    own = best.get("granian", {})
+    gcfg = dataclasses.replace(
+        cfg,
+        server="granian",
+        workers=own.get("workers", cfg.workers),
+        threads=own.get("threads", cfg.threads),
+    )
+    servers = [cfg, gcfg] if granian_installed() else [cfg]
     for server_cfg in servers:
         # gunicorn's figures at the top level, granian's under "granian"
         into = out if server_cfg.server == "gunicorn" else out.setdefault(server_cfg.server, {})
-        server_cfg = _proxy_sweep(
-            ctx, bc, upstream, server_cfg, (proxied, tokens[0]), layout, wd, into
-        )
         b = start_bridge(wd, bc.keys_dir, upstream, server_cfg, layout, ctx.procs)
         try:
             _check_proxy(b.url + path, tokens[0])
@@ -785,41 +790,6 @@ def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> d
         finally:
             b.stop()
     return out
-
-
-def _proxy_sweep(
-    ctx: Ctx,
-    bc: Any,
-    upstream: Upstream,
-    cfg: BridgeConfig,
-    proxied: tuple[Path, str],
-    layout: Layout,
-    wd: Path,
-    into: dict[str, Any],
-) -> BridgeConfig:
-    """The proxy's own workers x threads (one short round each, the exchange's sweep order and
-    tie rule): a proxied request waits on slurmrestd, so the configuration that serves the
-    exchange best need not serve the proxy best (``proxied``: the requests file and a token
-    to check the proxy with). Recorded in ``into["sweep"]``."""
-    reqs, check_token = proxied
-    path = f"/slurm/{bc.cluster.api_version}/jobs"
-    restd = restd_pids(bc)
-    sweep = []
-    for w, t in SWEEP.get(layout.name, [(1, 1)]):
-        trial = dataclasses.replace(cfg, workers=w, threads=t)
-        b = start_bridge(wd, bc.keys_dir, upstream, trial, layout, ctx.procs)
-        try:
-            _check_proxy(b.url + path, check_token)
-            label = f"proxy sweep {cfg.server} {w}x{t}"
-            series = _series(
-                ctx, b.url, reqs, layout, restd + b.pids(), label, rounds=1, duration=ctx.plan.short
-            )
-            sweep.append({"workers": w, "threads": t, **series[0].as_dict()})
-        finally:
-            b.stop()
-    best = pick_best(sweep)
-    into["sweep"] = sweep
-    return dataclasses.replace(cfg, workers=best["workers"], threads=best["threads"])
 
 
 def _pair(

@@ -195,24 +195,6 @@ def test_the_sweep_picks_the_smallest_configuration_within_the_tie() -> None:
     assert (pick_best(sweep)["workers"], pick_best(sweep)["threads"]) == (2, 1)
 
 
-def test_the_proxy_sweep_is_shown_with_the_configuration_used() -> None:
-    res = _results(with_granian=True)
-    px = res["slurm"]["26.05"]["proxy"]
-
-    px["config"] = "gunicorn, 1 worker(s) x 1 thread(s), audit file"
-    px["sweep"] = [_trial(1, 1, 300), _trial(1, 2, 290)]
-    px["granian"]["config"] = "granian, 1 worker(s) x 2 thread(s), audit file"
-    px["granian"]["sweep"] = [_trial(1, 1, 330), _trial(1, 2, 380)]
-    page = render(res)
-    assert "| gunicorn | 1 x 1 (used) | 300 |" in page
-    assert "| gunicorn | 1 x 2 | 290 |" in page
-    assert "| granian | 1 x 1 | 330 |" in page
-    assert "| granian | 1 x 2 (used) | 380 |" in page
-    assert "granian: granian, 1 worker(s) x 2 thread(s), audit file." in page
-    del px["sweep"], px["granian"]["sweep"]
-    assert "Workers x threads for the proxy" not in render(res)
-
-
 def test_each_server_shows_its_own_exchange_sweep() -> None:
     res = _results(with_granian=True)
     pinned = res["exchange"]["layouts"]["pinned"]
