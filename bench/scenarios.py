@@ -502,6 +502,19 @@ def breakdown(
 # ---------------------------------------------------------------- 6. JWKS
 
 
+def _granian_config(cfg: BridgeConfig, exchange: dict[str, Any]) -> BridgeConfig:
+    """``cfg`` served by granian at its own exchange sweep's pick (``exchange``: the exchange
+    part's results for the layout), or at ``cfg``'s workers x threads when that part did not
+    run."""
+    own = exchange.get("granian", {})
+    return dataclasses.replace(
+        cfg,
+        server="granian",
+        workers=own.get("workers", cfg.workers),
+        threads=own.get("threads", cfg.threads),
+    )
+
+
 def jwks(ctx: Ctx, keys_dir: Path) -> None:
     layout = ctx.layouts.get("pinned") or next(iter(ctx.layouts.values()))
     best = ctx.results.get("exchange", {}).get("layouts", {}).get(layout.name, {})
@@ -510,14 +523,7 @@ def jwks(ctx: Ctx, keys_dir: Path) -> None:
     out: dict[str, Any] = _jwks_series(ctx, cfg, wd, keys_dir, layout)
     out["layout"] = layout.name
     if granian_installed():
-        # granian at its own exchange sweep's pick, when the exchange part ran
-        own = best.get("granian", {})
-        gcfg = dataclasses.replace(
-            cfg,
-            server="granian",
-            workers=own.get("workers", cfg.workers),
-            threads=own.get("threads", cfg.threads),
-        )
+        gcfg = _granian_config(cfg, best)
         out["granian"] = _jwks_series(ctx, gcfg, wd, keys_dir, layout)
     ctx.results["jwks"] = out
 
@@ -763,15 +769,7 @@ def _proxy(ctx: Ctx, bc: Any, upstream: Upstream, layout: Layout, wd: Path) -> d
         ctx.log("  nginx is not installed (make bench installs it): no nginx series")
     if cluster.version != "22.05":
         out.update(_baseline_series(ctx, cluster, restd, upstream, proxied, tokens[0], layout, wd))
-    # granian at its own exchange sweep's pick, when the exchange part ran
-    own = best.get("granian", {})
-    gcfg = dataclasses.replace(
-        cfg,
-        server="granian",
-        workers=own.get("workers", cfg.workers),
-        threads=own.get("threads", cfg.threads),
-    )
-    servers = [cfg, gcfg] if granian_installed() else [cfg]
+    servers = [cfg, _granian_config(cfg, best)] if granian_installed() else [cfg]
     for server_cfg in servers:
         # gunicorn's figures at the top level, granian's under "granian"
         into = out if server_cfg.server == "gunicorn" else out.setdefault(server_cfg.server, {})

@@ -198,11 +198,13 @@ def _submit(
     return int(status.split()[0]), headers, json.loads(b"".join(out))
 
 
-def _audit_outcomes(tmp_path: Path) -> list[str]:
+def _audit_lines(tmp_path: Path) -> list[dict[str, Any]]:
     path = tmp_path / "audit.log"
-    return (
-        [json.loads(x)["outcome"] for x in path.read_text().splitlines()] if path.exists() else []
-    )
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def _audit_outcomes(tmp_path: Path) -> list[str]:
+    return [line["outcome"] for line in _audit_lines(tmp_path)]
 
 
 def test_attack_a_chunked_body_over_the_limit_is_refused_audited_and_not_sent(
@@ -284,8 +286,7 @@ def test_slurm_auth_failure_becomes_401(
     assert "JWKS file is not synced" in r.json["error_description"]
     assert r.json["kid"] == KeyRing.load(keys_dir).active.kid
     # the operator sees it in the audit log too: slurmrestd refused the token the bridge minted
-    lines = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
-    minted, refused = lines
+    minted, refused = _audit_lines(tmp_path)
     assert (minted["event"], minted["outcome"]) == ("remint", "minted")
     assert (refused["event"], refused["outcome"]) == ("slurmrestd", "refused")
     assert refused["user"] == "alice" and refused["status"] == 511
