@@ -353,3 +353,37 @@ def test_large_answers_stream_with_their_length_and_a_cut_is_not_hidden(
     with pytest.raises(RelayInterrupted, match="broke off"):
         b"".join(r.response)  # the WSGI server sees the error and drops the connection
     r.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "path"),
+    [
+        # a job id holding "1007", in an error that is not about the token
+        (500, b'{"errors":[{"error":"job 10071 is not pending","error_number":2017}]}', "10071"),
+        # slurmrestd echoing a path the client chose
+        (401, b'{"errors":[{"error":"no such path /slurm/authentication"}]}', "authentication"),
+    ],
+)
+def test_attack_an_error_that_only_mentions_authentication_is_relayed_as_it_is(
+    keys_dir: Path,
+    tmp_path: Path,
+    idp: Any,
+    upstream: StubServer,
+    status: int,
+    body: bytes,
+    path: str,
+) -> None:
+    """Only slurmrestd's own refusal of the token (511, or errors[] naming slurmctld's
+    authentication error) is the proxy's 401 slurm_token_refused: an error whose text merely
+    contains "1007" or "authentication" reaches the client as slurmrestd sent it, writes no
+    refusal line, and the user's Slurm token stays cached."""
+    client = make_client(keys_dir, tmp_path, idp, upstream.url)
+    auth = {"Authorization": f"Bearer {alice(idp)}"}
+    assert client.get("/slurm/v0.0.44/jobs", headers=auth).status_code == 200
+    upstream.status, upstream.body = status, body
+    r = client.get(f"/slurm/v0.0.44/job/{path}", headers=auth)
+    assert (r.status_code, r.data) == (status, body)
+    lines = _audit_lines(tmp_path)
+    assert [(a["event"], a["outcome"]) for a in lines] == [("remint", "minted")]
+    sent = {s.header("X-SLURM-USER-TOKEN") for s in upstream.seen}
+    assert len(sent) == 1  # the same cached token both times

@@ -277,27 +277,45 @@ def _proxy() -> SlurmRestProxy:
     return extension("slurm_jwt_bridge_proxy", SlurmRestProxy)
 
 
-# What slurmrestd says when slurmctld refused the token it forwarded. 24.05.5 and later answer
-# 511; 22.05 answers 500 with one of these (seen: "Unspecified error" on reads, "Zero Bytes
-# were transmitted or received" on submit/cancel, "Unexpected message received" on update).
-AUTH_FAILURE_MARKERS = (
-    "authentication",
-    "auth/jwt",
-    "1007",
-    "unspecified error",
-    "zero bytes were transmitted or received",
-    "unexpected message received",
+# What slurmrestd says when slurmctld refused the token it forwarded: 24.05.5 and later answer
+# 511; 22.05 answers 500 with one of these texts (slurm_strerror's) as an error of its errors[]
+# (seen: "Unspecified error" on reads, "Zero Bytes were transmitted or received" on
+# submit/cancel, "Unexpected message received" on update), or slurmctld's authentication error.
+AUTH_FAILURE_ERRORS = frozenset(
+    {
+        "protocol authentication error",
+        "unspecified error",
+        "zero bytes were transmitted or received",
+        "unexpected message received",
+    }
 )
+AUTH_FAILURE_ERROR_NUMBER = 1007  # SLURM_PROTOCOL_AUTHENTICATION_ERROR
 
 
 def _auth_failure(status: int, body: str) -> bool:
-    """Did slurmrestd refuse the Slurm token?"""
+    """Did slurmrestd refuse the Slurm token? 511, or a 401/500 whose ``errors[]`` names
+    slurmctld's refusal (an ``error`` text above, or error number 1007): text elsewhere in the
+    answer, such as a job id or a path the client chose, does not count."""
     if status == 511:
         return True
     if status not in (401, 500):
         return False
-    text = body.lower()
-    return any(marker in text for marker in AUTH_FAILURE_MARKERS)
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return False
+    errors = document.get("errors") if isinstance(document, dict) else None
+    if not isinstance(errors, list):
+        return False
+    for error in errors:
+        if not isinstance(error, dict):
+            continue
+        text = error.get("error")
+        if error.get("error_number") == AUTH_FAILURE_ERROR_NUMBER or (
+            isinstance(text, str) and text.strip().lower() in AUTH_FAILURE_ERRORS
+        ):
+            return True
+    return False
 
 
 def _likely_causes(user: str, token: SlurmToken) -> list[str]:
